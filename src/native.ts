@@ -1,0 +1,100 @@
+// The typed front door of the C++ addon (native/vhost_native.cc). Nothing else imports the addon.
+// Everything here is what JavaScript cannot do by itself: mmap of fds, eventfd, SCM_RIGHTS,
+// readiness polling on arbitrary fds (libuv uv_poll_t) and opening a TAP device.
+// Errors are thrown as JavaScript Errors whose `code` is the errno name (e.g. 'EAGAIN', 'EBADF').
+import * as path from 'node:path';
+
+export interface RecvResult {
+  /** bytes read into the buffer; 0 means the peer closed the connection */
+  bytes: number;
+  /** file descriptors received with SCM_RIGHTS (already close-on-exec) */
+  fds: number[];
+  /** true when the kernel truncated the control message (more fds than we accept) */
+  ctrunc: boolean;
+}
+
+export interface Poller {
+  /** start (or change) watching: events is a mask of POLL_READABLE | POLL_WRITABLE */
+  start(events: number): void;
+  stop(): void;
+  /** stops and releases the libuv handle; the fd itself is not closed */
+  close(): void;
+}
+
+export interface TapInfo {
+  fd: number;
+  name: string;
+}
+
+export interface NativeAddon {
+  /** mmap(MAP_SHARED, PROT_READ|PROT_WRITE) of [offset, offset+length); length <= 4 GiB.
+   *  Returns an external ArrayBuffer; its finalizer unmaps unless munmap() was called first. */
+  mmap(fd: number, length: number, offset: number): ArrayBuffer;
+  /** unmaps now and detaches the ArrayBuffer (byteLength becomes 0) */
+  munmap(buf: ArrayBuffer): void;
+
+  /** eventfd(initval, EFD_NONBLOCK | EFD_CLOEXEC) */
+  eventfd(initval: number): number;
+  /** reads the counter; returns 0 when it was zero (EAGAIN), never allocates */
+  eventfdRead(fd: number): number;
+  /** adds value (default 1) to the counter */
+  eventfdWrite(fd: number, value?: number): void;
+
+  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size): for the test front-end's guest memory */
+  memfdCreate(name: string, size: number): number;
+
+  /** socket(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC) + bind + listen; mode applied to the socket file */
+  unixListen(path: string, backlog: number, mode: number): number;
+  /** accept4(NONBLOCK|CLOEXEC); returns -1 when no connection is pending */
+  unixAccept(fd: number): number;
+  /** connect to a listening unix socket; the returned fd is non-blocking. Throws (ECONNREFUSED, ENOENT…) */
+  unixConnect(path: string): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM, NONBLOCK|CLOEXEC) */
+  socketpair(): [number, number];
+
+  /** recvmsg with room for up to maxFds descriptors. Throws EAGAIN-free: returns bytes -1 on EAGAIN. */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult;
+  /** sendmsg with fds as SCM_RIGHTS; returns bytes written (-1 on EAGAIN) */
+  sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
+
+  /** non-blocking read/write on any fd (TAP, eventfd, pipes); -1 on EAGAIN; never allocates */
+  read(fd: number, buf: Uint8Array, offset: number, length: number): number;
+  write(fd: number, buf: Uint8Array, offset: number, length: number): number;
+  close(fd: number): void;
+
+  /** watch fd readiness with uv_poll_t; cb(status, events) runs on the event loop.
+   *  status is 0 or a negative libuv error code. */
+  poll(fd: number, cb: (status: number, events: number) => void): Poller;
+
+  /** open /dev/net/tun as IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (non-blocking), name may be '' */
+  openTap(name: string): TapInfo;
+  /** TUNSETVNETHDRSZ */
+  tapSetVnetHdrSize(fd: number, size: number): void;
+  /** TUNSETOFFLOAD with TUN_F_* flags */
+  tapSetOffload(fd: number, flags: number): void;
+
+  POLL_READABLE: number;
+  POLL_WRITABLE: number;
+  /** largest length one mmap() window may have (4 GiB on Node 20) */
+  MAX_WINDOW: number;
+}
+
+function load(): NativeAddon {
+  const root = path.resolve(__dirname, '..', '..');
+  const candidates = [
+    path.join(root, 'build', 'native', 'Release', 'vhost_native.node'),
+    path.join(root, 'build', 'native', 'vhost_native.node'),
+  ];
+  let lastErr: unknown;
+  for (const p of candidates) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return require(p) as NativeAddon;
+    } catch (e) {
+      lastErr = e;
+    }
+  }
+  throw new Error(`elastic-vhost native addon not built (run npm ci or npm run build:native): ${String(lastErr)}`);
+}
+
+export const native: NativeAddon = load();
