@@ -1,0 +1,209 @@
+// Guest memory as the front-end described it (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG): each region
+// is an fd mapped once, shared with the guest. Two address spaces point into it: guest-physical
+// addresses (what descriptors carry) and front-end virtual addresses (what SET_VRING_ADDR carries).
+//
+// Node 20 aborts on an external ArrayBuffer over 4 GiB, so a large region is mapped as overlapping
+// windows: window k covers [k*STEP, k*STEP + WINDOW) of the region. Any range of up to
+// WINDOW - STEP bytes lies inside a single window; longer ranges are handed out piecewise.
+import * as fs from 'node:fs';
+import { native } from '../native';
+import { MemRegion } from '../vhost-user/message';
+
+const GiB = 1024 * 1024 * 1024;
+export const WINDOW = 2 * GiB;
+export const STEP = 1 * GiB;
+const PAGE = 4096;
+
+export class Region {
+  readonly windows: Uint8Array[] = [];
+  /** the same windows as 32- and 16-bit views (made once), for descriptor tables found in them */
+  readonly windows32: Uint32Array[] = [];
+  readonly windows16: Uint16Array[] = [];
+  /** bytes between the start of window 0 and the region start (mmap_offset rounded down to a page) */
+  private readonly delta: number;
+  private mapped = true;
+
+  constructor(readonly desc: MemRegion, readonly fd: number) {
+    const { memorySize, mmapOffset } = desc;
+    if (memorySize <= 0) throw new Error('memory region of size 0');
+    if (desc.guestPhysAddr + memorySize > Number.MAX_SAFE_INTEGER || desc.userspaceAddr + memorySize > Number.MAX_SAFE_INTEGER) {
+      throw new Error('memory region wraps the address space');
+    }
+    // Touching a mapping beyond the end of its file raises SIGBUS and would kill every port:
+    // check the file is large enough before mapping it.
+    const st = fs.fstatSync(fd);
+    if (st.isFile() && mmapOffset + memorySize > st.size) {
+      throw new Error(`memory region [offset ${mmapOffset}, +${memorySize}) extends past the end of its fd (size ${st.size})`);
+    }
+    const mapStart = Math.floor(mmapOffset / PAGE) * PAGE;
+    this.delta = mmapOffset - mapStart;
+    const total = this.delta + memorySize;
+    try {
+      for (let at = 0; ; at += STEP) {
+        const len = Math.min(WINDOW, total - at);
+        const ab = native.mmap(fd, len, mapStart + at);
+        this.windows.push(new Uint8Array(ab));
+        this.windows32.push(new Uint32Array(ab, 0, len >>> 2));
+        this.windows16.push(new Uint16Array(ab, 0, len >>> 1));
+        if (at + len >= total) break;
+      }
+    } catch (e) {
+      this.unmap();
+      throw e;
+    }
+  }
+
+  get guestEnd(): number {
+    return this.desc.guestPhysAddr + this.desc.memorySize;
+  }
+
+  get userEnd(): number {
+    return this.desc.userspaceAddr + this.desc.memorySize;
+  }
+
+  /** window holding region offset `rel` (and as much after it as possible); sets Translation fields */
+  locate(rel: number, len: number, out: Translation): void {
+    const r = this.delta + rel;
+    let k = Math.floor(r / STEP);
+    if (k >= this.windows.length) k = this.windows.length - 1;
+    const w = this.windows[k];
+    const off = r - k * STEP;
+    out.buf = w;
+    out.u32 = this.windows32[k];
+    out.u16 = this.windows16[k];
+    out.off = off;
+    const room = w.length - off;
+    const left = this.desc.memorySize - rel;
+    out.len = Math.min(len, room, left);
+  }
+
+  unmap(): void {
+    if (!this.mapped) return;
+    this.mapped = false;
+    for (const w of this.windows) {
+      try {
+        native.munmap(w.buffer as ArrayBuffer);
+      } catch {
+        /* already detached */
+      }
+    }
+    this.windows.length = 0;
+    this.windows32.length = 0;
+    this.windows16.length = 0;
+    try {
+      native.close(this.fd);
+    } catch {
+      /* ignore */
+    }
+  }
+}
+
+/** Result slots of a translation, reused so the data path allocates nothing. */
+export class Translation {
+  buf: Uint8Array = EMPTY;
+  /** the same window as buf, viewed as u32 and u16 (index = off >> 2, off >> 1 when aligned) */
+  u32: Uint32Array = EMPTY32;
+  u16: Uint16Array = EMPTY16;
+  off = 0;
+  /** contiguous bytes available at buf[off]: at most the length asked for */
+  len = 0;
+}
+const EMPTY = new Uint8Array(0);
+const EMPTY32 = new Uint32Array(0);
+const EMPTY16 = new Uint16Array(0);
+
+export class GuestMemory {
+  private regions: Region[] = [];
+  private lastHit = 0;
+
+  get size(): number {
+    return this.regions.length;
+  }
+
+  list(): readonly Region[] {
+    return this.regions;
+  }
+
+  /** Replaces the whole table (SET_MEM_TABLE). Returns the old regions: unmap them once no ring uses them. */
+  replace(regions: Region[]): Region[] {
+    checkOverlap(regions);
+    const old = this.regions;
+    this.regions = regions.slice().sort((a, b) => a.desc.guestPhysAddr - b.desc.guestPhysAddr);
+    this.lastHit = 0;
+    return old;
+  }
+
+  /** ADD_MEM_REG */
+  add(region: Region): void {
+    checkOverlap([...this.regions, region]);
+    this.regions.push(region);
+    this.regions.sort((a, b) => a.desc.guestPhysAddr - b.desc.guestPhysAddr);
+    this.lastHit = 0;
+  }
+
+  /** REM_MEM_REG: identified by guest address, user address and size. Returns the removed region. */
+  remove(d: MemRegion): Region | null {
+    const i = this.regions.findIndex(
+      (r) => r.desc.guestPhysAddr === d.guestPhysAddr && r.desc.userspaceAddr === d.userspaceAddr && r.desc.memorySize === d.memorySize,
+    );
+    if (i < 0) return null;
+    const [r] = this.regions.splice(i, 1);
+    this.lastHit = 0;
+    return r;
+  }
+
+  /** Unmaps everything (connection gone). */
+  clear(): void {
+    for (const r of this.regions) r.unmap();
+    this.regions = [];
+  }
+
+  /**
+   * Guest-physical address → the mapped bytes. Returns false when addr is in no region. On success,
+   * out.len may be less than len when the range crosses a window or region end: continue at addr+out.len.
+   */
+  translateGpa(addr: number, len: number, out: Translation): boolean {
+    const rs = this.regions;
+    let r = rs[this.lastHit];
+    if (r === undefined || addr < r.desc.guestPhysAddr || addr >= r.guestEnd) {
+      let i = 0;
+      for (; i < rs.length; i++) {
+        r = rs[i];
+        if (addr >= r.desc.guestPhysAddr && addr < r.guestEnd) break;
+      }
+      if (i === rs.length) return false;
+      this.lastHit = i;
+    }
+    r.locate(addr - r.desc.guestPhysAddr, len, out);
+    return true;
+  }
+
+  /** Front-end virtual address → one contiguous view of exactly len bytes, or null (ring addresses). */
+  translateUva(addr: number, len: number): Translation | null {
+    for (const r of this.regions) {
+      if (addr >= r.desc.userspaceAddr && addr + len <= r.userEnd) {
+        const t = new Translation();
+        r.locate(addr - r.desc.userspaceAddr, len, t);
+        return t.len < len ? null : t;
+      }
+    }
+    return null;
+  }
+
+  /** Guest-physical → one contiguous view of exactly len bytes, or null (indirect tables, tests). */
+  contiguousGpa(addr: number, len: number, out: Translation): boolean {
+    if (!this.translateGpa(addr, len, out)) return false;
+    return out.len === len;
+  }
+}
+
+function checkOverlap(regions: Region[]): void {
+  const s = regions.slice().sort((a, b) => a.desc.guestPhysAddr - b.desc.guestPhysAddr);
+  for (let i = 1; i < s.length; i++) {
+    if (s[i].desc.guestPhysAddr < s[i - 1].guestEnd) {
+      throw new Error(
+        `memory region at guest address 0x${s[i].desc.guestPhysAddr.toString(16)} overlaps the region at 0x${s[i - 1].desc.guestPhysAddr.toString(16)} (size 0x${s[i - 1].desc.memorySize.toString(16)})`,
+      );
+    }
+  }
+}

@@ -1,0 +1,354 @@
+// A vhost-user connection as a switch port: TX rings feed the engine, one RX ring takes its output.
+//
+//   guest TX ring ──kick──► gather chain into scratch ──► Switch.input()
+//   Switch ──deliver()──► RX chains (merged when MRG_RXBUF) ──► used ring ──flush()──► call eventfd
+//
+// Everything on the data path works on buffers allocated once per port.
+import { native } from '../native';
+import { EnginePort, ENGINE_HDR_LEN } from '../engine/port';
+import { Session, SessionDevice, SessionOptions } from '../vhost-user/session';
+import { Connection, Log } from '../vhost-user/connection';
+import { VirtioFeature } from '../vhost-user/features';
+import { SplitRing, BROKEN } from '../virtio/split-ring';
+import { Segments } from '../virtio/chain';
+import { copyBytes } from '../virtio/copy';
+import { NET_HDR_V1, NUM_BUFFERS_OFFSET } from '../virtio/net-header';
+import { EngineApi, PortAttachOptions } from './engine-api';
+
+/** Largest frame taken from a guest: 64 KiB of payload + Ethernet/VLAN header + virtio-net header. */
+export const MAX_FRAME = 65536 + 18 + ENGINE_HDR_LEN;
+/** TX chains processed per kick before yielding to the event loop. */
+const TX_BUDGET = 256;
+
+export interface PortCounters {
+  txFrames: number;
+  txBytes: number;
+  txDropped: number;
+  rxFrames: number;
+  rxBytes: number;
+  rxTooBig: number;
+  rxNoBuffers: number;
+  brokenRings: number;
+}
+
+export interface VhostUserPortOptions extends PortAttachOptions {
+  name: string;
+  log: Log;
+  session?: Partial<SessionOptions>;
+}
+
+const writeEventfd = (fd: number): void => {
+  try {
+    native.eventfdWrite(fd, 1);
+  } catch {
+    /* the front-end closed it; it will tell us on the socket */
+  }
+};
+
+export class VhostUserPort implements EnginePort, SessionDevice {
+  readonly name: string;
+  session: Session | null = null;
+  /** connection number in the switch while a front-end is connected, else -1 */
+  index = -1;
+  readonly counters: PortCounters = { txFrames: 0, txBytes: 0, txDropped: 0, rxFrames: 0, rxBytes: 0, rxTooBig: 0, rxNoBuffers: 0, brokenRings: 0 };
+
+  private readonly scratch = new Uint8Array(MAX_FRAME + 16);
+  private readonly txSegs = new Segments();
+  private readonly rxSegs = new Segments();
+  private readonly hdr = new Uint8Array(NET_HDR_V1);
+  private rxRing: SplitRing | null = null;
+  private mrg = false;
+  private hdrLen = NET_HDR_V1;
+  private wantRx = false;
+  private rxCheckScheduled = false;
+  private readonly txPending: boolean[] = [];
+  private txScheduled = false;
+  private readonly log: Log;
+  /** called when the session ends (server/client code uses it to accept or reconnect) */
+  onSessionEnd: (reason: string | null) => void = () => {};
+
+  private readonly rxCheck = (): void => {
+    this.rxCheckScheduled = false;
+    if (this.index >= 0 && this.rxUsable()) this.sw.resourcesAvailable(this.index);
+  };
+
+  private readonly txResume = (): void => {
+    this.txScheduled = false;
+    const s = this.session;
+    if (!s) return;
+    for (let i = 1; i < s.rings.length; i += 2) {
+      if (this.txPending[i]) {
+        this.txPending[i] = false;
+        this.processTx(s.rings[i]);
+      }
+    }
+  };
+
+  constructor(private readonly sw: EngineApi, private readonly opts: VhostUserPortOptions) {
+    this.name = opts.name;
+    this.log = opts.log;
+  }
+
+  get connected(): boolean {
+    return this.session !== null;
+  }
+
+  /** Takes over a connected socket fd: one front-end at a time. */
+  bind(fd: number): void {
+    if (this.session) throw new Error(`${this.name}: a front-end is already connected`);
+    const conn = new Connection(fd, this.name, this.log);
+    this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.log });
+    this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
+    this.rxRing = null;
+    this.wantRx = false;
+    conn.start();
+    this.log(`${this.name}: front-end connected`);
+  }
+
+  close(): void {
+    this.session?.close();
+  }
+
+  // ---- SessionDevice ----
+
+  onKick(ring: SplitRing): void {
+    if (ring.index & 1) this.processTx(ring);
+    else if (ring === this.rxRing && this.index >= 0) this.sw.resourcesAvailable(this.index);
+  }
+
+  onRingState(ring: SplitRing): void {
+    const s = this.session;
+    if (!s) return;
+    if (ring.broken !== null) this.counters.brokenRings++;
+    this.mrg = s.hasFeature(VirtioFeature.NET_F_MRG_RXBUF);
+    this.hdrLen = s.hdrLen;
+    // The RX ring used is the lowest-numbered one that is enabled and set up: one ring keeps the
+    // frames of one destination in order.
+    let rx: SplitRing | null = null;
+    for (let i = 0; i < s.rings.length; i += 2) {
+      const r = s.rings[i];
+      if (r.enabled && r.ready) {
+        rx = r;
+        break;
+      }
+    }
+    this.rxRing = rx;
+    if (rx && this.wantRx) rx.enableNotify();
+    if (this.rxUsable()) this.scheduleRxCheck();
+    if (ring.index & 1 && ring.started && ring.enabled && ring.ready) {
+      // A TX ring (re)started: frames may already be waiting in it.
+      this.txPending[ring.index] = true;
+      this.scheduleTx();
+    }
+  }
+
+  onRarp(mac: Uint8Array): void {
+    if (this.index < 0) return;
+    // RARP "reverse request" broadcast from mac, as QEMU's own announce does after migration.
+    const f = this.scratch;
+    f.fill(0, 0, ENGINE_HDR_LEN + 60);
+    const e = ENGINE_HDR_LEN;
+    f.fill(0xff, e, e + 6);
+    f.set(mac, e + 6);
+    f[e + 12] = 0x80;
+    f[e + 13] = 0x35;
+    const a = e + 14;
+    f[a + 1] = 1; // htype Ethernet
+    f[a + 2] = 0x08; // ptype IPv4
+    f[a + 4] = 6;
+    f[a + 5] = 4;
+    f[a + 7] = 3; // reverse request
+    f.set(mac, a + 8);
+    f.set(mac, a + 18);
+    this.sw.input(this.index, f, 0, ENGINE_HDR_LEN + 60);
+    this.sw.flush();
+  }
+
+  onDisconnect(reason: string | null): void {
+    if (this.index >= 0) this.sw.detach(this.index);
+    this.index = -1;
+    this.session = null;
+    this.rxRing = null;
+    this.onSessionEnd(reason);
+  }
+
+  // ---- TX: guest → engine ----
+
+  private scheduleTx(): void {
+    if (this.txScheduled) return;
+    this.txScheduled = true;
+    setImmediate(this.txResume);
+  }
+
+  private processTx(ring: SplitRing): void {
+    const s = this.session;
+    if (!s || this.index < 0 || !ring.started || !ring.enabled || !ring.ready) return;
+    const mem = s.mem;
+    const segs = this.txSegs;
+    const scratch = this.scratch;
+    const hl = this.hdrLen;
+    const shift = ENGINE_HDR_LEN - hl;
+    let budget = TX_BUDGET;
+    ring.disableNotify();
+    for (;;) {
+      let n = ring.availCount();
+      if (n === 0) {
+        ring.enableNotify();
+        n = ring.availCount(); // a chain may have come in before the guest saw the flag
+        if (n === 0) break;
+        ring.disableNotify();
+      }
+      if (n < 0) break;
+      if (budget === 0) {
+        this.txPending[ring.index] = true;
+        this.scheduleTx();
+        break;
+      }
+      for (; n > 0 && budget > 0; n--, budget--) {
+        segs.reset();
+        const head = ring.popChain(mem, segs, false);
+        if (head === BROKEN) break;
+        const total = segs.total;
+        if (total < hl + 14 || total + shift > scratch.length) {
+          this.counters.txDropped++;
+        } else {
+          let at = shift;
+          for (let i = 0; i < segs.count; i++) {
+            copyBytes(scratch, at, segs.buf[i], segs.off[i], segs.len[i]);
+            at += segs.len[i];
+          }
+          if (shift !== 0) {
+            // legacy 10-byte header: move it to the front of the 12-byte engine header
+            scratch.copyWithin(0, shift, shift + hl);
+            scratch[NUM_BUFFERS_OFFSET] = 0;
+            scratch[NUM_BUFFERS_OFFSET + 1] = 0;
+          }
+          this.counters.txFrames++;
+          this.counters.txBytes += total - hl;
+          this.sw.input(this.index, scratch, 0, total + shift);
+        }
+        ring.pushUsed(head, 0);
+      }
+      ring.publish();
+      ring.signal(writeEventfd);
+      if (ring.broken !== null) break;
+    }
+    if (ring.broken !== null) {
+      ring.publish();
+      s.ringBroken(ring);
+    }
+    this.sw.flush();
+  }
+
+  // ---- RX: engine → guest ----
+
+  private rxUsable(): boolean {
+    const r = this.rxRing;
+    return r !== null && r.started && r.enabled && r.ready;
+  }
+
+  deliver(buf: Uint8Array, off: number, len: number): boolean {
+    const ring = this.rxRing;
+    const s = this.session;
+    if (ring === null || s === null || !ring.started || !ring.enabled || !ring.ready) return false;
+    const hl = this.hdrLen;
+    const need = len - ENGINE_HDR_LEN + hl;
+    const segs = this.rxSegs;
+    segs.reset();
+    let n = ring.availCount();
+    if (n <= 0) {
+      if (n < 0) s.ringBroken(ring);
+      this.counters.rxNoBuffers++;
+      return false;
+    }
+    if (this.mrg) {
+      while (segs.total < need) {
+        if (n-- === 0) {
+          ring.unpop(segs.chains);
+          this.counters.rxNoBuffers++;
+          return false;
+        }
+        if (ring.popChain(s.mem, segs, true) === BROKEN) {
+          s.ringBroken(ring);
+          return false;
+        }
+      }
+    } else {
+      if (ring.popChain(s.mem, segs, true) === BROKEN) {
+        s.ringBroken(ring);
+        return false;
+      }
+      if (segs.total < need) {
+        // This frame can never fit a buffer of this guest: drop it, keep the buffer.
+        ring.unpop(1);
+        this.counters.rxTooBig++;
+        return true;
+      }
+    }
+    // virtio-net header: the engine's first 10 bytes, then num_buffers
+    const h = this.hdr;
+    copyBytes(h, 0, buf, off, NUM_BUFFERS_OFFSET);
+    const nb = this.mrg ? segs.chains : 1;
+    h[NUM_BUFFERS_OFFSET] = nb & 0xff;
+    h[NUM_BUFFERS_OFFSET + 1] = nb >>> 8;
+    // scatter hdr[0, hl) then buf[off+12, off+len) over the segments, chain by chain
+    let src: Uint8Array = h;
+    let srcAt = 0;
+    let srcLeft = hl;
+    let seg = 0;
+    for (let c = 0; c < segs.chains; c++) {
+      const end = segs.chainEnd[c];
+      let written = 0;
+      for (; seg < end; seg++) {
+        let dAt = segs.off[seg];
+        let dLeft = segs.len[seg];
+        const dBuf = segs.buf[seg];
+        while (dLeft > 0) {
+          if (srcLeft === 0) {
+            if (src === buf) break;
+            src = buf;
+            srcAt = off + ENGINE_HDR_LEN;
+            srcLeft = len - ENGINE_HDR_LEN;
+            continue;
+          }
+          const k = dLeft < srcLeft ? dLeft : srcLeft;
+          copyBytes(dBuf, dAt, src, srcAt, k);
+          dAt += k;
+          dLeft -= k;
+          srcAt += k;
+          srcLeft -= k;
+          written += k;
+        }
+      }
+      ring.pushUsed(segs.chainHead[c], written);
+    }
+    ring.publish();
+    this.counters.rxFrames++;
+    this.counters.rxBytes += len - ENGINE_HDR_LEN;
+    return true;
+  }
+
+  flush(): void {
+    const r = this.rxRing;
+    if (r !== null) r.signal(writeEventfd);
+  }
+
+  wantResources(want: boolean): void {
+    this.wantRx = want;
+    const r = this.rxRing;
+    if (r === null) return;
+    if (want) {
+      r.enableNotify();
+      // Buffers posted between the failed deliver() and now would not be kicked for: look again.
+      if (r.availCount() > 0) this.scheduleRxCheck();
+    } else {
+      r.disableNotify();
+    }
+  }
+
+  private scheduleRxCheck(): void {
+    if (this.rxCheckScheduled) return;
+    this.rxCheckScheduled = true;
+    setImmediate(this.rxCheck);
+  }
+}

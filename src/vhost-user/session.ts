@@ -1,0 +1,442 @@
+// The back-end state machine of one vhost-user connection: features, memory table, rings.
+// It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
+import { native, Poller } from '../native';
+import { GuestMemory, Region } from '../memory/guest-memory';
+import { SplitRing } from '../virtio/split-ring';
+import { netHeaderLength } from '../virtio/net-header';
+import { Connection, Log, safeClose } from './connection';
+import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
+import {
+  CONFIG_HDR_SIZE,
+  encode,
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  getU64,
+  MAX_TABLE_REGIONS,
+  MEM_REGION_SIZE,
+  Message,
+  ProtocolFeature,
+  readRegion,
+  Req,
+  requestName,
+  u64Payload,
+  VERSION,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
+  vringStatePayload,
+} from './message';
+
+/** What a device behind the session is told. */
+export interface SessionDevice {
+  /** a kick arrived on ring (the first one also starts the ring) */
+  onKick(ring: SplitRing): void;
+  /** a ring was stopped, started, enabled, disabled, reset or re-translated */
+  onRingState(ring: SplitRing): void;
+  /** SEND_RARP: announce mac on behalf of the guest (after migration) */
+  onRarp(mac: Uint8Array): void;
+  /** the session ended (connection closed by either side) */
+  onDisconnect(reason: string | null): void;
+}
+
+export const DEFAULT_FEATURES: bigint =
+  bit(VirtioFeature.NET_F_MRG_RXBUF) |
+  bit(VirtioFeature.NET_F_MTU) |
+  bit(VirtioFeature.NET_F_STATUS) |
+  bit(VirtioFeature.F_ANY_LAYOUT) |
+  bit(VirtioFeature.RING_F_INDIRECT_DESC) |
+  bit(VirtioFeature.RING_F_EVENT_IDX) |
+  bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) |
+  bit(VirtioFeature.F_VERSION_1);
+
+export const DEFAULT_PROTOCOL_FEATURES: bigint =
+  bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.NET_MTU) |
+  bit(ProtocolFeature.RARP) |
+  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+
+export interface SessionOptions {
+  name: string;
+  log: Log;
+  features?: bigint;
+  protocolFeatures?: bigint;
+  /** queue pairs offered through GET_QUEUE_NUM */
+  maxQueuePairs?: number;
+  /** memory slots offered through GET_MAX_MEM_SLOTS */
+  maxMemSlots?: number;
+}
+
+export class Session {
+  readonly name: string;
+  readonly mem = new GuestMemory();
+  readonly rings: SplitRing[] = [];
+  private readonly kickPollers: (Poller | null)[] = [];
+  readonly offeredFeatures: bigint;
+  readonly offeredProtocol: bigint;
+  readonly maxQueuePairs: number;
+  readonly maxMemSlots: number;
+  features = 0n;
+  protocolFeatures = 0n;
+  featuresSet = false;
+  owner = false;
+  mtu = 0;
+  status = 0;
+  hdrLen = 12;
+  private readonly log: Log;
+  private closed = false;
+
+  constructor(readonly conn: Connection, private readonly device: SessionDevice, opts: SessionOptions) {
+    this.name = opts.name;
+    this.log = opts.log;
+    this.offeredFeatures = opts.features ?? DEFAULT_FEATURES;
+    this.offeredProtocol = opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES;
+    this.maxQueuePairs = opts.maxQueuePairs ?? 8;
+    this.maxMemSlots = opts.maxMemSlots ?? 32;
+    for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
+      this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
+      this.kickPollers.push(null);
+    }
+    conn.onMessage = (m) => this.handle(m);
+    conn.onClose = (reason) => this.dispose(reason);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  hasFeature(n: number): boolean {
+    return has(this.features, n);
+  }
+
+  hasProtocol(n: number): boolean {
+    return has(this.protocolFeatures, n);
+  }
+
+  /** A ring the guest broke: log it once, tell the front-end through the err eventfd, stop using it. */
+  ringBroken(ring: SplitRing): void {
+    this.log(`${ring.name}: error: ${ring.broken}; ring marked broken`);
+    if (ring.errFd >= 0) {
+      try {
+        native.eventfdWrite(ring.errFd, 1);
+      } catch {
+        /* front-end gone */
+      }
+    }
+    this.device.onRingState(ring);
+  }
+
+  private handle(m: Message): void {
+    const p = m.payload;
+    let reply: Uint8Array | null = null;
+    switch (m.request) {
+      case Req.GET_FEATURES:
+        reply = u64Payload(this.offeredFeatures);
+        break;
+      case Req.SET_FEATURES: {
+        const f = p.getBigUint64(0, true);
+        if (f & ~this.offeredFeatures) throw new Error(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
+        this.features = f;
+        this.featuresSet = true;
+        this.hdrLen = netHeaderLength(f);
+        const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
+        for (const r of this.rings) {
+          r.eventIdx = has(f, VirtioFeature.RING_F_EVENT_IDX);
+          r.indirectAllowed = has(f, VirtioFeature.RING_F_INDIRECT_DESC);
+          if (defaultEnabled) r.enabled = true;
+        }
+        this.log(`${this.name}: features ${virtioFeatureNames(f)}`);
+        break;
+      }
+      case Req.GET_PROTOCOL_FEATURES:
+        reply = u64Payload(this.offeredProtocol);
+        break;
+      case Req.SET_PROTOCOL_FEATURES: {
+        const f = p.getBigUint64(0, true);
+        if (f & ~this.offeredProtocol) throw new Error(`protocol features include ones not offered: ${protocolFeatureNames(f & ~this.offeredProtocol)}`);
+        this.protocolFeatures = f;
+        this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`);
+        break;
+      }
+      case Req.SET_OWNER:
+        this.owner = true;
+        break;
+      case Req.RESET_OWNER:
+      case Req.RESET_DEVICE:
+        this.reset();
+        break;
+      case Req.GET_QUEUE_NUM:
+        reply = u64Payload(this.maxQueuePairs);
+        break;
+      case Req.GET_MAX_MEM_SLOTS:
+        reply = u64Payload(this.maxMemSlots);
+        break;
+      case Req.SET_MEM_TABLE:
+        this.setMemTable(m);
+        break;
+      case Req.ADD_MEM_REG: {
+        if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
+        if (this.mem.size >= this.maxMemSlots) throw new Error(`more than ${this.maxMemSlots} memory slots`);
+        const fd = m.fds.pop()!;
+        const region = new Region(readRegion(p, 8), fd);
+        try {
+          this.mem.add(region);
+        } catch (e) {
+          region.unmap();
+          throw e;
+        }
+        this.resetupRings();
+        break;
+      }
+      case Req.REM_MEM_REG: {
+        for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
+        const d = readRegion(p, 8);
+        const r = this.mem.remove(d);
+        if (!r) throw new Error(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`);
+        this.resetupRings();
+        r.unmap();
+        break;
+      }
+      case Req.SET_LOG_BASE:
+        // We offer neither VHOST_F_LOG_ALL nor LOG_SHMFD, so no log is ever written; answer as the
+        // spec asks (a reply with an empty payload) and release the fd.
+        for (const fd of m.fds.splice(0)) safeClose(fd);
+        this.conn.send(encode(Req.SET_LOG_BASE, VERSION | FLAG_REPLY));
+        return;
+      case Req.SET_LOG_FD:
+      case Req.SET_BACKEND_REQ_FD:
+        for (const fd of m.fds.splice(0)) safeClose(fd);
+        break;
+      case Req.SET_VRING_NUM: {
+        const r = this.ring(p.getUint32(0, true));
+        r.setNum(p.getUint32(4, true));
+        break;
+      }
+      case Req.SET_VRING_ADDR: {
+        const r = this.ring(p.getUint32(0, true));
+        r.descAddr = getU64(p, 8);
+        r.usedAddr = getU64(p, 16);
+        r.availAddr = getU64(p, 24);
+        r.addrSet = true;
+        r.broken = null;
+        if (this.mem.size > 0) r.setup(this.mem);
+        this.device.onRingState(r);
+        break;
+      }
+      case Req.SET_VRING_BASE: {
+        const r = this.ring(p.getUint32(0, true));
+        const base = p.getUint32(4, true);
+        if (base > 0xffff) throw new Error(`${r.name}: base ${base} does not fit a split ring index`);
+        r.setBase(base);
+        break;
+      }
+      case Req.GET_VRING_BASE: {
+        const r = this.ring(p.getUint32(0, true));
+        this.stopRing(r);
+        reply = vringStatePayload(r.index, r.lastAvail);
+        break;
+      }
+      case Req.SET_VRING_KICK:
+      case Req.SET_VRING_CALL:
+      case Req.SET_VRING_ERR:
+        this.setVringFd(m);
+        break;
+      case Req.SET_VRING_ENABLE: {
+        const r = this.ring(p.getUint32(0, true));
+        const on = p.getUint32(4, true);
+        if (on > 1) throw new Error(`${r.name}: enable value ${on} is neither 0 nor 1`);
+        r.enabled = on === 1;
+        this.device.onRingState(r);
+        break;
+      }
+      case Req.SEND_RARP: {
+        const mac = new Uint8Array(6);
+        for (let i = 0; i < 6; i++) mac[i] = p.getUint8(i);
+        this.device.onRarp(mac);
+        break;
+      }
+      case Req.NET_SET_MTU: {
+        const mtu = getU64(p, 0);
+        if (mtu < 68 || mtu > 65535) throw new Error(`MTU ${mtu} outside [68, 65535]`);
+        this.mtu = mtu;
+        this.log(`${this.name}: MTU ${mtu}`);
+        break;
+      }
+      case Req.SET_VRING_ENDIAN: {
+        const r = this.ring(p.getUint32(0, true));
+        if (p.getUint32(4, true) !== 0) throw new Error(`${r.name}: big-endian rings are not supported`);
+        break;
+      }
+      case Req.GET_CONFIG: {
+        // CONFIG is not offered: the reply carries size 0, which the front-end reads as "no config".
+        const out = new Uint8Array(m.size);
+        out.set(new Uint8Array(p.buffer, p.byteOffset, CONFIG_HDR_SIZE));
+        new DataView(out.buffer).setUint32(4, 0, true);
+        reply = out;
+        break;
+      }
+      case Req.SET_CONFIG:
+        throw new Error('VHOST_USER_PROTOCOL_F_CONFIG was not offered');
+      case Req.SET_STATUS:
+        this.status = getU64(p, 0) & 0xff;
+        break;
+      case Req.GET_STATUS:
+        reply = u64Payload(this.status);
+        break;
+      default:
+        throw new Error('request not supported by this back-end');
+    }
+    if (m.fds.length > 0) throw new Error(`unexpected ${m.fds.length} file descriptor(s)`);
+    if (reply) {
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, reply));
+    } else if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
+    }
+  }
+
+  private ring(index: number): SplitRing {
+    const r = this.rings[index];
+    if (!r) throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered`);
+    return r;
+  }
+
+  private setMemTable(m: Message): void {
+    const p = m.payload;
+    const n = p.getUint32(0, true);
+    if (n === 0 || n > MAX_TABLE_REGIONS) throw new Error(`${n} regions (1 to ${MAX_TABLE_REGIONS} allowed)`);
+    if (m.size !== 8 + n * MEM_REGION_SIZE) throw new Error(`payload size ${m.size} does not match ${n} regions`);
+    if (m.fds.length !== n) throw new Error(`${n} regions but ${m.fds.length} file descriptors`);
+    const fds = m.fds.splice(0);
+    const regions: Region[] = [];
+    try {
+      for (let i = 0; i < n; i++) regions.push(new Region(readRegion(p, 8 + i * MEM_REGION_SIZE), fds[i]));
+    } catch (e) {
+      for (const r of regions) r.unmap();
+      for (let i = regions.length + 1; i < n; i++) safeClose(fds[i]);
+      throw e;
+    }
+    let old: Region[];
+    try {
+      old = this.mem.replace(regions);
+    } catch (e) {
+      for (const r of regions) r.unmap();
+      throw e;
+    }
+    // Rings move to the new mappings first; only then are the old ones unmapped.
+    this.resetupRings();
+    for (const r of old) r.unmap();
+    this.log(
+      `${this.name}: memory table: ${regions
+        .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
+        .join(', ')}`,
+    );
+  }
+
+  private resetupRings(): void {
+    for (const r of this.rings) {
+      if (!r.addrSet) continue;
+      try {
+        r.setup(this.mem);
+      } catch (e) {
+        r.detachViews();
+        r.broken = (e as Error).message;
+        this.ringBroken(r);
+        continue;
+      }
+      this.device.onRingState(r);
+    }
+  }
+
+  private setVringFd(m: Message): void {
+    const v = getU64(m.payload, 0);
+    const r = this.ring(v & VRING_IDX_MASK);
+    const nofd = (v & VRING_NOFD_MASK) !== 0;
+    if (nofd && m.fds.length !== 0) throw new Error(`${r.name}: "no fd" flag set but a file descriptor was sent`);
+    if (!nofd && m.fds.length !== 1) throw new Error(`${r.name}: expected 1 file descriptor, got ${m.fds.length}`);
+    const fd = nofd ? -1 : m.fds.pop()!;
+    if (m.request === Req.SET_VRING_CALL) {
+      safeClose(r.callFd);
+      r.callFd = fd;
+    } else if (m.request === Req.SET_VRING_ERR) {
+      safeClose(r.errFd);
+      r.errFd = fd;
+    } else {
+      this.stopKick(r);
+      r.kickFd = fd;
+      r.broken = null;
+      if (fd < 0) {
+        // Polling mode: no kicks will come; the ring counts as started now.
+        r.started = true;
+        this.device.onRingState(r);
+        return;
+      }
+      const poller = native.poll(fd, (status) => {
+        if (status < 0 || r.kickFd !== fd) return;
+        native.eventfdRead(fd);
+        if (!r.started) {
+          r.started = true;
+          this.device.onRingState(r);
+        }
+        this.device.onKick(r);
+      });
+      this.kickPollers[r.index] = poller;
+      poller.start(native.POLL_READABLE);
+    }
+  }
+
+  private stopKick(r: SplitRing): void {
+    const p = this.kickPollers[r.index];
+    if (p) p.close();
+    this.kickPollers[r.index] = null;
+    safeClose(r.kickFd);
+    r.kickFd = -1;
+  }
+
+  /** GET_VRING_BASE: the ring stops until the front-end sets it up and kicks again. */
+  private stopRing(r: SplitRing): void {
+    this.stopKick(r);
+    r.started = false;
+    this.device.onRingState(r);
+  }
+
+  private reset(): void {
+    for (const r of this.rings) {
+      this.stopKick(r);
+      safeClose(r.callFd);
+      safeClose(r.errFd);
+      r.callFd = r.errFd = -1;
+      r.started = false;
+      r.enabled = false;
+      r.addrSet = false;
+      r.broken = null;
+      r.num = 0;
+      r.detachViews();
+      r.setBase(0);
+      this.device.onRingState(r);
+    }
+    this.features = 0n;
+    this.featuresSet = false;
+    this.protocolFeatures = 0n;
+  }
+
+  close(): void {
+    this.conn.close(null);
+  }
+
+  private dispose(reason: string | null): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of this.rings) {
+      this.stopKick(r);
+      safeClose(r.callFd);
+      safeClose(r.errFd);
+      r.callFd = r.errFd = -1;
+      r.started = false;
+      r.detachViews();
+    }
+    this.mem.clear();
+    this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`);
+    this.device.onDisconnect(reason);
+  }
+}
+
+export { requestName };

@@ -1,0 +1,255 @@
+// A split virtqueue (virtio 1.x, 2.7) living in guest memory, seen from the device side.
+//
+//   descriptor table  16 bytes each: le64 addr, le32 len, le16 flags, le16 next   (16-byte aligned)
+//   avail ring        le16 flags, le16 idx, le16 ring[num], le16 used_event       (2-byte aligned)
+//   used ring         le16 flags, le16 idx, {le32 id, le32 len}[num], le16 avail_event (4-byte aligned)
+//
+// All three are typed-array views on the mapped windows (made once at setup, never per frame).
+// The avail index is read with Atomics.load and the used index published with Atomics.store
+// (sequentially consistent: a full barrier on x86), which orders our used-ring writes before the
+// index, and the index before we read the guest's used_event for notification suppression.
+import { GuestMemory, Translation } from '../memory/guest-memory';
+import { Segments, MAX_CHAINS, MAX_SEGMENTS } from './chain';
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+export const VRING_USED_F_NO_NOTIFY = 1;
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+export const MAX_RING_SIZE = 32768;
+
+/** popChain results other than a head index */
+export const NONE = -1;
+export const BROKEN = -2;
+
+const TWO32 = 0x100000000;
+
+export class SplitRing {
+  num = 0;
+  private mask = 0;
+  descAddr = 0;
+  availAddr = 0;
+  usedAddr = 0;
+  /** addresses set by SET_VRING_ADDR, not yet translated */
+  addrSet = false;
+
+  /** SET_VRING_ENABLE state; starts disabled when PROTOCOL_FEATURES is negotiated */
+  enabled = false;
+  /** started on the first kick after SET_VRING_KICK, stopped by GET_VRING_BASE */
+  started = false;
+  /** set when the front-end or guest broke the ring; nothing more is done on it until reset */
+  broken: string | null = null;
+
+  lastAvail = 0;
+  usedIdx = 0;
+  private signalledUsed = 0;
+  eventIdx = false;
+  indirectAllowed = true;
+
+  kickFd = -1;
+  callFd = -1;
+  errFd = -1;
+
+  // views, made at setup()
+  private desc32: Uint32Array = new Uint32Array(0);
+  private desc16: Uint16Array = new Uint16Array(0);
+  private desc32Base = 0;
+  private desc16Base = 0;
+  private avail: Uint16Array = new Uint16Array(0);
+  private usedFlags: Uint16Array = new Uint16Array(0);
+  private used32: Uint32Array = new Uint32Array(0);
+  private availEventIdx = 0;
+
+  private readonly t = new Translation();
+
+  constructor(readonly index: number, readonly name: string) {}
+
+  get ready(): boolean {
+    return this.num > 0 && this.addrSet && this.desc32.length > 0 && this.broken === null;
+  }
+
+  /** Translates the ring addresses against the memory table (SET_VRING_ADDR, or after the table changed). */
+  setup(mem: GuestMemory): void {
+    const num = this.num;
+    this.desc32 = new Uint32Array(0);
+    if (!this.addrSet || num === 0) return;
+    const d = mem.translateUva(this.descAddr, 16 * num);
+    const a = mem.translateUva(this.availAddr, 6 + 2 * num);
+    const u = mem.translateUva(this.usedAddr, 6 + 8 * num);
+    if (!d || !a || !u) {
+      const which = !d ? 'descriptor table' : !a ? 'avail ring' : 'used ring';
+      const addr = !d ? this.descAddr : !a ? this.availAddr : this.usedAddr;
+      throw new Error(`${this.name}: ${which} at 0x${addr.toString(16)} (ring size ${num}) is not inside guest memory`);
+    }
+    if (d.off % 16 || a.off % 2 || u.off % 4) {
+      throw new Error(`${this.name}: misaligned ring (desc 0x${this.descAddr.toString(16)}, avail 0x${this.availAddr.toString(16)}, used 0x${this.usedAddr.toString(16)})`);
+    }
+    this.desc32 = d.u32;
+    this.desc16 = d.u16;
+    this.desc32Base = d.off >>> 2;
+    this.desc16Base = d.off >>> 1;
+    this.avail = new Uint16Array(a.buf.buffer, a.buf.byteOffset + a.off, 3 + num);
+    this.usedFlags = new Uint16Array(u.buf.buffer, u.buf.byteOffset + u.off, 3 + 4 * num);
+    this.used32 = new Uint32Array(u.buf.buffer, u.buf.byteOffset + u.off, 1 + 2 * num);
+    this.availEventIdx = 2 + 4 * num;
+  }
+
+  setNum(num: number): void {
+    if (num === 0 || num > MAX_RING_SIZE || (num & (num - 1)) !== 0) {
+      throw new Error(`${this.name}: ring size ${num} is not a power of 2 in [1, ${MAX_RING_SIZE}]`);
+    }
+    this.num = num;
+    this.mask = num - 1;
+  }
+
+  setBase(base: number): void {
+    this.lastAvail = base & 0xffff;
+    this.usedIdx = base & 0xffff;
+    this.signalledUsed = base & 0xffff;
+  }
+
+  /** Drops the views (memory going away, ring reset). */
+  detachViews(): void {
+    this.desc32 = new Uint32Array(0);
+    this.desc16 = new Uint16Array(0);
+    this.avail = new Uint16Array(0);
+    this.usedFlags = new Uint16Array(0);
+    this.used32 = new Uint32Array(0);
+  }
+
+  /** Number of chains the guest made available that we have not taken yet; -1 when broken. */
+  availCount(): number {
+    if (this.desc32.length === 0 || this.broken !== null) return 0;
+    const n = (Atomics.load(this.avail, 1) - this.lastAvail) & 0xffff;
+    if (n > this.num) {
+      this.broken = `avail index jumped by ${n}, more than the ring size ${this.num}`;
+      return -1;
+    }
+    return n;
+  }
+
+  /**
+   * Takes the next available chain and appends its buffers to segs (as a new chain entry).
+   * writable: the chain must consist of device-writable buffers (RX) or device-readable ones (TX).
+   * Returns the head index, NONE when nothing is available, BROKEN (and sets this.broken) on a bad chain.
+   * Call availCount() first; this does not re-check it.
+   */
+  popChain(mem: GuestMemory, segs: Segments, writable: boolean): number {
+    const head = this.avail[2 + (this.lastAvail & this.mask)];
+    if (head >= this.num) return this.fail(`avail ring entry ${this.lastAvail} names descriptor ${head}, beyond the ring size ${this.num}`);
+    if (segs.chains >= MAX_CHAINS) return this.fail('too many chains in one gather');
+    let t32 = this.desc32;
+    let t16 = this.desc16;
+    let b32 = this.desc32Base;
+    let b16 = this.desc16Base;
+    let size = this.num;
+    let i = head;
+    let count = 0;
+    let indirect = false;
+    let cap = 0;
+    const t = this.t;
+    for (;;) {
+      if (++count > size) return this.fail(`descriptor chain from head ${head} loops (more than ${size} descriptors${indirect ? ' in its indirect table' : ''})`);
+      const o32 = b32 + i * 4;
+      let addr = t32[o32] + t32[o32 + 1] * TWO32;
+      let len = t32[o32 + 2];
+      const flags = t16[b16 + i * 8 + 6];
+      if (flags & VRING_DESC_F_INDIRECT) {
+        if (indirect) return this.fail(`descriptor chain from head ${head}: indirect descriptor inside an indirect table`);
+        if (!this.indirectAllowed) return this.fail(`descriptor chain from head ${head}: indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC`);
+        if (flags & VRING_DESC_F_NEXT) return this.fail(`descriptor chain from head ${head}: indirect descriptor with the NEXT flag`);
+        if (len === 0 || len % 16 !== 0 || len / 16 > MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head}: bad indirect table length ${len}`);
+        if (!mem.contiguousGpa(addr, len, t)) return this.fail(`descriptor chain from head ${head}: indirect table at 0x${addr.toString(16)} length ${len} is not inside guest memory`);
+        if (t.off % 16 !== 0) return this.fail(`descriptor chain from head ${head}: indirect table at 0x${addr.toString(16)} is not 16-byte aligned`);
+        t32 = t.u32;
+        t16 = t.u16;
+        b32 = t.off >>> 2;
+        b16 = t.off >>> 1;
+        size = len / 16;
+        i = 0;
+        count = 0;
+        indirect = true;
+        continue;
+      }
+      if (((flags & VRING_DESC_F_WRITE) !== 0) !== writable) {
+        return this.fail(`descriptor chain from head ${head}: ${writable ? 'device-readable descriptor in an RX' : 'device-writable descriptor in a TX'} chain`);
+      }
+      cap += len;
+      while (len > 0) {
+        if (!mem.translateGpa(addr, len, t)) {
+          return this.fail(`descriptor chain from head ${head}: buffer at 0x${addr.toString(16)} length ${len} is outside guest memory`);
+        }
+        const n = segs.count;
+        if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
+        segs.buf[n] = t.buf;
+        segs.off[n] = t.off;
+        segs.len[n] = t.len;
+        segs.count = n + 1;
+        addr += t.len;
+        len -= t.len;
+      }
+      if ((flags & VRING_DESC_F_NEXT) === 0) break;
+      i = t16[b16 + i * 8 + 7];
+      if (i >= size) return this.fail(`descriptor chain from head ${head}: next index ${i} beyond the ${indirect ? 'indirect table' : 'ring'} size ${size}`);
+    }
+    const c = segs.chains;
+    segs.chainHead[c] = head;
+    segs.chainEnd[c] = segs.count;
+    segs.chainCap[c] = cap;
+    segs.chains = c + 1;
+    segs.total += cap;
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    return head;
+  }
+
+  /** Gives back the last n chains taken with popChain (not yet used): they will be taken again. */
+  unpop(n: number): void {
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  }
+
+  /** Adds a used element; visible to the guest only after publish(). */
+  pushUsed(head: number, len: number): void {
+    const o = 1 + 2 * (this.usedIdx & this.mask);
+    this.used32[o] = head;
+    this.used32[o + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  publish(): void {
+    Atomics.store(this.usedFlags, 1, this.usedIdx);
+  }
+
+  /** Signals the guest through the call eventfd if it asked to be (used_event / NO_INTERRUPT). */
+  signal(write: (fd: number) => void): void {
+    if (this.usedIdx === this.signalledUsed || this.callFd < 0 || this.desc32.length === 0) return;
+    let need: boolean;
+    if (this.eventIdx) {
+      const ev = this.avail[2 + this.num];
+      const nw = this.usedIdx;
+      need = ((nw - ev - 1) & 0xffff) < ((nw - this.signalledUsed) & 0xffff);
+    } else {
+      need = (this.avail[0] & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    this.signalledUsed = this.usedIdx;
+    if (need) write(this.callFd);
+  }
+
+  /** Ask the guest to kick when it makes more buffers available. */
+  enableNotify(): void {
+    if (this.desc32.length === 0) return;
+    if (this.eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, this.lastAvail);
+    else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
+  }
+
+  /** Tell the guest kicks are not needed (we are busy, or have nothing waiting for it). */
+  disableNotify(): void {
+    if (this.desc32.length === 0) return;
+    // With EVENT_IDX leaving avail_event behind suppresses further kicks by itself.
+    if (!this.eventIdx) Atomics.store(this.usedFlags, 0, this.usedFlags[0] | VRING_USED_F_NO_NOTIFY);
+  }
+
+  private fail(reason: string): number {
+    this.broken = reason;
+    return BROKEN;
+  }
+}
