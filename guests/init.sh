@@ -122,7 +122,7 @@ agent_run() { # id command
     rc="$(cat "$rcf" 2>/dev/null)"
     echo "EV-DONE $id rc=${rc:-255}"
     rm -f "$rcf" "/run/ev/$id.pid"
-  ) > "$AGENT_TTY" 2>&1 &
+  ) > "$AGENT_TTY" 2>&1 3<&- &
 }
 agent_loop() {
   CR="$(printf '\r')"
@@ -137,14 +137,19 @@ agent_loop() {
         *[!A-Za-z0-9_.:-]*) echo "EV-BADLINE $line" > "$AGENT_TTY"; continue ;;
       esac
       agent_run "$id" "$cmd"
-    done < "$AGENT_TTY"
+    done <&3
+    # EOF/error on the tty (should not happen): reopen and go on
     sleep 1
+    exec 3< "$AGENT_TTY"
   done
 }
 AGENT=0
 if [ "$ROLE" = agent ] || [ "$(arg agent 0)" = 1 ]; then
   if stty -F "$AGENT_TTY" raw -echo -echoe -echok -echoctl -echoke clocal -hupcl 115200 2>/dev/null; then
     AGENT=1
+    # Keep the port open from now on so input is buffered by the tty layer
+    # even before the read loop starts (EV-READY is printed before that).
+    exec 3< "$AGENT_TTY"
     echo "EV-AGENT ready" > "$AGENT_TTY"
   else
     err "agent tty $AGENT_TTY not usable"
