@@ -1,0 +1,226 @@
+// The classifier — the patent's first test: can the destination connection be determined?
+//
+// A MAC address is handled as two integers, hi (first 2 bytes) and lo (last 4 bytes), and stored as
+// one double key = hi * 2^32 + lo (48 bits, exact). The MAC table is open addressing with linear
+// probing over typed arrays, so learning and lookup allocate nothing and never create a Map entry or
+// a string per frame. Deletion shifts the following entries back (no tombstones), so a table that
+// sees constant churn (VMs coming and going, aging) does not slow down.
+
+import { ENGINE_HDR_LEN } from './port';
+
+/** Result of classify(): a connection index (>= 0) or one of these two. */
+export type Destination = number;
+/** broadcast or multicast: every other connection, each treated as its own destination */
+export const DESTINATION_FLOOD = -1;
+/** unicast to a MAC that is not (or no longer) in the table */
+export const DESTINATION_UNKNOWN = -2;
+
+/** learn() results */
+export const LEARN_REFRESHED = 0;
+/** new entry, or the MAC moved to another connection, or its old entry had aged out */
+export const LEARN_NEW = 1;
+/** the MAC is static on another connection, or the table is full */
+export const LEARN_REFUSED = -1;
+
+const EMPTY = -1;
+const TWO_32 = 4294967296;
+const FLAG_STATIC = 1;
+
+export const DST_MAC_OFFSET = ENGINE_HDR_LEN;
+export const SRC_MAC_OFFSET = ENGINE_HDR_LEN + 6;
+
+export function macHi(buf: Uint8Array, off: number): number {
+  return (buf[off] << 8) | buf[off + 1];
+}
+export function macLo(buf: Uint8Array, off: number): number {
+  return ((buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5]) >>> 0;
+}
+export function macKey(hi: number, lo: number): number {
+  return hi * TWO_32 + lo;
+}
+/** the group bit (I/G) of the first octet: broadcast and multicast */
+export function isGroupHi(hi: number): boolean {
+  return (hi & 0x100) !== 0;
+}
+
+/** "52:54:00:12:34:56" (or with '-') → key. Throws on anything else. Not for the data path. */
+export function parseMac(text: string): number {
+  const m = /^([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})[:-]([0-9a-f]{2})$/i.exec(text);
+  if (m === null) throw new Error(`not a MAC address: ${JSON.stringify(text)}`);
+  let key = 0;
+  for (let i = 1; i <= 6; i++) key = key * 256 + parseInt(m[i], 16);
+  return key;
+}
+export function formatMac(key: number): string {
+  const parts: string[] = [];
+  for (let i = 5; i >= 0; i--) parts.push((Math.floor(key / 2 ** (8 * i)) % 256).toString(16).padStart(2, '0'));
+  return parts.join(':');
+}
+
+function hashOf(hi: number, lo: number, shift: number): number {
+  return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> shift;
+}
+
+export class MacTable {
+  readonly capacity: number;
+  private readonly mask: number;
+  private readonly shift: number;
+  private readonly maxEntries: number;
+  private readonly keys: Float64Array;
+  private readonly homes: Int32Array;
+  private readonly ports: Int32Array;
+  private readonly seen: Float64Array;
+  private readonly flags: Uint8Array;
+  private entries = 0;
+
+  /** capacity: slots, rounded up to a power of two; at most 3/4 of them are filled. */
+  constructor(capacity = 8192, readonly ageMs = 300_000) {
+    let bits = 4;
+    while (1 << bits < capacity) bits++;
+    this.capacity = 1 << bits;
+    this.mask = this.capacity - 1;
+    this.shift = 32 - bits;
+    this.maxEntries = (this.capacity * 3) >>> 2;
+    this.keys = new Float64Array(this.capacity).fill(EMPTY);
+    this.homes = new Int32Array(this.capacity);
+    this.ports = new Int32Array(this.capacity);
+    this.seen = new Float64Array(this.capacity);
+    this.flags = new Uint8Array(this.capacity);
+  }
+
+  get size(): number {
+    return this.entries;
+  }
+
+  private find(hi: number, lo: number): number {
+    const key = hi * TWO_32 + lo;
+    let i = hashOf(hi, lo, this.shift);
+    for (;;) {
+      const k = this.keys[i];
+      if (k === key) return i;
+      if (k === EMPTY) return -1;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  private aged(slot: number, now: number): boolean {
+    return this.flags[slot] === 0 && now - this.seen[slot] > this.ageMs;
+  }
+
+  /** the connection of this unicast MAC, or -1 (unknown or aged out — an aged entry is removed) */
+  lookup(hi: number, lo: number, now: number): number {
+    const slot = this.find(hi, lo);
+    if (slot < 0) return -1;
+    if (this.aged(slot, now)) {
+      this.removeSlot(slot);
+      return -1;
+    }
+    return this.ports[slot];
+  }
+
+  learn(hi: number, lo: number, port: number, now: number): number {
+    const slot = this.find(hi, lo);
+    if (slot >= 0) {
+      if (this.flags[slot] !== 0) return this.ports[slot] === port ? LEARN_REFRESHED : LEARN_REFUSED;
+      const wasAged = now - this.seen[slot] > this.ageMs;
+      this.seen[slot] = now;
+      if (this.ports[slot] === port && !wasAged) return LEARN_REFRESHED;
+      this.ports[slot] = port;
+      return LEARN_NEW;
+    }
+    return this.insert(hi, lo, port, now, 0) ? LEARN_NEW : LEARN_REFUSED;
+  }
+
+  /** a configured MAC: never ages, not learnable on another connection */
+  setStatic(hi: number, lo: number, port: number): boolean {
+    const slot = this.find(hi, lo);
+    if (slot >= 0) {
+      this.ports[slot] = port;
+      this.flags[slot] = FLAG_STATIC;
+      return true;
+    }
+    return this.insert(hi, lo, port, 0, FLAG_STATIC);
+  }
+
+  remove(hi: number, lo: number): boolean {
+    const slot = this.find(hi, lo);
+    if (slot < 0) return false;
+    this.removeSlot(slot);
+    return true;
+  }
+
+  /** forget every MAC (learned or static) of one connection; returns how many */
+  removePort(port: number): number {
+    return this.sweep((slot) => this.ports[slot] === port);
+  }
+
+  /** remove aged entries; returns how many */
+  expire(now: number): number {
+    return this.sweep((slot) => this.aged(slot, now));
+  }
+
+  /** for tests and stats */
+  *entriesOf(): IterableIterator<{ key: number; port: number; isStatic: boolean }> {
+    for (let i = 0; i < this.capacity; i++) {
+      if (this.keys[i] !== EMPTY) yield { key: this.keys[i], port: this.ports[i], isStatic: this.flags[i] !== 0 };
+    }
+  }
+
+  private insert(hi: number, lo: number, port: number, now: number, flags: number): boolean {
+    if (this.entries >= this.maxEntries) return false;
+    const home = hashOf(hi, lo, this.shift);
+    let i = home;
+    while (this.keys[i] !== EMPTY) i = (i + 1) & this.mask;
+    this.keys[i] = hi * TWO_32 + lo;
+    this.homes[i] = home;
+    this.ports[i] = port;
+    this.seen[i] = now;
+    this.flags[i] = flags;
+    this.entries++;
+    return true;
+  }
+
+  // Backward-shift deletion: move later members of the probe run into the hole when their home
+  // slot is not cyclically inside (hole, position].
+  private removeSlot(hole: number): void {
+    let j = hole;
+    for (;;) {
+      j = (j + 1) & this.mask;
+      if (this.keys[j] === EMPTY) break;
+      const home = this.homes[j];
+      const inside = hole <= j ? hole < home && home <= j : hole < home || home <= j;
+      if (inside) continue;
+      this.keys[hole] = this.keys[j];
+      this.homes[hole] = home;
+      this.ports[hole] = this.ports[j];
+      this.seen[hole] = this.seen[j];
+      this.flags[hole] = this.flags[j];
+      hole = j;
+    }
+    this.keys[hole] = EMPTY;
+    this.entries--;
+  }
+
+  // Control path only (a closure per call). After a removal the slot is examined again, since
+  // removeSlot may have shifted a later entry into it.
+  private sweep(match: (slot: number) => boolean): number {
+    let removed = 0;
+    for (let i = 0; i < this.capacity; ) {
+      if (this.keys[i] !== EMPTY && match(i)) {
+        this.removeSlot(i);
+        removed++;
+      } else {
+        i++;
+      }
+    }
+    return removed;
+  }
+}
+
+/** The first test, for the frame at buf[off): destination connection, flood set, or unknown. */
+export function classify(table: MacTable, buf: Uint8Array, off: number, now: number): Destination {
+  const hi = macHi(buf, off + DST_MAC_OFFSET);
+  if (isGroupHi(hi)) return DESTINATION_FLOOD;
+  const port = table.lookup(hi, macLo(buf, off + DST_MAC_OFFSET), now);
+  return port >= 0 ? port : DESTINATION_UNKNOWN;
+}

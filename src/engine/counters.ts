@@ -1,0 +1,110 @@
+// Counters: one Float64Array row per connection plus one engine-wide row, indexed by the constants
+// below, so counting on the data path is a typed-array increment. Objects are built only by
+// snapshot(), on the control path (CLI, metrics, tests).
+//
+// Bytes are Ethernet bytes: the 12-byte virtio-net header the engine carries is not counted.
+// A drop is counted once engine-wide and once on one connection: the destination connection when it
+// was determined, otherwise the source connection (port security, malformed, unresolved frames).
+
+export const RX_FRAMES = 0; // frames input() from this connection
+export const RX_BYTES = 1;
+export const FAST_FRAMES = 2; // delivered on the fast path (to this connection)
+export const FAST_BYTES = 3;
+export const STORED_FRAMES = 4; // copied into the elastic FIFO (for this connection, or unresolved from it)
+export const STORED_BYTES = 5;
+export const DRAINED_FRAMES = 6; // delivered from the elastic FIFO by the monitor
+export const DRAINED_BYTES = 7;
+export const RESOLVED_FRAMES = 8; // moved from the unresolved queue to this connection's queue
+export const HOLD_FLOODED = 9; // unresolved frames past the hold time, flooded (counted on the source)
+export const DROP_POOL_EXHAUSTED = 10;
+export const DROP_SHARE_LIMIT = 11;
+export const DROP_MALFORMED = 12; // shorter than header + Ethernet header, or longer than the largest frame
+export const DROP_PORT_SECURITY = 13;
+export const DROP_HOLD_EXPIRED = 14; // unresolved past the hold time, policy 'drop'
+export const DROP_SAME_CONNECTION = 15; // destination is the source connection
+export const DROP_DETACHED = 16; // queued for a connection that detached
+export const COUNTER_COUNT = 17;
+
+export interface DropCounts {
+  poolExhausted: number;
+  shareLimit: number;
+  malformed: number;
+  portSecurity: number;
+  holdExpired: number;
+  sameConnection: number;
+  detached: number;
+}
+
+export interface TrafficCounts {
+  rxFrames: number;
+  rxBytes: number;
+  fastFrames: number;
+  fastBytes: number;
+  storedFrames: number;
+  storedBytes: number;
+  drainedFrames: number;
+  drainedBytes: number;
+  resolvedFrames: number;
+  holdFlooded: number;
+  drops: DropCounts;
+  /** sum of drops */
+  dropped: number;
+}
+
+export class Counters {
+  readonly perPort: Float64Array;
+  readonly total = new Float64Array(COUNTER_COUNT);
+
+  constructor(readonly maxPorts: number) {
+    this.perPort = new Float64Array(maxPorts * COUNTER_COUNT);
+  }
+
+  add(port: number, counter: number, n: number): void {
+    if (port >= 0) this.perPort[port * COUNTER_COUNT + counter] += n;
+    this.total[counter] += n;
+  }
+
+  /** a frame of len bytes (header included) counted as frames + Ethernet bytes */
+  frame(port: number, framesCounter: number, len: number): void {
+    if (port >= 0) {
+      const base = port * COUNTER_COUNT + framesCounter;
+      this.perPort[base] += 1;
+      this.perPort[base + 1] += len - 12;
+    }
+    this.total[framesCounter] += 1;
+    this.total[framesCounter + 1] += len - 12;
+  }
+
+  resetPort(port: number): void {
+    this.perPort.fill(0, port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
+  }
+
+  snapshot(port: number): TrafficCounts {
+    const row = port < 0 ? this.total : this.perPort.subarray(port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
+    const drops: DropCounts = {
+      poolExhausted: row[DROP_POOL_EXHAUSTED],
+      shareLimit: row[DROP_SHARE_LIMIT],
+      malformed: row[DROP_MALFORMED],
+      portSecurity: row[DROP_PORT_SECURITY],
+      holdExpired: row[DROP_HOLD_EXPIRED],
+      sameConnection: row[DROP_SAME_CONNECTION],
+      detached: row[DROP_DETACHED],
+    };
+    let dropped = 0;
+    for (let c = DROP_POOL_EXHAUSTED; c <= DROP_DETACHED; c++) dropped += row[c];
+    return {
+      rxFrames: row[RX_FRAMES],
+      rxBytes: row[RX_BYTES],
+      fastFrames: row[FAST_FRAMES],
+      fastBytes: row[FAST_BYTES],
+      storedFrames: row[STORED_FRAMES],
+      storedBytes: row[STORED_BYTES],
+      drainedFrames: row[DRAINED_FRAMES],
+      drainedBytes: row[DRAINED_BYTES],
+      resolvedFrames: row[RESOLVED_FRAMES],
+      holdFlooded: row[HOLD_FLOODED],
+      drops,
+      dropped,
+    };
+  }
+}

@@ -1,0 +1,141 @@
+// The monitor: watches for the two conditions of the patent together — connection-specific
+// resources appearing, and waiting frames whose destination is now known — and moves frames from
+// the local data store into the destination guest when both hold.
+//
+//   drain(i)     resources appeared on connection i (RX buffers posted + kick, or ring started):
+//                deliver its numbered queue in order as far as deliver() succeeds.
+//   resolve(k,i) MAC k became known on connection i (learned or configured): move the unresolved
+//                frames for k to i's numbered queue, in arrival order. The caller then drains i.
+//   expire(now)  unresolved frames older than the hold time: flood (as a learning switch would)
+//                or drop, by policy.
+//   sweep()      try every connection with waiting frames: the safety net for a lost kick, run by
+//                the periodic tick, not per frame.
+
+import type { ConnectionTable } from './connections';
+import {
+  Counters,
+  DRAINED_FRAMES,
+  DROP_HOLD_EXPIRED,
+  DROP_SAME_CONNECTION,
+  HOLD_FLOODED,
+  RESOLVED_FRAMES,
+} from './counters';
+import type { ElasticFifo } from './elastic-fifo';
+import type { EnginePort } from './port';
+import type { StoreEngine } from './store-engine';
+
+export type UnknownPolicy = 'flood' | 'drop';
+
+/** What the monitor needs of the switch to flood an expired frame: the second test and fast path
+ * (or store) for every connection but the source. */
+export interface Flooder {
+  floodFrom(src: number, buf: Uint8Array, off: number, len: number, now: number): void;
+}
+
+export class Monitor {
+  /** contiguous copy of a chained frame whose blocks are not adjacent (see ElasticFifo) */
+  private readonly scratch: Uint8Array;
+
+  constructor(
+    private readonly fifo: ElasticFifo,
+    private readonly conns: ConnectionTable,
+    private readonly counters: Counters,
+    private readonly store: StoreEngine,
+    private readonly flooder: Flooder,
+    public holdTimeMs: number,
+    public unknownPolicy: UnknownPolicy,
+    maxFrameLen: number,
+  ) {
+    this.scratch = new Uint8Array(maxFrameLen);
+  }
+
+  /** Deliver connection i's waiting frames in order while it has resources. Marks the port dirty
+   * (the caller flushes) and keeps wantResources in step with whether frames still wait. */
+  drain(i: number): number {
+    const fifo = this.fifo;
+    const port = this.conns.ports[i] as EnginePort;
+    const bs = fifo.blockSize;
+    let n = 0;
+    while (fifo.qFrames[i] > 0) {
+      const head = fifo.qHead[i];
+      const len = fifo.frameLen[head];
+      let ok: boolean;
+      if (fifo.frameBlocks[head] === 1 || fifo.isContiguous(head)) {
+        ok = port.deliver(fifo.store, head * bs, len);
+      } else {
+        fifo.gather(head, this.scratch, 0);
+        ok = port.deliver(this.scratch, 0, len);
+      }
+      if (!ok) break;
+      fifo.shift(i);
+      fifo.release(head);
+      this.counters.frame(i, DRAINED_FRAMES, len);
+      n++;
+    }
+    if (n > 0) this.conns.markDirty(i);
+    this.conns.want(i, fifo.qFrames[i] > 0);
+    return n;
+  }
+
+  /** Move unresolved frames for MAC key to connection i's queue, in arrival order. Frames that
+   * came from i itself are dropped (a switch never sends a frame back out of its source). */
+  resolve(key: number, i: number): number {
+    const fifo = this.fifo;
+    const q = this.store.unresolvedQueue;
+    let prev = -1;
+    let moved = 0;
+    for (let cur = fifo.qHead[q]; cur !== -1; ) {
+      const next = fifo.frameNext[cur];
+      if (fifo.frameKey[cur] === key) {
+        fifo.unlink(q, prev, cur);
+        if (fifo.frameSrc[cur] === i) {
+          fifo.release(cur);
+          this.counters.add(i, DROP_SAME_CONNECTION, 1);
+        } else {
+          // Already in the pool, so the move does not take blocks: it is not refused by i's share
+          // limit (the queue may exceed it until drained).
+          fifo.push(i, cur);
+          this.counters.add(i, RESOLVED_FRAMES, 1);
+          moved++;
+        }
+      } else {
+        prev = cur;
+      }
+      cur = next;
+    }
+    return moved;
+  }
+
+  /** Unresolved frames past the hold time: flood or drop. The queue is in arrival order, so only
+   * its head needs looking at. */
+  expire(now: number): void {
+    const fifo = this.fifo;
+    const q = this.store.unresolvedQueue;
+    for (let head = fifo.qHead[q]; head !== -1 && now - fifo.frameTime[head] >= this.holdTimeMs; head = fifo.qHead[q]) {
+      fifo.shift(q);
+      const src = fifo.frameSrc[head];
+      if (this.unknownPolicy === 'flood') {
+        // copy out and release first, so the flood copies can reuse these blocks
+        const len = fifo.frameLen[head];
+        fifo.gather(head, this.scratch, 0);
+        fifo.release(head);
+        this.counters.add(src, HOLD_FLOODED, 1);
+        this.flooder.floodFrom(src, this.scratch, 0, len, now);
+      } else {
+        fifo.release(head);
+        this.counters.add(src, DROP_HOLD_EXPIRED, 1);
+      }
+    }
+  }
+
+  /** try to drain every connection with waiting frames; returns frames delivered */
+  sweep(): number {
+    let n = 0;
+    const conns = this.conns;
+    for (let k = 0; k < conns.attachedCount; k++) {
+      const i = conns.attached[k];
+      if (this.fifo.qFrames[i] > 0) n += this.drain(i);
+    }
+    return n;
+  }
+}

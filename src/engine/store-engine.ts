@@ -1,0 +1,56 @@
+// The store engine — the patent's "otherwise" branch: take free packet buffers from the elastic
+// FIFO, copy the frame in, and submit it to the numbered queue of its destination connection or,
+// for an unknown destination, to the named queue of unresolved frames. Every refusal is a counted
+// drop: pool exhausted, or the queue's share limit reached.
+
+import type { ConnectionTable } from './connections';
+import {
+  Counters,
+  DROP_POOL_EXHAUSTED,
+  DROP_SHARE_LIMIT,
+  STORED_FRAMES,
+} from './counters';
+import type { ElasticFifo } from './elastic-fifo';
+
+export class StoreEngine {
+  /** the named queue of unresolved frames: the queue after the numbered ones */
+  readonly unresolvedQueue: number;
+
+  constructor(
+    private readonly fifo: ElasticFifo,
+    private readonly conns: ConnectionTable,
+    private readonly counters: Counters,
+    /** most blocks the unresolved queue may hold */
+    public unresolvedShareLimit: number,
+  ) {
+    this.unresolvedQueue = conns.maxPorts;
+  }
+
+  /**
+   * Store a frame for destination connection dest (or for this.unresolvedQueue, with key = the
+   * destination MAC). src is the connection it came from (-1 if none). Counted on dest, or on src
+   * for unresolved frames. Returns false when dropped.
+   */
+  store(dest: number, buf: Uint8Array, off: number, len: number, src: number, key: number, now: number): boolean {
+    const fifo = this.fifo;
+    const unresolved = dest === this.unresolvedQueue;
+    const chargeTo = unresolved ? src : dest;
+    const limit = unresolved ? this.unresolvedShareLimit : this.conns.shareLimit[dest];
+    const need = fifo.blocksFor(len);
+    if (fifo.qBlocks[dest] + need > limit) {
+      this.counters.add(chargeTo, DROP_SHARE_LIMIT, 1);
+      return false;
+    }
+    const head = fifo.takeAndWrite(buf, off, len);
+    if (head < 0) {
+      this.counters.add(chargeTo, DROP_POOL_EXHAUSTED, 1);
+      return false;
+    }
+    fifo.frameSrc[head] = src;
+    fifo.frameKey[head] = key;
+    fifo.frameTime[head] = now;
+    fifo.push(dest, head);
+    this.counters.frame(chargeTo, STORED_FRAMES, len);
+    return true;
+  }
+}

@@ -1,0 +1,366 @@
+// The switch: the pipeline that ties classifier, fast path, store engine, elastic FIFO and monitor
+// together (claim 1 of US 7,751,400 with the ordering rule of US 7,760,736).
+//
+//   input(src, frame) ─► port security, learn source MAC (a new MAC resolves held frames)
+//                     ─► classify: destination | flood set | unknown
+//                     ─► per destination: nothing waiting for it AND port.deliver() ok → fast path
+//                                         else store engine → its numbered queue (+ wantResources)
+//                     ─► unknown: store engine → unresolved queue (hold time, then flood or drop)
+//
+// Time: the engine reads the clock once per batch (at the first input() after a flush()), in flush()
+// when unresolved frames are held, and in tick(). tick() runs from one unref()'d interval timer
+// created by the constructor (tickMs; 0 = none, call tick() yourself); it expires held frames,
+// ages the MAC table and retries connections with waiting frames in case a kick was lost.
+//
+// Re-entrancy: ports must not call back into the switch (input, resourcesAvailable, …) from inside
+// deliver(), flush() or wantResources(); report kicks from their own event handler.
+
+import {
+  DESTINATION_FLOOD,
+  DST_MAC_OFFSET,
+  SRC_MAC_OFFSET,
+  LEARN_NEW,
+  MacTable,
+  classify,
+  formatMac,
+  isGroupHi,
+  macHi,
+  macKey,
+  macLo,
+  parseMac,
+} from './classifier';
+import { ConnectionTable } from './connections';
+import {
+  Counters,
+  DROP_DETACHED,
+  DROP_MALFORMED,
+  DROP_PORT_SECURITY,
+  DROP_SAME_CONNECTION,
+  FAST_FRAMES,
+  RX_FRAMES,
+  type TrafficCounts,
+} from './counters';
+import { ElasticFifo } from './elastic-fifo';
+import { Monitor, type Flooder, type UnknownPolicy } from './monitor';
+import { ENGINE_HDR_LEN, type EnginePort } from './port';
+import { StoreEngine } from './store-engine';
+
+/** virtio-net header + Ethernet header */
+export const MIN_FRAME_LEN = ENGINE_HDR_LEN + 14;
+/** virtio-net header + a 64 KiB GSO payload + Ethernet header with one VLAN tag */
+export const MAX_FRAME_LEN = ENGINE_HDR_LEN + 65536 + 18;
+
+export interface SwitchOptions {
+  /** size of the local data store in bytes (default 8 MiB: 4096 blocks of 2 KiB) */
+  poolBytes?: number;
+  /** block size in bytes, a multiple of 8, >= 128 (default 2048: one block per 1518-byte frame + header) */
+  blockSize?: number;
+  /** how long a frame to an unknown MAC is held before the unknownPolicy applies (default 250 ms) */
+  holdTimeMs?: number;
+  /** what happens to held frames past the hold time (default 'flood') */
+  unknownPolicy?: UnknownPolicy;
+  /** most blocks one connection's numbered queue may hold (default half the pool) */
+  defaultShareLimit?: number;
+  /** most blocks the unresolved queue may hold (default a quarter of the pool) */
+  unresolvedShareLimit?: number;
+  /** learned MACs unused this long are forgotten (default 300 s) */
+  macAgeMs?: number;
+  /** MAC table slots (default 8192; at most 3/4 are used) */
+  macTableSize?: number;
+  /** most connections at once (default 64) */
+  maxPorts?: number;
+  /** period of tick() in ms; 0 = no timer (default: half the hold time, 10…1000 ms) */
+  tickMs?: number;
+  /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
+  clock?: () => number;
+  log?: (msg: string) => void;
+}
+
+export interface AttachOptions {
+  /** MAC known from the start; frames from this port with another source MAC are dropped */
+  staticMac?: string;
+  /** most blocks this connection's queue may hold (default: the switch's defaultShareLimit) */
+  shareLimit?: number;
+}
+
+export interface PoolStats {
+  blockSize: number;
+  blocks: number;
+  blocksFree: number;
+  blocksInUse: number;
+  highWater: number;
+  blocksTaken: number;
+  blocksReturned: number;
+  unresolvedFrames: number;
+  unresolvedBlocks: number;
+}
+
+export interface PortStats extends TrafficCounts {
+  index: number;
+  name: string;
+  staticMac: string | null;
+  shareLimit: number;
+  queuedFrames: number;
+  queuedBlocks: number;
+  wantsResources: boolean;
+}
+
+export interface SwitchStats {
+  total: TrafficCounts;
+  pool: PoolStats;
+  macTable: { entries: number; capacity: number };
+  ports: PortStats[];
+}
+
+export interface MacEntry {
+  mac: string;
+  index: number;
+  isStatic: boolean;
+}
+
+export class Switch implements Flooder {
+  readonly fifo: ElasticFifo;
+  readonly table: MacTable;
+  private readonly conns: ConnectionTable;
+  private readonly counters: Counters;
+  private readonly storeEngine: StoreEngine;
+  private readonly monitor: Monitor;
+  private readonly unresolvedQueue: number;
+  private readonly defaultShareLimit: number;
+  private readonly clock: () => number;
+  private readonly log: (msg: string) => void;
+  private readonly timer: NodeJS.Timeout | null;
+  /** [now, last MAC-table aging] */
+  private readonly time = new Float64Array(2);
+  /** the clock must be read before the next frame (set by flush) */
+  private stale = true;
+
+  constructor(opts: SwitchOptions = {}) {
+    const blockSize = opts.blockSize ?? 2048;
+    const poolBytes = opts.poolBytes ?? 8 * 1024 * 1024;
+    const maxPorts = opts.maxPorts ?? 64;
+    this.conns = new ConnectionTable(maxPorts);
+    this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts + 1);
+    this.unresolvedQueue = maxPorts;
+    this.counters = new Counters(maxPorts);
+    const blocks = this.fifo.blockCount;
+    this.defaultShareLimit = opts.defaultShareLimit ?? Math.max(1, blocks >>> 1);
+    this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2));
+    const holdTimeMs = opts.holdTimeMs ?? 250;
+    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', MAX_FRAME_LEN);
+    this.table = new MacTable(opts.macTableSize ?? 8192, opts.macAgeMs ?? 300_000);
+    this.clock = opts.clock ?? Date.now;
+    this.log = opts.log ?? (() => {});
+    this.time[0] = this.clock();
+    this.time[1] = this.time[0];
+    const tickMs = opts.tickMs ?? Math.min(1000, Math.max(10, holdTimeMs / 2));
+    this.timer = tickMs > 0 ? setInterval(() => this.tick(), tickMs).unref() : null;
+  }
+
+  /** Add a port; returns its connection number. */
+  attach(port: EnginePort, opts: AttachOptions = {}): number {
+    const index = this.conns.freeIndex();
+    if (index < 0) throw new Error(`switch full: ${this.conns.maxPorts} connections`);
+    this.conns.add(index, port, opts.shareLimit ?? this.defaultShareLimit);
+    this.counters.resetPort(index);
+    this.log(`attach ${port.name} as connection ${index}`);
+    if (opts.staticMac !== undefined) this.setStaticMac(index, opts.staticMac);
+    return index;
+  }
+
+  /** Remove a port: its queued blocks return to the pool at once (counted as drops), its MACs are
+   * forgotten; unresolved frames it sent stay held. */
+  detach(index: number): void {
+    const port = this.portAt(index);
+    const fifo = this.fifo;
+    const dropped = fifo.clear(index);
+    this.counters.add(index, DROP_DETACHED, dropped);
+    this.table.removePort(index);
+    const q = this.unresolvedQueue;
+    for (let f = fifo.qHead[q]; f !== -1; f = fifo.frameNext[f]) if (fifo.frameSrc[f] === index) fifo.frameSrc[f] = -1;
+    this.conns.remove(index);
+    this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`);
+  }
+
+  /** Set (or with null clear) a port's static MAC. Frames held for that MAC move to its queue. */
+  setStaticMac(index: number, mac: string | null): void {
+    this.portAt(index);
+    const old = this.conns.staticKey[index];
+    if (old >= 0) this.table.remove(Math.floor(old / 4294967296), old % 4294967296);
+    this.conns.staticKey[index] = -1;
+    if (mac === null) return;
+    const key = parseMac(mac);
+    const hi = Math.floor(key / 4294967296);
+    const lo = key % 4294967296;
+    if (isGroupHi(hi)) throw new Error(`static MAC ${mac} is a group address`);
+    if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
+    this.conns.staticKey[index] = key;
+    this.resolveTo(key, index);
+    this.conns.flushOne(index);
+  }
+
+  setShareLimit(index: number, blocks: number): void {
+    this.portAt(index);
+    this.conns.shareLimit[index] = blocks;
+  }
+
+  /** One frame from connection src: buf[off, off+len) = virtio-net header + Ethernet frame. buf is
+   * the port's scratch; whatever is kept is copied. */
+  input(src: number, buf: Uint8Array, off: number, len: number): void {
+    const time = this.time;
+    if (this.stale) {
+      time[0] = this.clock();
+      this.stale = false;
+    }
+    const now = time[0];
+    const counters = this.counters;
+    if (len < MIN_FRAME_LEN || len > MAX_FRAME_LEN) {
+      counters.add(src, DROP_MALFORMED, 1);
+      return;
+    }
+    counters.frame(src, RX_FRAMES, len);
+    const sHi = macHi(buf, off + SRC_MAC_OFFSET);
+    const sLo = macLo(buf, off + SRC_MAC_OFFSET);
+    const staticKey = this.conns.staticKey[src];
+    if (staticKey >= 0) {
+      if (macKey(sHi, sLo) !== staticKey) {
+        counters.add(src, DROP_PORT_SECURITY, 1);
+        return;
+      }
+    } else if (!isGroupHi(sHi)) {
+      if (this.table.learn(sHi, sLo, src, now) === LEARN_NEW && this.fifo.qFrames[this.unresolvedQueue] > 0) {
+        this.resolveTo(macKey(sHi, sLo), src);
+      }
+    }
+    const dest = classify(this.table, buf, off, now);
+    if (dest >= 0) {
+      if (dest === src) counters.add(src, DROP_SAME_CONNECTION, 1);
+      else this.forward(dest, buf, off, len, src, now);
+    } else if (dest === DESTINATION_FLOOD) {
+      this.floodFrom(src, buf, off, len, now);
+    } else {
+      const key = macKey(macHi(buf, off + DST_MAC_OFFSET), macLo(buf, off + DST_MAC_OFFSET));
+      this.storeEngine.store(this.unresolvedQueue, buf, off, len, src, key, now);
+    }
+  }
+
+  /** End of a batch: expire held frames if due, then signal every port delivered to. */
+  flush(): void {
+    this.stale = true;
+    if (this.fifo.qFrames[this.unresolvedQueue] > 0) {
+      this.time[0] = this.clock();
+      this.monitor.expire(this.time[0]);
+    }
+    this.conns.flushDirty();
+  }
+
+  /** The monitor's trigger (a): connection index got RX buffers or its ring (re)started. Delivers
+   * its waiting frames in order as far as possible and signals the port itself (port.flush()). */
+  resourcesAvailable(index: number): void {
+    if (this.conns.ports[index] === null) return;
+    if (this.fifo.qFrames[index] > 0) this.monitor.drain(index);
+    else this.conns.want(index, false);
+    this.conns.flushOne(index);
+  }
+
+  /** Periodic work (also run by the internal timer): hold-time expiry, MAC aging, lost-kick sweep. */
+  tick(): void {
+    const now = this.clock();
+    this.time[0] = now;
+    this.monitor.expire(now);
+    if (now - this.time[1] >= this.table.ageMs / 4) {
+      this.time[1] = now;
+      this.table.expire(now);
+    }
+    this.monitor.sweep();
+    this.conns.flushDirty();
+  }
+
+  /** Stop the timer. Queued frames stay until detach. */
+  close(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+  }
+
+  // ---- the second test, fast path or store (also used by the monitor to flood expired frames)
+
+  /** Flood: every connection but src, each its own destination. */
+  floodFrom(src: number, buf: Uint8Array, off: number, len: number, now: number): void {
+    const conns = this.conns;
+    for (let k = 0; k < conns.attachedCount; k++) {
+      const dest = conns.attached[k];
+      if (dest !== src) this.forward(dest, buf, off, len, src, now);
+    }
+  }
+
+  private forward(dest: number, buf: Uint8Array, off: number, len: number, src: number, now: number): void {
+    // frames already waiting make the resources count as unavailable: order per destination
+    if (this.fifo.qFrames[dest] === 0 && (this.conns.ports[dest] as EnginePort).deliver(buf, off, len)) {
+      this.counters.frame(dest, FAST_FRAMES, len);
+      this.conns.markDirty(dest);
+      return;
+    }
+    if (this.storeEngine.store(dest, buf, off, len, src, -1, now)) this.conns.want(dest, true);
+  }
+
+  private resolveTo(key: number, index: number): void {
+    if (this.fifo.qFrames[this.unresolvedQueue] === 0) return;
+    if (this.monitor.resolve(key, index) > 0) this.monitor.drain(index);
+  }
+
+  private portAt(index: number): EnginePort {
+    const port = index >= 0 && index < this.conns.maxPorts ? this.conns.ports[index] : null;
+    if (port === null) throw new Error(`no connection ${index}`);
+    return port;
+  }
+
+  // ---- control path
+
+  stats(): SwitchStats {
+    const fifo = this.fifo;
+    const conns = this.conns;
+    const ports: PortStats[] = [];
+    for (let k = 0; k < conns.attachedCount; k++) {
+      const i = conns.attached[k];
+      const key = conns.staticKey[i];
+      ports.push({
+        index: i,
+        name: (conns.ports[i] as EnginePort).name,
+        staticMac: key >= 0 ? formatMac(key) : null,
+        shareLimit: conns.shareLimit[i],
+        queuedFrames: fifo.qFrames[i],
+        queuedBlocks: fifo.qBlocks[i],
+        wantsResources: conns.wanting[i] !== 0,
+        ...this.counters.snapshot(i),
+      });
+    }
+    ports.sort((a, b) => a.index - b.index);
+    return {
+      total: this.counters.snapshot(-1),
+      pool: {
+        blockSize: fifo.blockSize,
+        blocks: fifo.blockCount,
+        blocksFree: fifo.freeBlocks,
+        blocksInUse: fifo.blocksInUse,
+        highWater: fifo.highWater,
+        blocksTaken: fifo.blocksTaken,
+        blocksReturned: fifo.blocksReturned,
+        unresolvedFrames: fifo.qFrames[this.unresolvedQueue],
+        unresolvedBlocks: fifo.qBlocks[this.unresolvedQueue],
+      },
+      macTable: { entries: this.table.size, capacity: this.table.capacity },
+      ports,
+    };
+  }
+
+  macEntries(): MacEntry[] {
+    const out: MacEntry[] = [];
+    for (const e of this.table.entriesOf()) out.push({ mac: formatMac(e.key), index: e.port, isStatic: e.isStatic });
+    return out;
+  }
+
+  /** Throws if the elastic FIFO's bookkeeping is broken (tests; cheap enough for a debug command). */
+  checkInvariants(): void {
+    const problem = this.fifo.checkInvariants();
+    if (problem !== null) throw new Error(`elastic FIFO invariant: ${problem}`);
+  }
+}
