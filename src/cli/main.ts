@@ -1,0 +1,202 @@
+#!/usr/bin/env node
+// elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Switch } from '../engine/switch';
+import { VhostUserPort } from '../ports/vhost-user-port';
+import { TapPort } from '../ports/tap-port';
+import { Dialer, Endpoint, Listener } from '../vhost-user/server';
+
+export interface PortSpec {
+  path: string;
+  mac?: string;
+  share?: number;
+  name?: string;
+}
+
+/** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME]" */
+export function parsePortSpec(s: string): PortSpec {
+  const [p, ...opts] = s.split(',');
+  if (!p) throw new InvalidArgumentError(`empty socket path in "${s}"`);
+  const spec: PortSpec = { path: p };
+  for (const o of opts) {
+    const eq = o.indexOf('=');
+    const k = eq < 0 ? o : o.slice(0, eq);
+    const v = eq < 0 ? '' : o.slice(eq + 1);
+    if (k === 'mac') {
+      if (!/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/.test(v)) throw new InvalidArgumentError(`bad MAC "${v}" in "${s}"`);
+      spec.mac = v.toLowerCase();
+    } else if (k === 'share') {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`bad share "${v}" in "${s}"`);
+      spec.share = n;
+    } else if (k === 'name') {
+      if (!v) throw new InvalidArgumentError(`empty name in "${s}"`);
+      spec.name = v;
+    } else {
+      throw new InvalidArgumentError(`unknown port option "${k}" in "${s}" (mac=, share=, name=)`);
+    }
+  }
+  return spec;
+}
+
+function collect<T>(parse: (s: string) => T) {
+  return (v: string, prev: T[] = []): T[] => [...prev, parse(v)];
+}
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${v}" is not a whole number`);
+  return n;
+}
+
+function timestamp(): string {
+  return new Date().toISOString();
+}
+
+export function buildProgram(): Command {
+  return new Command()
+    .name('elastic-vhost')
+    .description('vhost-user virtual switch for QEMU guests: frames with no known destination or no free RX buffers wait in an elastic FIFO instead of being dropped')
+    .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME]', collect(parsePortSpec), [])
+    .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), [])
+    .option('-t, --tap <name>', 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself')
+    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB', positiveInt, 8)
+    .option('--block-size <bytes>', 'local data store block size (multiple of 8, >= 128)', positiveInt, 2048)
+    .option('--share-limit <blocks>', 'default most blocks one port may hold queued (default: half the pool)', positiveInt)
+    .option('--hold-ms <ms>', 'how long frames to an unknown MAC are held before the unknown policy applies', positiveInt, 250)
+    .addOption(new Option('--unknown <policy>', 'what happens to held frames past the hold time').choices(['flood', 'drop']).default('flood'))
+    .option('--mac-age-s <s>', 'forget learned MACs unused for this long', positiveInt, 300)
+    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM)', positiveInt, 8)
+    .option('--socket-mode <octal>', 'mode of the socket files created', (v) => {
+      if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
+      return parseInt(v, 8);
+    }, 0o600)
+    .option('--stats-file <path>', 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)')
+    .option('--stats-interval <ms>', 'period of --stats-file writes and of the log line with counters (0: none)', positiveInt, 1000)
+    .option('-q, --quiet', 'log only errors and connection events');
+}
+
+export interface RunningSwitch {
+  sw: Switch;
+  ports: VhostUserPort[];
+  tap: TapPort | null;
+  stats(): object;
+  close(): void;
+}
+
+export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch {
+  const program = buildProgram();
+  program.parse(argv);
+  const o = program.opts();
+  const specs: { spec: PortSpec; client: boolean }[] = [
+    ...(o.socket as PortSpec[]).map((spec) => ({ spec, client: false })),
+    ...(o.client as PortSpec[]).map((spec) => ({ spec, client: true })),
+  ];
+  if (specs.length === 0 && !o.tap) {
+    program.error('give at least one --socket, --client or --tap');
+  }
+  const sw = new Switch({
+    poolBytes: o.poolMb * 1024 * 1024,
+    blockSize: o.blockSize,
+    holdTimeMs: o.holdMs,
+    unknownPolicy: o.unknown,
+    defaultShareLimit: o.shareLimit,
+    macAgeMs: o.macAgeS * 1000,
+    log,
+  });
+  const ports: VhostUserPort[] = [];
+  const endpoints: Endpoint[] = [];
+  let tap: TapPort | null = null;
+  const stats = () => ({
+    time: new Date().toISOString(),
+    engine: sw.stats(),
+    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
+    tap: tap ? { name: tap.name, counters: tap.counters } : null,
+  });
+  let closed = false;
+  let statsTimer: NodeJS.Timeout | null = null;
+  const writeStats = () => {
+    if (!o.statsFile) return;
+    const tmp = `${o.statsFile}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify(stats(), null, 2));
+    fs.renameSync(tmp, o.statsFile);
+  };
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    if (statsTimer) clearInterval(statsTimer);
+    for (const e of endpoints) e.close();
+    for (const p of ports) p.close();
+    tap?.close();
+    writeStats();
+    sw.close();
+  };
+  try {
+    for (const [i, { spec, client }] of specs.entries()) {
+      const name = spec.name ?? `vu${i}:${path.basename(spec.path)}`;
+      const port = new VhostUserPort(sw, {
+        name,
+        log,
+        staticMac: spec.mac,
+        shareLimit: spec.share,
+        session: { maxQueuePairs: o.queues },
+      });
+      ports.push(port);
+      const acceptor = (fd: number): boolean => {
+        if (port.connected) return false;
+        port.bind(fd);
+        return true;
+      };
+      if (client) {
+        const d = new Dialer(spec.path, acceptor, log);
+        port.onSessionEnd = () => d.reconnect();
+        endpoints.push(d);
+      } else {
+        endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode));
+      }
+    }
+    if (o.tap) tap = new TapPort(sw, o.tap, log);
+  } catch (e) {
+    close();
+    throw e;
+  }
+  if (o.statsInterval > 0 && (o.statsFile || !o.quiet)) {
+    let last = '';
+    statsTimer = setInterval(() => {
+      writeStats();
+      if (!o.quiet) {
+        const t = sw.stats().total as unknown as Record<string, number>;
+        const line = Object.entries(t)
+          .filter(([, v]) => typeof v === 'number' && v !== 0)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' ');
+        if (line && line !== last) log(`counters: ${line}`);
+        last = line;
+      }
+    }, o.statsInterval);
+    statsTimer.unref();
+  }
+  return { sw, ports, tap, stats, close };
+}
+
+function main(): void {
+  let running: RunningSwitch;
+  try {
+    running = start(process.argv);
+  } catch (e) {
+    console.error(`elastic-vhost: ${(e as Error).message}`);
+    process.exit(1);
+  }
+  const stop = (sig: string) => {
+    console.log(`${timestamp()} ${sig}: closing every port`);
+    running.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGUSR1', () => console.log(JSON.stringify(running.stats())));
+}
+
+if (require.main === module) main();

@@ -1,0 +1,119 @@
+// Where vhost-user connections come from.
+//  - server mode: we listen on a socket path, QEMU connects (chardev ...,reconnect=1) and comes
+//    back after either side restarts. One front-end per socket at a time.
+//  - client mode: QEMU listens (chardev ...,server=on), we connect, and retry until it is there
+//    and again after it goes away.
+import * as fs from 'node:fs';
+import { native, Poller } from '../native';
+import { Log, safeClose } from './connection';
+
+export interface Endpoint {
+  close(): void;
+}
+
+/** Something that takes a connected socket fd; returns false when it cannot (busy). */
+export type Acceptor = (fd: number) => boolean;
+
+export function removeStaleSocket(path: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; not replacing it`);
+  // Something still listening there? Then it is not ours to replace.
+  let fd = -1;
+  try {
+    fd = native.unixConnect(path);
+  } catch {
+    fs.unlinkSync(path);
+    return;
+  } finally {
+    if (fd >= 0) safeClose(fd);
+  }
+  throw new Error(`${path}: another process is listening on this socket`);
+}
+
+export class Listener implements Endpoint {
+  private readonly fd: number;
+  private readonly poller: Poller;
+  private closed = false;
+
+  constructor(readonly path: string, accept: Acceptor, private readonly log: Log, mode = 0o600) {
+    removeStaleSocket(path);
+    this.fd = native.unixListen(path, 16, mode);
+    this.poller = native.poll(this.fd, (status) => {
+      if (this.closed || status < 0) return;
+      for (;;) {
+        let c: number;
+        try {
+          c = native.unixAccept(this.fd);
+        } catch (e) {
+          this.log(`${path}: accept: ${(e as Error).message}`);
+          return;
+        }
+        if (c < 0) return;
+        if (!accept(c)) {
+          this.log(`${path}: refused a second front-end while one is connected`);
+          safeClose(c);
+        }
+      }
+    });
+    this.poller.start(native.POLL_READABLE);
+    this.log(`listening on ${path}`);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poller.close();
+    safeClose(this.fd);
+    try {
+      fs.unlinkSync(this.path);
+    } catch {
+      /* gone already */
+    }
+  }
+}
+
+export class Dialer implements Endpoint {
+  private timer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private warned = false;
+
+  constructor(readonly path: string, private readonly accept: Acceptor, private readonly log: Log, private readonly retryMs = 1000) {
+    this.attempt();
+  }
+
+  /** Call when the connection ended: dial again. */
+  reconnect(): void {
+    if (this.closed || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.attempt();
+    }, this.retryMs);
+  }
+
+  private attempt(): void {
+    if (this.closed) return;
+    let fd: number;
+    try {
+      fd = native.unixConnect(this.path);
+    } catch (e) {
+      if (!this.warned) this.log(`${this.path}: cannot connect yet (${(e as Error).message}); retrying every ${this.retryMs} ms`);
+      this.warned = true;
+      this.reconnect();
+      return;
+    }
+    this.warned = false;
+    this.log(`${this.path}: connected to front-end`);
+    if (!this.accept(fd)) safeClose(fd);
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
