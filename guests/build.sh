@@ -119,7 +119,7 @@ copy_with_libs() { # binary -> copy it plus its shared libraries into $IRD
   local bin="$1" dest="$2"
   install -D -m 0755 "$bin" "$IRD$dest"
   local lib
-  for lib in $(ldd "$bin" | awk '/=> \//{print $3} /^\s*\/lib/{print $1}'); do
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
     # Copy the real file but keep the path the loader asks for.
     mkdir -p "$IRD$(dirname "$lib")"
     cp -L "$lib" "$IRD$lib"
@@ -153,6 +153,10 @@ done
 
 # iperf3 with its libraries and the dynamic loader
 copy_with_libs "$(command -v iperf3)" /usr/bin/iperf3
+
+# sanity: the copied iperf3 must run inside the tree (loader + libs present)
+chroot "$IRD" /usr/bin/iperf3 --version >/dev/null \
+  || { echo "iperf3 does not run inside the initramfs tree" >&2; exit 1; }
 
 # udpburst (static)
 gcc -static -O2 -Wall -Wextra -o "$IRD/usr/bin/udpburst" "$SRC/tools/udpburst.c"

@@ -27,6 +27,7 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/ev
 exec </dev/console >/dev/console 2>&1
 cd /tmp
+echo # SeaBIOS leaves the cursor mid-line: start EV-* lines on a fresh one
 
 set -f # no globbing while splitting the command line
 CMDLINE="$(cat /proc/cmdline)"
