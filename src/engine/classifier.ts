@@ -5,6 +5,11 @@
 // probing over typed arrays, so learning and lookup allocate nothing and never create a Map entry or
 // a string per frame. Deletion shifts the following entries back (no tombstones), so a table that
 // sees constant churn (VMs coming and going, aging) does not slow down.
+//
+// Allocation: V8 boxes a double (and an integer beyond 31 bits) passed to a function that is not
+// inlined. So the data path passes a MAC as hi and lo where lo is the *signed* int32 of the last
+// four bytes, and time is read from a shared Float64Array cell (`time[0]`, ms) instead of being
+// passed as an argument.
 
 import { ENGINE_HDR_LEN } from './port';
 
@@ -32,11 +37,19 @@ export const SRC_MAC_OFFSET = ENGINE_HDR_LEN + 6;
 export function macHi(buf: Uint8Array, off: number): number {
   return (buf[off] << 8) | buf[off + 1];
 }
+/** last four bytes as a signed int32 (see the note on allocation above) */
 export function macLo(buf: Uint8Array, off: number): number {
-  return ((buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5]) >>> 0;
+  return (buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5];
 }
+/** the 48-bit MAC as one exact double */
 export function macKey(hi: number, lo: number): number {
-  return hi * TWO_32 + lo;
+  return hi * TWO_32 + (lo >>> 0);
+}
+export function keyHi(key: number): number {
+  return Math.floor(key / TWO_32);
+}
+export function keyLo(key: number): number {
+  return (key % TWO_32) | 0;
 }
 /** the group bit (I/G) of the first octet: broadcast and multicast */
 export function isGroupHi(hi: number): boolean {
@@ -73,8 +86,15 @@ export class MacTable {
   private readonly flags: Uint8Array;
   private entries = 0;
 
-  /** capacity: slots, rounded up to a power of two; at most 3/4 of them are filled. */
-  constructor(capacity = 8192, readonly ageMs = 300_000) {
+  /**
+   * capacity: slots, rounded up to a power of two; at most 3/4 of them are filled.
+   * time: the cell holding "now" in ms (shared with the switch); the table only reads it.
+   */
+  constructor(
+    capacity = 8192,
+    readonly ageMs = 300_000,
+    readonly time: Float64Array = new Float64Array(1),
+  ) {
     let bits = 4;
     while (1 << bits < capacity) bits++;
     this.capacity = 1 << bits;
@@ -93,7 +113,7 @@ export class MacTable {
   }
 
   private find(hi: number, lo: number): number {
-    const key = hi * TWO_32 + lo;
+    const key = hi * TWO_32 + (lo >>> 0);
     let i = hashOf(hi, lo, this.shift);
     for (;;) {
       const k = this.keys[i];
@@ -103,22 +123,23 @@ export class MacTable {
     }
   }
 
-  private aged(slot: number, now: number): boolean {
-    return this.flags[slot] === 0 && now - this.seen[slot] > this.ageMs;
+  private aged(slot: number): boolean {
+    return this.flags[slot] === 0 && this.time[0] - this.seen[slot] > this.ageMs;
   }
 
   /** the connection of this unicast MAC, or -1 (unknown or aged out — an aged entry is removed) */
-  lookup(hi: number, lo: number, now: number): number {
+  lookup(hi: number, lo: number): number {
     const slot = this.find(hi, lo);
     if (slot < 0) return -1;
-    if (this.aged(slot, now)) {
+    if (this.aged(slot)) {
       this.removeSlot(slot);
       return -1;
     }
     return this.ports[slot];
   }
 
-  learn(hi: number, lo: number, port: number, now: number): number {
+  learn(hi: number, lo: number, port: number): number {
+    const now = this.time[0];
     const slot = this.find(hi, lo);
     if (slot >= 0) {
       if (this.flags[slot] !== 0) return this.ports[slot] === port ? LEARN_REFRESHED : LEARN_REFUSED;
@@ -128,7 +149,7 @@ export class MacTable {
       this.ports[slot] = port;
       return LEARN_NEW;
     }
-    return this.insert(hi, lo, port, now, 0) ? LEARN_NEW : LEARN_REFUSED;
+    return this.insert(hi, lo, port, 0) ? LEARN_NEW : LEARN_REFUSED;
   }
 
   /** a configured MAC: never ages, not learnable on another connection */
@@ -139,7 +160,7 @@ export class MacTable {
       this.flags[slot] = FLAG_STATIC;
       return true;
     }
-    return this.insert(hi, lo, port, 0, FLAG_STATIC);
+    return this.insert(hi, lo, port, FLAG_STATIC);
   }
 
   remove(hi: number, lo: number): boolean {
@@ -155,8 +176,8 @@ export class MacTable {
   }
 
   /** remove aged entries; returns how many */
-  expire(now: number): number {
-    return this.sweep((slot) => this.aged(slot, now));
+  expire(): number {
+    return this.sweep((slot) => this.aged(slot));
   }
 
   /** for tests and stats */
@@ -166,15 +187,15 @@ export class MacTable {
     }
   }
 
-  private insert(hi: number, lo: number, port: number, now: number, flags: number): boolean {
+  private insert(hi: number, lo: number, port: number, flags: number): boolean {
     if (this.entries >= this.maxEntries) return false;
     const home = hashOf(hi, lo, this.shift);
     let i = home;
     while (this.keys[i] !== EMPTY) i = (i + 1) & this.mask;
-    this.keys[i] = hi * TWO_32 + lo;
+    this.keys[i] = hi * TWO_32 + (lo >>> 0);
     this.homes[i] = home;
     this.ports[i] = port;
-    this.seen[i] = now;
+    this.seen[i] = this.time[0];
     this.flags[i] = flags;
     this.entries++;
     return true;
@@ -218,9 +239,9 @@ export class MacTable {
 }
 
 /** The first test, for the frame at buf[off): destination connection, flood set, or unknown. */
-export function classify(table: MacTable, buf: Uint8Array, off: number, now: number): Destination {
+export function classify(table: MacTable, buf: Uint8Array, off: number): Destination {
   const hi = macHi(buf, off + DST_MAC_OFFSET);
   if (isGroupHi(hi)) return DESTINATION_FLOOD;
-  const port = table.lookup(hi, macLo(buf, off + DST_MAC_OFFSET), now);
+  const port = table.lookup(hi, macLo(buf, off + DST_MAC_OFFSET));
   return port >= 0 ? port : DESTINATION_UNKNOWN;
 }

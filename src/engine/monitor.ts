@@ -23,13 +23,14 @@ import {
 import type { ElasticFifo } from './elastic-fifo';
 import type { EnginePort } from './port';
 import type { StoreEngine } from './store-engine';
+import { macKey } from './classifier';
 
 export type UnknownPolicy = 'flood' | 'drop';
 
 /** What the monitor needs of the switch to flood an expired frame: the second test and fast path
  * (or store) for every connection but the source. */
 export interface Flooder {
-  floodFrom(src: number, buf: Uint8Array, off: number, len: number, now: number): void;
+  floodFrom(src: number, buf: Uint8Array, off: number, len: number): void;
 }
 
 export class Monitor {
@@ -45,6 +46,8 @@ export class Monitor {
     public holdTimeMs: number,
     public unknownPolicy: UnknownPolicy,
     maxFrameLen: number,
+    /** shared clock cell, ms */
+    private readonly time: Float64Array,
   ) {
     this.scratch = new Uint8Array(maxFrameLen);
   }
@@ -77,10 +80,11 @@ export class Monitor {
     return n;
   }
 
-  /** Move unresolved frames for MAC key to connection i's queue, in arrival order. Frames that
+  /** Move unresolved frames for MAC hi/lo to connection i's queue, in arrival order. Frames that
    * came from i itself are dropped (a switch never sends a frame back out of its source). */
-  resolve(key: number, i: number): number {
+  resolve(hi: number, lo: number, i: number): number {
     const fifo = this.fifo;
+    const key = macKey(hi, lo);
     const q = this.store.unresolvedQueue;
     let prev = -1;
     let moved = 0;
@@ -108,7 +112,8 @@ export class Monitor {
 
   /** Unresolved frames past the hold time: flood or drop. The queue is in arrival order, so only
    * its head needs looking at. */
-  expire(now: number): void {
+  expire(): void {
+    const now = this.time[0];
     const fifo = this.fifo;
     const q = this.store.unresolvedQueue;
     for (let head = fifo.qHead[q]; head !== -1 && now - fifo.frameTime[head] >= this.holdTimeMs; head = fifo.qHead[q]) {
@@ -120,7 +125,7 @@ export class Monitor {
         fifo.gather(head, this.scratch, 0);
         fifo.release(head);
         this.counters.add(src, HOLD_FLOODED, 1);
-        this.flooder.floodFrom(src, this.scratch, 0, len, now);
+        this.flooder.floodFrom(src, this.scratch, 0, len);
       } else {
         fifo.release(head);
         this.counters.add(src, DROP_HOLD_EXPIRED, 1);

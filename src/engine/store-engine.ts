@@ -11,6 +11,7 @@ import {
   STORED_FRAMES,
 } from './counters';
 import type { ElasticFifo } from './elastic-fifo';
+import { macKey } from './classifier';
 
 export class StoreEngine {
   /** the named queue of unresolved frames: the queue after the numbered ones */
@@ -22,16 +23,18 @@ export class StoreEngine {
     private readonly counters: Counters,
     /** most blocks the unresolved queue may hold */
     public unresolvedShareLimit: number,
+    /** shared clock cell, ms: stamps each stored frame */
+    private readonly time: Float64Array,
   ) {
     this.unresolvedQueue = conns.maxPorts;
   }
 
   /**
-   * Store a frame for destination connection dest (or for this.unresolvedQueue, with key = the
-   * destination MAC). src is the connection it came from (-1 if none). Counted on dest, or on src
-   * for unresolved frames. Returns false when dropped.
+   * Store a frame for destination connection dest (or for this.unresolvedQueue, with the
+   * destination MAC as dstHi/dstLo, see classifier.ts). src is the connection it came from (-1 if
+   * none). Counted on dest, or on src for unresolved frames. Returns false when dropped.
    */
-  store(dest: number, buf: Uint8Array, off: number, len: number, src: number, key: number, now: number): boolean {
+  store(dest: number, buf: Uint8Array, off: number, len: number, src: number, dstHi: number, dstLo: number): boolean {
     const fifo = this.fifo;
     const unresolved = dest === this.unresolvedQueue;
     const chargeTo = unresolved ? src : dest;
@@ -47,8 +50,8 @@ export class StoreEngine {
       return false;
     }
     fifo.frameSrc[head] = src;
-    fifo.frameKey[head] = key;
-    fifo.frameTime[head] = now;
+    fifo.frameKey[head] = macKey(dstHi, dstLo);
+    fifo.frameTime[head] = this.time[0];
     fifo.push(dest, head);
     this.counters.frame(chargeTo, STORED_FRAMES, len);
     return true;

@@ -7,10 +7,15 @@
 //                                         else store engine → its numbered queue (+ wantResources)
 //                     ─► unknown: store engine → unresolved queue (hold time, then flood or drop)
 //
-// Time: the engine reads the clock once per batch (at the first input() after a flush()), in flush()
-// when unresolved frames are held, and in tick(). tick() runs from one unref()'d interval timer
-// created by the constructor (tickMs; 0 = none, call tick() yourself); it expires held frames,
-// ages the MAC table and retries connections with waiting frames in case a kick was lost.
+// Time: "now" is one Float64Array cell shared by the MAC table, store engine and monitor. tick()
+// runs from one unref()'d interval timer created by the constructor (every tickMs) and is the only
+// reader of the clock: it sets now, expires held frames, ages the MAC table and retries
+// connections with waiting frames in case a kick was lost. Reading Date.now() on the data path
+// would allocate (it returns a boxed double), so time there has the tick's precision: a held frame
+// is flooded or dropped between holdTimeMs - tickMs and holdTimeMs + tickMs after it arrived.
+// With tickMs = 0 there is no timer; the clock is then read once per batch (first input() after a
+// flush(), and in flush() while frames are held) and the caller runs tick() itself — tests do this
+// with a fake clock.
 //
 // Re-entrancy: ports must not call back into the switch (input, resourcesAvailable, …) from inside
 // deliver(), flush() or wantResources(); report kicks from their own event handler.
@@ -23,6 +28,8 @@ import {
   MacTable,
   classify,
   formatMac,
+  keyHi,
+  keyLo,
   isGroupHi,
   macHi,
   macKey,
@@ -69,7 +76,7 @@ export interface SwitchOptions {
   macTableSize?: number;
   /** most connections at once (default 64) */
   maxPorts?: number;
-  /** period of tick() in ms; 0 = no timer (default: half the hold time, 10…1000 ms) */
+  /** period of tick() in ms; 0 = no timer, clock read per batch (default: a quarter of the hold time, 10…1000 ms) */
   tickMs?: number;
   /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
   clock?: () => number;
@@ -130,9 +137,11 @@ export class Switch implements Flooder {
   private readonly clock: () => number;
   private readonly log: (msg: string) => void;
   private readonly timer: NodeJS.Timeout | null;
-  /** [now, last MAC-table aging] */
+  /** [now in ms, last MAC-table aging]: cell 0 is shared with the table, store engine and monitor */
   private readonly time = new Float64Array(2);
-  /** the clock must be read before the next frame (set by flush) */
+  /** no timer: read the clock once per batch */
+  private readonly clockPerBatch: boolean;
+  /** the clock must be read before the next frame (set by flush, only when clockPerBatch) */
   private stale = true;
 
   constructor(opts: SwitchOptions = {}) {
@@ -145,16 +154,18 @@ export class Switch implements Flooder {
     this.counters = new Counters(maxPorts);
     const blocks = this.fifo.blockCount;
     this.defaultShareLimit = opts.defaultShareLimit ?? Math.max(1, blocks >>> 1);
-    this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2));
+    this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2), this.time);
     const holdTimeMs = opts.holdTimeMs ?? 250;
-    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', MAX_FRAME_LEN);
-    this.table = new MacTable(opts.macTableSize ?? 8192, opts.macAgeMs ?? 300_000);
+    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', MAX_FRAME_LEN, this.time);
+    this.table = new MacTable(opts.macTableSize ?? 8192, opts.macAgeMs ?? 300_000, this.time);
     this.clock = opts.clock ?? Date.now;
     this.log = opts.log ?? (() => {});
     this.time[0] = this.clock();
     this.time[1] = this.time[0];
-    const tickMs = opts.tickMs ?? Math.min(1000, Math.max(10, holdTimeMs / 2));
+    const tickMs = opts.tickMs ?? Math.min(1000, Math.max(10, holdTimeMs / 4));
     this.timer = tickMs > 0 ? setInterval(() => this.tick(), tickMs).unref() : null;
+    this.clockPerBatch = this.timer === null;
+    this.stale = this.clockPerBatch;
   }
 
   /** Add a port; returns its connection number. */
@@ -186,16 +197,16 @@ export class Switch implements Flooder {
   setStaticMac(index: number, mac: string | null): void {
     this.portAt(index);
     const old = this.conns.staticKey[index];
-    if (old >= 0) this.table.remove(Math.floor(old / 4294967296), old % 4294967296);
+    if (old >= 0) this.table.remove(keyHi(old), keyLo(old));
     this.conns.staticKey[index] = -1;
     if (mac === null) return;
     const key = parseMac(mac);
-    const hi = Math.floor(key / 4294967296);
-    const lo = key % 4294967296;
+    const hi = keyHi(key);
+    const lo = keyLo(key);
     if (isGroupHi(hi)) throw new Error(`static MAC ${mac} is a group address`);
     if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
     this.conns.staticKey[index] = key;
-    this.resolveTo(key, index);
+    this.resolveTo(hi, lo, index);
     this.conns.flushOne(index);
   }
 
@@ -207,12 +218,10 @@ export class Switch implements Flooder {
   /** One frame from connection src: buf[off, off+len) = virtio-net header + Ethernet frame. buf is
    * the port's scratch; whatever is kept is copied. */
   input(src: number, buf: Uint8Array, off: number, len: number): void {
-    const time = this.time;
     if (this.stale) {
-      time[0] = this.clock();
+      this.time[0] = this.clock();
       this.stale = false;
     }
-    const now = time[0];
     const counters = this.counters;
     if (len < MIN_FRAME_LEN || len > MAX_FRAME_LEN) {
       counters.add(src, DROP_MALFORMED, 1);
@@ -228,29 +237,30 @@ export class Switch implements Flooder {
         return;
       }
     } else if (!isGroupHi(sHi)) {
-      if (this.table.learn(sHi, sLo, src, now) === LEARN_NEW && this.fifo.qFrames[this.unresolvedQueue] > 0) {
-        this.resolveTo(macKey(sHi, sLo), src);
+      if (this.table.learn(sHi, sLo, src) === LEARN_NEW && this.fifo.qFrames[this.unresolvedQueue] > 0) {
+        this.resolveTo(sHi, sLo, src);
       }
     }
-    const dest = classify(this.table, buf, off, now);
+    const dest = classify(this.table, buf, off);
     if (dest >= 0) {
       if (dest === src) counters.add(src, DROP_SAME_CONNECTION, 1);
-      else this.forward(dest, buf, off, len, src, now);
+      else this.forward(dest, buf, off, len, src);
     } else if (dest === DESTINATION_FLOOD) {
-      this.floodFrom(src, buf, off, len, now);
+      this.floodFrom(src, buf, off, len);
     } else {
-      const key = macKey(macHi(buf, off + DST_MAC_OFFSET), macLo(buf, off + DST_MAC_OFFSET));
-      this.storeEngine.store(this.unresolvedQueue, buf, off, len, src, key, now);
+      const dHi = macHi(buf, off + DST_MAC_OFFSET);
+      const dLo = macLo(buf, off + DST_MAC_OFFSET);
+      this.storeEngine.store(this.unresolvedQueue, buf, off, len, src, dHi, dLo);
     }
   }
 
   /** End of a batch: expire held frames if due, then signal every port delivered to. */
   flush(): void {
-    this.stale = true;
     if (this.fifo.qFrames[this.unresolvedQueue] > 0) {
-      this.time[0] = this.clock();
-      this.monitor.expire(this.time[0]);
+      if (this.clockPerBatch) this.time[0] = this.clock();
+      this.monitor.expire();
     }
+    this.stale = this.clockPerBatch;
     this.conns.flushDirty();
   }
 
@@ -267,10 +277,10 @@ export class Switch implements Flooder {
   tick(): void {
     const now = this.clock();
     this.time[0] = now;
-    this.monitor.expire(now);
+    this.monitor.expire();
     if (now - this.time[1] >= this.table.ageMs / 4) {
       this.time[1] = now;
-      this.table.expire(now);
+      this.table.expire();
     }
     this.monitor.sweep();
     this.conns.flushDirty();
@@ -284,27 +294,27 @@ export class Switch implements Flooder {
   // ---- the second test, fast path or store (also used by the monitor to flood expired frames)
 
   /** Flood: every connection but src, each its own destination. */
-  floodFrom(src: number, buf: Uint8Array, off: number, len: number, now: number): void {
+  floodFrom(src: number, buf: Uint8Array, off: number, len: number): void {
     const conns = this.conns;
     for (let k = 0; k < conns.attachedCount; k++) {
       const dest = conns.attached[k];
-      if (dest !== src) this.forward(dest, buf, off, len, src, now);
+      if (dest !== src) this.forward(dest, buf, off, len, src);
     }
   }
 
-  private forward(dest: number, buf: Uint8Array, off: number, len: number, src: number, now: number): void {
+  private forward(dest: number, buf: Uint8Array, off: number, len: number, src: number): void {
     // frames already waiting make the resources count as unavailable: order per destination
     if (this.fifo.qFrames[dest] === 0 && (this.conns.ports[dest] as EnginePort).deliver(buf, off, len)) {
       this.counters.frame(dest, FAST_FRAMES, len);
       this.conns.markDirty(dest);
       return;
     }
-    if (this.storeEngine.store(dest, buf, off, len, src, -1, now)) this.conns.want(dest, true);
+    if (this.storeEngine.store(dest, buf, off, len, src, 0, 0)) this.conns.want(dest, true);
   }
 
-  private resolveTo(key: number, index: number): void {
+  private resolveTo(hi: number, lo: number, index: number): void {
     if (this.fifo.qFrames[this.unresolvedQueue] === 0) return;
-    if (this.monitor.resolve(key, index) > 0) this.monitor.drain(index);
+    if (this.monitor.resolve(hi, lo, index) > 0) this.monitor.drain(index);
   }
 
   private portAt(index: number): EnginePort {

@@ -12,13 +12,20 @@ import {
   macHi,
   macLo,
   parseMac,
+  keyHi,
+  keyLo,
+  macKey,
 } from '../../src/engine/classifier';
 import { copyBytes } from '../../src/engine/copy';
 import { frame } from './engine-helpers';
 
-const TWO_32 = 4294967296;
-const hiOf = (k: number) => Math.floor(k / TWO_32);
-const loOf = (k: number) => k % TWO_32;
+const hiOf = keyHi;
+const loOf = keyLo;
+/** set the table's clock, then call */
+function at<T>(t: MacTable, now: number, f: () => T): T {
+  t.time[0] = now;
+  return f();
+}
 
 test('MAC parse/format round trip, hi/lo from bytes', () => {
   const k = parseMac('52:54:00:ab:cd:ef');
@@ -26,37 +33,39 @@ test('MAC parse/format round trip, hi/lo from bytes', () => {
   assert.equal(parseMac('FF-FF-FF-FF-FF-FF'), 2 ** 48 - 1);
   assert.throws(() => parseMac('52:54:00:ab:cd'));
   const b = new Uint8Array([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
-  assert.equal(macHi(b, 0) * TWO_32 + macLo(b, 0), k);
+  assert.equal(macKey(macHi(b, 0), macLo(b, 0)), k);
   const top = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-  assert.equal(macLo(top, 0), 0xffffffff); // unsigned
+  assert.equal(macLo(top, 0), -1, 'signed int32, so it is never boxed');
+  assert.equal(macKey(macHi(top, 0), macLo(top, 0)), 2 ** 48 - 1);
+  assert.equal(macKey(keyHi(2 ** 48 - 1), keyLo(2 ** 48 - 1)), 2 ** 48 - 1);
 });
 
 test('classify: known, flood (broadcast, multicast), unknown', () => {
   const t = new MacTable(64);
   const a = parseMac('52:54:00:00:00:01');
-  assert.equal(t.learn(hiOf(a), loOf(a), 3, 0), LEARN_NEW);
-  assert.equal(classify(t, frame('52:54:00:00:00:01', '52:54:00:00:00:02', 0), 0, 0), 3);
-  assert.equal(classify(t, frame('ff:ff:ff:ff:ff:ff', '52:54:00:00:00:02', 0), 0, 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('01:00:5e:00:00:fb', '52:54:00:00:00:02', 0), 0, 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('33:33:00:00:00:01', '52:54:00:00:00:02', 0), 0, 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('52:54:00:00:00:09', '52:54:00:00:00:02', 0), 0, 0), DESTINATION_UNKNOWN);
+  assert.equal(at(t, 0, () => t.learn(hiOf(a), loOf(a), 3)), LEARN_NEW);
+  assert.equal(classify(t, frame('52:54:00:00:00:01', '52:54:00:00:00:02', 0), 0), 3);
+  assert.equal(classify(t, frame('ff:ff:ff:ff:ff:ff', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('01:00:5e:00:00:fb', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('33:33:00:00:00:01', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('52:54:00:00:00:09', '52:54:00:00:00:02', 0), 0), DESTINATION_UNKNOWN);
 });
 
 test('learn: refresh, move, static wins, aging', () => {
   const t = new MacTable(64, 1000);
   const k = parseMac('52:54:00:00:00:07');
-  assert.equal(t.learn(hiOf(k), loOf(k), 1, 0), LEARN_NEW);
-  assert.equal(t.learn(hiOf(k), loOf(k), 1, 10), LEARN_REFRESHED);
-  assert.equal(t.learn(hiOf(k), loOf(k), 2, 20), LEARN_NEW, 'moved');
-  assert.equal(t.lookup(hiOf(k), loOf(k), 500), 2);
-  assert.equal(t.lookup(hiOf(k), loOf(k), 1021), -1, 'aged out');
+  assert.equal(at(t, 0, () => t.learn(hiOf(k), loOf(k), 1)), LEARN_NEW);
+  assert.equal(at(t, 10, () => t.learn(hiOf(k), loOf(k), 1)), LEARN_REFRESHED);
+  assert.equal(at(t, 20, () => t.learn(hiOf(k), loOf(k), 2)), LEARN_NEW, 'moved');
+  assert.equal(at(t, 500, () => t.lookup(hiOf(k), loOf(k))), 2);
+  assert.equal(at(t, 1021, () => t.lookup(hiOf(k), loOf(k))), -1, 'aged out');
   assert.equal(t.size, 0);
-  assert.equal(t.learn(hiOf(k), loOf(k), 2, 2000), LEARN_NEW);
-  assert.equal(t.learn(hiOf(k), loOf(k), 2, 3001), LEARN_NEW, 'an aged entry relearned counts as new');
+  assert.equal(at(t, 2000, () => t.learn(hiOf(k), loOf(k), 2)), LEARN_NEW);
+  assert.equal(at(t, 3001, () => t.learn(hiOf(k), loOf(k), 2)), LEARN_NEW, 'an aged entry relearned counts as new');
   const s = parseMac('52:54:00:00:00:08');
   assert.ok(t.setStatic(hiOf(s), loOf(s), 5));
-  assert.equal(t.learn(hiOf(s), loOf(s), 6, 0), LEARN_REFUSED);
-  assert.equal(t.lookup(hiOf(s), loOf(s), 1e12), 5, 'static never ages');
+  assert.equal(at(t, 0, () => t.learn(hiOf(s), loOf(s), 6)), LEARN_REFUSED);
+  assert.equal(at(t, 1e12, () => t.lookup(hiOf(s), loOf(s))), 5, 'static never ages');
 });
 
 test('MAC table against a Map model: random learn/remove/removePort/expire', () => {
@@ -69,7 +78,7 @@ test('MAC table against a Map model: random learn/remove/removePort/expire', () 
     const op = rnd(10);
     if (op < 6) {
       const port = rnd(8);
-      const r = t.learn(hiOf(key), loOf(key), port, 0);
+      const r = at(t, 0, () => t.learn(hiOf(key), loOf(key), port));
       if (r === LEARN_REFUSED) assert.ok(model.size >= 192 && !model.has(key));
       else model.set(key, port);
     } else if (op < 9) {
@@ -84,7 +93,7 @@ test('MAC table against a Map model: random learn/remove/removePort/expire', () 
       assert.equal(t.size, model.size);
       for (let i = 0; i < 300; i++) {
         const k = parseMac('52:54:00:00:00:00') + i;
-        assert.equal(t.lookup(hiOf(k), loOf(k), 0), model.get(k) ?? -1);
+        assert.equal(at(t, 0, () => t.lookup(hiOf(k), loOf(k))), model.get(k) ?? -1);
       }
     }
   }
