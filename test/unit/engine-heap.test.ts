@@ -3,6 +3,11 @@
 // store-and-drain path, broadcast, and unknown → learned; a loop that allocates one small object
 // per frame (the control) must show collections, or the detector is not working. With --expose-gc
 // the retained heap growth is checked too.
+//
+// Bound: a 16-byte object per frame (one boxed double) is 16 MB per 1e6 frames, about 16 young-
+// generation collections here; the control's 16-byte views give ~46. The engine loop shows 0, and
+// occasionally 1–2 from the test runner and the JIT in the background, hence "at most 4".
+const MAX_GCS = 4;
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -92,9 +97,9 @@ test('steady state: 1e6 frames through fast path, store path, flood and resolve 
     for (let i = 0; i < 1e6; i++) sink = new Uint8Array(toB.buffer, i & 63, 16);
   });
   assert.ok(sink !== null);
-  assert.ok(control >= 1, `control loop allocating per frame caused ${control} collections`);
+  assert.ok(control > 4 * MAX_GCS, `control loop allocating per frame caused ${control} collections`);
   t0.diagnostic(`engine loop: ${gcs} collections over ${frames} frames; control: ${control}; heap growth ${g ? growth : 'n/a (no --expose-gc)'}`);
-  assert.ok(gcs <= 1, `engine loop: ${gcs} collections over ${frames} frames (control: ${control})`);
+  assert.ok(gcs <= MAX_GCS, `engine loop: ${gcs} collections over ${frames} frames (control: ${control})`);
   if (g) assert.ok(growth < 256 * 1024, `heap grew ${growth} bytes`);
   sw.close();
 });
@@ -129,6 +134,6 @@ test('steady state with the production clock (timer + Date.now): 1e6 frames, fas
   assert.ok(s1.total.drainedFrames - s0.total.drainedFrames > 100_000, 'store path exercised');
   assert.equal(s1.total.dropped, 0);
   t0.diagnostic(`${gcs} collections over ${s1.total.rxFrames - s0.total.rxFrames} frames`);
-  assert.ok(gcs <= 1, `${gcs} collections`);
+  assert.ok(gcs <= MAX_GCS, `${gcs} collections`);
   sw.close();
 });
