@@ -11,7 +11,7 @@ import { Connection, Log } from '../vhost-user/connection';
 import { VirtioFeature } from '../vhost-user/features';
 import { SplitRing, BROKEN } from '../virtio/split-ring';
 import { Segments } from '../virtio/chain';
-import { copyBytes } from '../virtio/copy';
+import { copyBytes } from '../engine/copy';
 import { NET_HDR_V1, NUM_BUFFERS_OFFSET } from '../virtio/net-header';
 import { EngineApi, PortAttachOptions } from './engine-api';
 
