@@ -47,7 +47,8 @@ export interface NativeAddon {
   unixListen(path: string, backlog: number, mode: number): number;
   /** accept4(NONBLOCK|CLOEXEC); returns -1 when no connection is pending */
   unixAccept(fd: number): number;
-  /** connect to a listening unix socket; the returned fd is non-blocking. Throws (ECONNREFUSED, ENOENT…) */
+  /** connect to a listening unix socket; the returned fd is non-blocking. Throws (ECONNREFUSED, ENOENT…;
+   *  EAGAIN when the listener's backlog is full: connect never blocks) */
   unixConnect(path: string): number;
   /** socketpair(AF_UNIX, SOCK_STREAM, NONBLOCK|CLOEXEC) */
   socketpair(): [number, number];

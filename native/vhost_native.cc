@@ -1,0 +1,792 @@
+// elastic-vhost native addon: the few system calls JavaScript cannot make by itself.
+// Interface: src/native.ts (NativeAddon). Built with node-addon-api, C++ exceptions enabled
+// (NAPI_CPP_EXCEPTIONS): every failure is thrown as a JavaScript Error, never an abort.
+//
+// Conventions
+//  - system errors: Error with message "<call> failed: <ENAME> (<strerror>)", code = errno name,
+//    errno = -errno (like Node's own system errors), syscall = call name.
+//  - bad argument types: TypeError (code ERR_INVALID_ARG_TYPE); bad ranges: RangeError
+//    (code ERR_OUT_OF_RANGE).
+//  - hot paths (read, write, eventfdRead, eventfdWrite) never allocate on the JS heap: they return
+//    small integers (Smis).
+#include <napi.h>
+#include <uv.h>
+
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace {
+
+// Node 20 (V8 11.x) aborts when an external ArrayBuffer is larger than this.
+constexpr uint64_t kMaxWindow = uint64_t{4} << 30;
+// Largest integer a JS number holds exactly.
+constexpr double kMaxSafeInteger = 9007199254740991.0;
+// Linux SCM_MAX_FD: the most descriptors one SCM_RIGHTS message may carry.
+constexpr size_t kMaxFds = 253;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+const char* ErrnoName(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char* name = strerrorname_np(err);
+  if (name != nullptr) return name;
+#endif
+  return uv_err_name(-err);
+}
+
+[[noreturn]] void ThrowErrno(Napi::Env env, const char* call, int err) {
+  std::string msg = std::string(call) + " failed: " + ErrnoName(err) + " (" + strerror(err) + ")";
+  Napi::Error e = Napi::Error::New(env, msg);
+  Napi::Object o = e.Value();
+  o.Set("code", Napi::String::New(env, ErrnoName(err)));
+  o.Set("errno", Napi::Number::New(env, -err));
+  o.Set("syscall", Napi::String::New(env, call));
+  throw e;
+}
+
+// libuv errors are negated errno values on Unix.
+[[noreturn]] void ThrowUv(Napi::Env env, const char* call, int uverr) {
+  ThrowErrno(env, call, -uverr);
+}
+
+[[noreturn]] void ThrowType(Napi::Env env, const std::string& msg) {
+  Napi::TypeError e = Napi::TypeError::New(env, msg);
+  e.Value().Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+  throw e;
+}
+
+[[noreturn]] void ThrowRange(Napi::Env env, const std::string& msg) {
+  Napi::RangeError e = Napi::RangeError::New(env, msg);
+  e.Value().Set("code", Napi::String::New(env, "ERR_OUT_OF_RANGE"));
+  throw e;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument helpers
+
+double GetInteger(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* what,
+                  double min, double max) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) ThrowType(info.Env(), std::string(fn) + ": " + what + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= min && d <= max) || std::floor(d) != d) {
+    ThrowRange(info.Env(), std::string(fn) + ": " + what + " must be an integer in [" +
+                               std::to_string(static_cast<int64_t>(min)) + ", " +
+                               std::to_string(static_cast<int64_t>(max)) + "]");
+  }
+  return d;
+}
+
+int GetFd(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  return static_cast<int>(GetInteger(info, i, fn, "fd", 0, INT_MAX));
+}
+
+std::string GetString(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* what) {
+  Napi::Value v = info[i];
+  if (!v.IsString()) ThrowType(info.Env(), std::string(fn) + ": " + what + " must be a string");
+  std::string s = v.As<Napi::String>().Utf8Value();
+  if (s.find('\0') != std::string::npos) {
+    ThrowType(info.Env(), std::string(fn) + ": " + what + " must not contain NUL characters");
+  }
+  return s;
+}
+
+// (buf: Uint8Array, offset, length) starting at argument i -> pointer to the byte range.
+uint8_t* GetBytes(const Napi::CallbackInfo& info, size_t i, const char* fn, size_t* len_out) {
+  napi_env env = info.Env();
+  napi_value v = info[i];
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, nullptr, nullptr) != napi_ok ||
+      type != napi_uint8_array) {
+    // napi_get_typedarray_info may leave nothing pending; make sure no stale exception remains.
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value ignored;
+      napi_get_and_clear_last_exception(env, &ignored);
+    }
+    ThrowType(info.Env(), std::string(fn) + ": buf must be a Uint8Array");
+  }
+  double off = GetInteger(info, i + 1, fn, "offset", 0, kMaxSafeInteger);
+  double n = GetInteger(info, i + 2, fn, "length", 0, kMaxSafeInteger);
+  if (off + n > static_cast<double>(length)) {
+    ThrowRange(info.Env(), std::string(fn) + ": offset + length exceeds the buffer (" +
+                               std::to_string(length) + " bytes)");
+  }
+  *len_out = static_cast<size_t>(n);
+  return static_cast<uint8_t*>(data) + static_cast<size_t>(off);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-environment state (main thread and each worker get their own)
+
+struct PollState;
+class PollerWrap;
+
+struct AddonData {
+  Napi::FunctionReference poller_ctor;
+  std::unordered_set<PollState*> live_polls;
+  uv_loop_t* loop = nullptr;
+  bool tearing_down = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// mmap / munmap
+
+struct Mapping {
+  void* addr;
+  size_t len;
+  bool unmapped;
+};
+
+// Live mappings by address, shared by all environments of the process (mappings are process-wide).
+std::mutex g_map_mutex;
+std::unordered_map<void*, Mapping*> g_mappings;
+
+void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
+  Mapping* m = static_cast<Mapping*>(hint);
+  {
+    std::lock_guard<std::mutex> lock(g_map_mutex);
+    auto it = g_mappings.find(m->addr);
+    if (it != g_mappings.end() && it->second == m) g_mappings.erase(it);
+    if (!m->unmapped) {
+      ::munmap(m->addr, m->len);
+      m->unmapped = true;
+    }
+  }
+  delete m;
+}
+
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(info, 0, "mmap");
+  double len = GetInteger(info, 1, "mmap", "length", 1, static_cast<double>(kMaxWindow));
+  double off = GetInteger(info, 2, "mmap", "offset", 0, kMaxSafeInteger);
+  size_t n = static_cast<size_t>(len);
+  void* addr = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(off));
+  if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+  Mapping* m = new Mapping{addr, n, false};
+  {
+    std::lock_guard<std::mutex> lock(g_map_mutex);
+    g_mappings[addr] = m;
+  }
+  napi_value result;
+  napi_status st = napi_create_external_arraybuffer(env, addr, n, FinalizeMapping, m, &result);
+  if (st != napi_ok) {
+    FinalizeMapping(env, addr, m);
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) throw Napi::Error::New(env);  // takes the pending exception
+    Napi::Error e = Napi::Error::New(env, "mmap: cannot create an external ArrayBuffer");
+    e.Value().Set("code", Napi::String::New(env, "ERR_NAPI"));
+    throw e;
+  }
+  return Napi::Value(env, result);
+}
+
+void Munmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) ThrowType(env, "munmap: buf must be an ArrayBuffer returned by mmap()");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return;  // already unmapped (double munmap is a no-op)
+  void* addr = ab.Data();
+  size_t len = ab.ByteLength();
+  {
+    std::lock_guard<std::mutex> lock(g_map_mutex);
+    auto it = g_mappings.find(addr);
+    if (it == g_mappings.end() || it->second->len != len || it->second->unmapped) {
+      ThrowType(env, "munmap: buf is not an ArrayBuffer returned by mmap()");
+    }
+    Mapping* m = it->second;
+    if (::munmap(m->addr, m->len) != 0) ThrowErrno(env, "munmap", errno);
+    m->unmapped = true;  // the finalizer (which still runs later) now only frees m
+    g_mappings.erase(it);
+  }
+  ab.Detach();
+}
+
+// ---------------------------------------------------------------------------------------------
+// eventfd
+
+Napi::Value EventFd(const Napi::CallbackInfo& info) {
+  double init = info[0].IsUndefined() ? 0 : GetInteger(info, 0, "eventfd", "initval", 0, UINT32_MAX);
+  int fd = ::eventfd(static_cast<unsigned int>(init), EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), "eventfd", errno);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+Napi::Value EventFdRead(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "eventfdRead");
+  uint64_t v = 0;
+  for (;;) {
+    ssize_t r = ::read(fd, &v, sizeof v);
+    if (r == sizeof v) break;
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Napi::Number::New(info.Env(), 0);
+    ThrowErrno(info.Env(), "eventfdRead", r < 0 ? errno : EIO);
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(v));
+}
+
+void EventFdWrite(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "eventfdWrite");
+  uint64_t v = 1;
+  if (!info[1].IsUndefined()) {
+    v = static_cast<uint64_t>(GetInteger(info, 1, "eventfdWrite", "value", 0, kMaxSafeInteger));
+  }
+  for (;;) {
+    ssize_t r = ::write(fd, &v, sizeof v);
+    if (r == sizeof v) return;
+    if (r < 0 && errno == EINTR) continue;
+    ThrowErrno(info.Env(), "eventfdWrite", r < 0 ? errno : EIO);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// memfd
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = GetString(info, 0, "memfdCreate", "name");
+  double size = GetInteger(info, 1, "memfdCreate", "size", 0, kMaxSafeInteger);
+  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, "memfd_create", errno);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    int err = errno;
+    ::close(fd);
+    ThrowErrno(env, "ftruncate", err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unix sockets
+
+void FillSockaddr(Napi::Env env, const char* fn, const std::string& path, sockaddr_un* sa) {
+  if (path.empty()) ThrowRange(env, std::string(fn) + ": path must not be empty");
+  if (path.size() >= sizeof(sa->sun_path)) {
+    ThrowRange(env, std::string(fn) + ": path longer than " + std::to_string(sizeof(sa->sun_path) - 1) +
+                        " bytes");
+  }
+  std::memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  std::memcpy(sa->sun_path, path.data(), path.size());
+}
+
+// A socket file nobody listens on (connect gives ECONNREFUSED) is left over from a dead process.
+// Note: when someone does listen, this probe makes (and at once drops) one connection to it.
+bool IsStaleSocket(const sockaddr_un& sa) {
+  struct stat st;
+  if (::lstat(sa.sun_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (probe < 0) return false;
+  int r = ::connect(probe, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
+  int err = errno;
+  ::close(probe);
+  return r != 0 && err == ECONNREFUSED;
+}
+
+Napi::Value UnixListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = GetString(info, 0, "unixListen", "path");
+  int backlog = static_cast<int>(GetInteger(info, 1, "unixListen", "backlog", 0, INT_MAX));
+  mode_t mode = static_cast<mode_t>(GetInteger(info, 2, "unixListen", "mode", 0, 07777));
+  sockaddr_un sa;
+  FillSockaddr(env, "unixListen", path, &sa);
+
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, "socket", errno);
+  int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
+  if (r != 0 && errno == EADDRINUSE && IsStaleSocket(sa)) {
+    ::unlink(sa.sun_path);
+    r = ::bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
+  }
+  if (r != 0) {
+    int err = errno;
+    ::close(fd);
+    ThrowErrno(env, "bind", err);
+  }
+  // chmod before listen(): until listen() nobody can connect, so the mode is in force from the
+  // first connection on.
+  const char* failed = nullptr;
+  if (::chmod(sa.sun_path, mode) != 0) {
+    failed = "chmod";
+  } else if (::listen(fd, backlog) != 0) {
+    failed = "listen";
+  }
+  if (failed != nullptr) {
+    int err = errno;
+    ::close(fd);
+    ::unlink(sa.sun_path);
+    ThrowErrno(env, failed, err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "unixAccept");
+  for (;;) {
+    int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c >= 0) return Napi::Number::New(info.Env(), c);
+    if (errno == EINTR) continue;
+    // ECONNABORTED: the client gave up before we accepted; nothing to hand out.
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) {
+      return Napi::Number::New(info.Env(), -1);
+    }
+    ThrowErrno(info.Env(), "accept4", errno);
+  }
+}
+
+Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = GetString(info, 0, "unixConnect", "path");
+  sockaddr_un sa;
+  FillSockaddr(env, "unixConnect", path, &sa);
+  // Non-blocking connect: on a unix stream socket it completes at once, or fails with EAGAIN
+  // when the listener's backlog is full (thrown, so the caller may retry). It never blocks the
+  // event loop, even when the listener lives in this same process.
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, "socket", errno);
+  int r;
+  do {
+    r = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    int err = errno;
+    ::close(fd);
+    ThrowErrno(env, "connect", err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+    ThrowErrno(env, "socketpair", errno);
+  }
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(uint32_t{0}, Napi::Number::New(env, sv[0]));
+  a.Set(uint32_t{1}, Napi::Number::New(env, sv[1]));
+  return a;
+}
+
+union CmsgBuf {
+  char buf[CMSG_SPACE(kMaxFds * sizeof(int))];
+  cmsghdr align;
+};
+
+Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(info, 0, "recvmsg");
+  size_t len;
+  uint8_t* p = GetBytes(info, 1, "recvmsg", &len);
+  size_t max_fds = static_cast<size_t>(GetInteger(info, 4, "recvmsg", "maxFds", 0, kMaxFds));
+
+  CmsgBuf cbuf;
+  iovec iov{p, len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (max_fds > 0) {
+    msg.msg_control = cbuf.buf;
+    // CMSG_LEN, not CMSG_SPACE: the kernel fits (controllen - header) / sizeof(int) fds, and
+    // CMSG_SPACE's padding would make room for one more than asked for.
+    msg.msg_controllen = CMSG_LEN(max_fds * sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+
+  Napi::Object result = Napi::Object::New(env);
+  Napi::Array fds = Napi::Array::New(env);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) ThrowErrno(env, "recvmsg", errno);
+    result.Set("bytes", Napi::Number::New(env, -1));
+    result.Set("fds", fds);
+    result.Set("ctrunc", Napi::Boolean::New(env, false));
+    return result;
+  }
+  uint32_t count = 0;
+  if (msg.msg_controllen > 0) {
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char* d = CMSG_DATA(c);
+      for (size_t k = 0; k < nfds; k++) {
+        int v;
+        std::memcpy(&v, d + k * sizeof(int), sizeof v);
+        fds.Set(count++, Napi::Number::New(env, v));
+      }
+    }
+  }
+  // On MSG_CTRUNC the descriptors that did fit are in fds (the caller owns and must close them);
+  // the kernel has already dropped the rest.
+  result.Set("bytes", Napi::Number::New(env, static_cast<double>(n)));
+  result.Set("fds", fds);
+  result.Set("ctrunc", Napi::Boolean::New(env, (msg.msg_flags & MSG_CTRUNC) != 0));
+  return result;
+}
+
+Napi::Value SendMsg(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = GetFd(info, 0, "sendmsg");
+  size_t len;
+  uint8_t* p = GetBytes(info, 1, "sendmsg", &len);
+  Napi::Value fv = info[4];
+  int fdv[kMaxFds];
+  size_t nfds = 0;
+  if (!fv.IsUndefined()) {
+    if (!fv.IsArray()) ThrowType(env, "sendmsg: fds must be an array of file descriptors");
+    Napi::Array arr = fv.As<Napi::Array>();
+    nfds = arr.Length();
+    if (nfds > kMaxFds) ThrowRange(env, "sendmsg: at most 253 fds per message");
+    for (size_t k = 0; k < nfds; k++) {
+      Napi::Value e = arr.Get(static_cast<uint32_t>(k));
+      if (!e.IsNumber()) ThrowType(env, "sendmsg: fds must be an array of file descriptors");
+      double d = e.As<Napi::Number>().DoubleValue();
+      if (!(d >= 0 && d <= INT_MAX) || std::floor(d) != d) {
+        ThrowRange(env, "sendmsg: every fd must be a non-negative integer");
+      }
+      fdv[k] = static_cast<int>(d);
+    }
+  }
+  CmsgBuf cbuf;
+  iovec iov{p, len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (nfds > 0) {
+    std::memset(cbuf.buf, 0, sizeof cbuf.buf);
+    msg.msg_control = cbuf.buf;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fdv, nfds * sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+    ThrowErrno(env, "sendmsg", errno);
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// ---------------------------------------------------------------------------------------------
+// read / write / close
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "read");
+  size_t len;
+  uint8_t* p = GetBytes(info, 1, "read", &len);
+  ssize_t n;
+  do {
+    n = ::read(fd, p, len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(info.Env(), -1);
+    ThrowErrno(info.Env(), "read", errno);
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "write");
+  size_t len;
+  uint8_t* p = GetBytes(info, 1, "write", &len);
+  ssize_t n;
+  do {
+    n = ::write(fd, p, len);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(info.Env(), -1);
+    ThrowErrno(info.Env(), "write", errno);
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+void Close(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "close");
+  // On Linux the descriptor is released even when close() reports EINTR: never retry.
+  if (::close(fd) != 0 && errno != EINTR) ThrowErrno(info.Env(), "close", errno);
+}
+
+// ---------------------------------------------------------------------------------------------
+// poll: uv_poll_t on the Node event loop
+//
+// Ownership: PollState holds the uv handle and the callback and is freed only in the uv_close
+// callback, so closing from inside the poll callback is safe. The JS Poller object (PollerWrap)
+// is kept alive (strong reference) while the handle is started, like Node's own handles; when it
+// is stopped and unreachable, its garbage collection closes the handle. At environment teardown
+// (process exit, worker termination) a cleanup hook closes every handle still open.
+
+struct PollState {
+  uv_poll_t handle;
+  napi_env env;
+  AddonData* data;
+  Napi::FunctionReference cb;
+  PollerWrap* wrap = nullptr;
+  int fd = -1;
+  bool closing = false;
+};
+
+void OnPollClosed(uv_handle_t* h) {
+  delete static_cast<PollState*>(h->data);
+}
+
+// Stops and closes; the state is freed later by OnPollClosed. Does not touch the wrapper.
+void ClosePollState(PollState* s, bool release_callback) {
+  if (s->closing) return;
+  s->closing = true;
+  s->data->live_polls.erase(s);
+  if (release_callback) {
+    s->cb.Reset();
+  } else {
+    s->cb.SuppressDestruct();
+  }
+  uv_poll_stop(&s->handle);
+  uv_close(reinterpret_cast<uv_handle_t*>(&s->handle), OnPollClosed);
+}
+
+class PollerWrap : public Napi::ObjectWrap<PollerWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Poller",
+                       {
+                           InstanceMethod<&PollerWrap::Start>("start"),
+                           InstanceMethod<&PollerWrap::Stop>("stop"),
+                           InstanceMethod<&PollerWrap::Close>("close"),
+                       });
+  }
+
+  // Constructed only by poll(), with a napi External holding a ready PollState.
+  explicit PollerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PollerWrap>(info) {
+    if (!info[0].IsExternal()) ThrowType(info.Env(), "Poller cannot be constructed directly; use poll()");
+    state_ = info[0].As<Napi::External<PollState>>().Data();
+    state_->wrap = this;
+  }
+
+  ~PollerWrap() override {
+    if (state_ != nullptr) {
+      state_->wrap = nullptr;
+      ClosePollState(state_, true);
+      state_ = nullptr;
+    }
+  }
+
+  // Called by the teardown hook: the state is going away without us.
+  void Orphan() { state_ = nullptr; }
+
+  // On a libuv error the handle has stopped itself: drop the keep-alive reference.
+  void Stopped() { SetActive(false); }
+
+ private:
+  void SetActive(bool on) {
+    if (on && !active_) {
+      Ref();
+      active_ = true;
+    } else if (!on && active_) {
+      Unref();
+      active_ = false;
+    }
+  }
+
+  void Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (state_ == nullptr) {
+      Napi::Error e = Napi::Error::New(env, "poller.start: the poller is closed");
+      e.Value().Set("code", Napi::String::New(env, "ERR_POLLER_CLOSED"));
+      throw e;
+    }
+    int events = static_cast<int>(GetInteger(info, 0, "poller.start", "events", 1, 15));
+    int r = uv_poll_start(&state_->handle, events, OnPoll);
+    if (r < 0) ThrowUv(env, "uv_poll_start", r);
+    SetActive(true);
+  }
+
+  void Stop(const Napi::CallbackInfo& /*info*/) {
+    if (state_ == nullptr) return;
+    uv_poll_stop(&state_->handle);
+    SetActive(false);
+  }
+
+  void Close(const Napi::CallbackInfo& /*info*/) {
+    if (state_ == nullptr) return;
+    state_->wrap = nullptr;
+    ClosePollState(state_, true);
+    state_ = nullptr;
+    SetActive(false);
+  }
+
+  static void OnPoll(uv_poll_t* h, int status, int events) {
+    PollState* s = static_cast<PollState*>(h->data);
+    if (s->closing || s->cb.IsEmpty()) return;
+    Napi::Env env(s->env);
+    Napi::HandleScope scope(env);
+    Napi::Object recv = env.Global();
+    if (s->wrap != nullptr) {
+      recv = s->wrap->Value();
+      if (status < 0) s->wrap->Stopped();
+    }
+    try {
+      // MakeCallback: runs process.nextTick queue and microtasks afterwards, like Node's handles.
+      s->cb.MakeCallback(recv, {Napi::Number::New(env, status), Napi::Number::New(env, events)});
+    } catch (const Napi::Error& e) {
+      // No JavaScript is on the stack: report as an uncaught exception.
+      napi_fatal_exception(env, e.Value());
+    }
+    // s may be closing now (close() called from the callback) but is freed only by OnPollClosed.
+  }
+
+  PollState* state_ = nullptr;
+  bool active_ = false;
+};
+
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData* data = env.GetInstanceData<AddonData>();
+  int fd = GetFd(info, 0, "poll");
+  if (!info[1].IsFunction()) ThrowType(env, "poll: cb must be a function");
+  // libuv malfunctions (busy loops, lost events) with two poll handles on one fd: refuse.
+  for (PollState* other : data->live_polls) {
+    if (other->fd == fd) ThrowErrno(env, "poll (fd already has an open poller)", EEXIST);
+  }
+  PollState* s = new PollState;
+  s->fd = fd;
+  s->env = env;
+  s->data = data;
+  int r = uv_poll_init(data->loop, &s->handle, fd);
+  if (r < 0) {
+    delete s;
+    ThrowUv(env, "uv_poll_init", r);
+  }
+  s->handle.data = s;
+  s->cb = Napi::Persistent(info[1].As<Napi::Function>());
+  data->live_polls.insert(s);
+  try {
+    return data->poller_ctor.New({Napi::External<PollState>::New(env, s)});
+  } catch (...) {
+    if (s->wrap != nullptr) s->wrap->Orphan();
+    ClosePollState(s, true);
+    throw;
+  }
+}
+
+void TeardownPolls(void* arg) {
+  AddonData* data = static_cast<AddonData*>(arg);
+  data->tearing_down = true;
+  while (!data->live_polls.empty()) {
+    PollState* s = *data->live_polls.begin();
+    if (s->wrap != nullptr) s->wrap->Orphan();
+    s->wrap = nullptr;
+    ClosePollState(s, true);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TAP
+
+Napi::Value OpenTap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].IsUndefined() ? std::string() : GetString(info, 0, "openTap", "name");
+  if (name.size() >= IFNAMSIZ) {
+    ThrowRange(env, "openTap: name longer than " + std::to_string(IFNAMSIZ - 1) + " bytes");
+  }
+  int fd = ::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, "open /dev/net/tun", errno);
+  ifreq ifr;
+  std::memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  std::memcpy(ifr.ifr_name, name.data(), name.size());
+  if (::ioctl(fd, TUNSETIFF, &ifr) != 0) {
+    int err = errno;
+    ::close(fd);
+    ThrowErrno(env, "ioctl TUNSETIFF", err);
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("fd", Napi::Number::New(env, fd));
+  result.Set("name", Napi::String::New(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
+  return result;
+}
+
+void TapSetVnetHdrSize(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "tapSetVnetHdrSize");
+  int size = static_cast<int>(GetInteger(info, 1, "tapSetVnetHdrSize", "size", 0, INT_MAX));
+  if (::ioctl(fd, TUNSETVNETHDRSZ, &size) != 0) ThrowErrno(info.Env(), "ioctl TUNSETVNETHDRSZ", errno);
+}
+
+void TapSetOffload(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "tapSetOffload");
+  unsigned int flags = static_cast<unsigned int>(GetInteger(info, 1, "tapSetOffload", "flags", 0, UINT32_MAX));
+  if (::ioctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(flags)) != 0) {
+    ThrowErrno(info.Env(), "ioctl TUNSETOFFLOAD", errno);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  AddonData* data = new AddonData;
+  env.SetInstanceData<AddonData>(data);
+  if (napi_get_uv_event_loop(env, &data->loop) != napi_ok || data->loop == nullptr) {
+    throw Napi::Error::New(env, "vhost_native: no libuv event loop");
+  }
+  data->poller_ctor = Napi::Persistent(PollerWrap::Define(env));
+  // Registered after the module's napi_env exists, so it runs before the env is torn down.
+  napi_add_env_cleanup_hook(env, TeardownPolls, data);
+
+  exports.Set("mmap", Napi::Function::New<Mmap>(env, "mmap"));
+  exports.Set("munmap", Napi::Function::New<Munmap>(env, "munmap"));
+  exports.Set("eventfd", Napi::Function::New<EventFd>(env, "eventfd"));
+  exports.Set("eventfdRead", Napi::Function::New<EventFdRead>(env, "eventfdRead"));
+  exports.Set("eventfdWrite", Napi::Function::New<EventFdWrite>(env, "eventfdWrite"));
+  exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
+  exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
+  exports.Set("unixAccept", Napi::Function::New<UnixAccept>(env, "unixAccept"));
+  exports.Set("unixConnect", Napi::Function::New<UnixConnect>(env, "unixConnect"));
+  exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));
+  exports.Set("recvmsg", Napi::Function::New<RecvMsg>(env, "recvmsg"));
+  exports.Set("sendmsg", Napi::Function::New<SendMsg>(env, "sendmsg"));
+  exports.Set("read", Napi::Function::New<Read>(env, "read"));
+  exports.Set("write", Napi::Function::New<Write>(env, "write"));
+  exports.Set("close", Napi::Function::New<Close>(env, "close"));
+  exports.Set("poll", Napi::Function::New<Poll>(env, "poll"));
+  exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
+  exports.Set("tapSetVnetHdrSize", Napi::Function::New<TapSetVnetHdrSize>(env, "tapSetVnetHdrSize"));
+  exports.Set("tapSetOffload", Napi::Function::New<TapSetOffload>(env, "tapSetOffload"));
+  exports.Set("POLL_READABLE", Napi::Number::New(env, UV_READABLE));
+  exports.Set("POLL_WRITABLE", Napi::Number::New(env, UV_WRITABLE));
+  exports.Set("MAX_WINDOW", Napi::Number::New(env, static_cast<double>(kMaxWindow)));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vhost_native, Init)
