@@ -415,7 +415,8 @@ export class Session {
     }
     this.features = 0n;
     this.featuresSet = false;
-    this.protocolFeatures = 0n;
+    // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
+    // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
   }
 
   close(): void {
