@@ -147,6 +147,7 @@ class PollerWrap;
 struct AddonData {
   Napi::FunctionReference poller_ctor;
   std::unordered_set<PollState*> live_polls;
+  std::unordered_map<int, PollState*> started_by_fd;  // started pollers, one per fd
   uv_loop_t* loop = nullptr;
   bool tearing_down = false;
 };
@@ -554,8 +555,20 @@ struct PollState {
   Napi::FunctionReference cb;
   PollerWrap* wrap = nullptr;
   int fd = -1;
+  bool started = false;  // uv_poll_start succeeded and no stop/error since
   bool closing = false;
 };
+
+void MarkStarted(PollState* s, bool on) {
+  auto& started = s->data->started_by_fd;
+  if (on) {
+    started[s->fd] = s;
+  } else if (s->started) {
+    auto it = started.find(s->fd);
+    if (it != started.end() && it->second == s) started.erase(it);
+  }
+  s->started = on;
+}
 
 void OnPollClosed(uv_handle_t* h) {
   delete static_cast<PollState*>(h->data);
@@ -565,6 +578,7 @@ void OnPollClosed(uv_handle_t* h) {
 void ClosePollState(PollState* s, bool release_callback) {
   if (s->closing) return;
   s->closing = true;
+  MarkStarted(s, false);
   s->data->live_polls.erase(s);
   if (release_callback) {
     s->cb.Reset();
@@ -626,14 +640,22 @@ class PollerWrap : public Napi::ObjectWrap<PollerWrap> {
       throw e;
     }
     int events = static_cast<int>(GetInteger(info, 0, "poller.start", "events", 1, 15));
+    // libuv drops events and asserts on stop when two started poll handles share one fd: refuse.
+    auto& started = state_->data->started_by_fd;
+    auto it = started.find(state_->fd);
+    if (it != started.end() && it->second != state_) {
+      ThrowErrno(env, "poller.start (another poller is started on this fd)", EEXIST);
+    }
     int r = uv_poll_start(&state_->handle, events, OnPoll);
     if (r < 0) ThrowUv(env, "uv_poll_start", r);
+    MarkStarted(state_, true);
     SetActive(true);
   }
 
   void Stop(const Napi::CallbackInfo& /*info*/) {
     if (state_ == nullptr) return;
     uv_poll_stop(&state_->handle);
+    MarkStarted(state_, false);
     SetActive(false);
   }
 
@@ -651,6 +673,7 @@ class PollerWrap : public Napi::ObjectWrap<PollerWrap> {
     Napi::Env env(s->env);
     Napi::HandleScope scope(env);
     Napi::Object recv = env.Global();
+    if (status < 0) MarkStarted(s, false);  // libuv stopped the handle
     if (s->wrap != nullptr) {
       recv = s->wrap->Value();
       if (status < 0) s->wrap->Stopped();
@@ -674,10 +697,6 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   AddonData* data = env.GetInstanceData<AddonData>();
   int fd = GetFd(info, 0, "poll");
   if (!info[1].IsFunction()) ThrowType(env, "poll: cb must be a function");
-  // libuv malfunctions (busy loops, lost events) with two poll handles on one fd: refuse.
-  for (PollState* other : data->live_polls) {
-    if (other->fd == fd) ThrowErrno(env, "poll (fd already has an open poller)", EEXIST);
-  }
   PollState* s = new PollState;
   s->fd = fd;
   s->env = env;
