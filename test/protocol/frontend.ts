@@ -344,6 +344,16 @@ export class Virtqueue {
     return head;
   }
 
+  /** Used elements not yet taken, left in place. */
+  peekUsed(): UsedElem[] {
+    const out: UsedElem[] = [];
+    for (let i = this.lastUsed; i !== this.usedIdx; i = (i + 1) & 0xffff) {
+      const o = 4 + 8 * (i % this.num);
+      out.push({ id: this.used.getUint32(o, true), len: this.used.getUint32(o + 4, true) });
+    }
+    return out;
+  }
+
   /** Used elements since the last call; their descriptors go back to the free list. */
   takeUsed(): UsedElem[] {
     const out: UsedElem[] = [];
