@@ -205,6 +205,8 @@ export interface VhostUserNicOptions {
   toggles?: VirtioNetToggles;
   rxQueueSize?: number;
   txQueueSize?: number;
+  /** other virtio-net-pci properties, appended as key=value (e.g. disable-modern) */
+  extra?: Record<string, string | number | boolean>;
 }
 
 /** chardev + `-netdev vhost-user` + `-device virtio-net-pci,...,vectors=0,romfile=`. */
@@ -221,7 +223,7 @@ export function vhostUserNicArgs(o: VhostUserNicOptions): string[] {
       toggles: o.toggles,
       rxQueueSize: o.rxQueueSize,
       txQueueSize: o.txQueueSize,
-      extra: o.queues && o.queues > 1 && o.toggles?.mq === undefined ? { mq: true } : undefined,
+      extra: { ...(o.queues && o.queues > 1 && o.toggles?.mq === undefined ? { mq: true } : {}), ...o.extra },
     }),
   ];
 }

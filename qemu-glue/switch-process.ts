@@ -20,8 +20,10 @@ function hook(): void {
 
 export interface SwitchProcessOptions {
   workDir: string;
-  /** socket file names (server mode) created in workDir, one port each */
+  /** socket file names (server mode) created in workDir, one port each: ports vm0, vm1, … */
   sockets: string[];
+  /** socket file names in workDir where QEMU listens (client mode): ports after the server ones */
+  clientSockets?: string[];
   extraArgs?: string[];
   /** mirror the switch's log to stderr */
   echo?: boolean;
@@ -31,6 +33,7 @@ export class SwitchProcess {
   readonly log: string[] = [];
   readonly statsFile: string;
   readonly socketPaths: string[];
+  readonly clientSocketPaths: string[];
   private proc: ChildProcess | null = null;
   private exitPromise: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = Promise.resolve({ code: null, signal: null });
   private waiters: { re: RegExp; from: number; resolve: (l: string) => void }[] = [];
@@ -38,6 +41,7 @@ export class SwitchProcess {
   constructor(private readonly o: SwitchProcessOptions) {
     this.statsFile = path.join(o.workDir, 'switch-stats.json');
     this.socketPaths = o.sockets.map((s) => path.join(o.workDir, s));
+    this.clientSocketPaths = (o.clientSockets ?? []).map((s) => path.join(o.workDir, s));
   }
 
   static cliPath(): string {
@@ -50,6 +54,7 @@ export class SwitchProcess {
     const args = [
       SwitchProcess.cliPath(),
       ...this.socketPaths.flatMap((p, i) => ['--socket', `${p},name=vm${i}`]),
+      ...this.clientSocketPaths.flatMap((p, i) => ['--client', `${p},name=vm${this.socketPaths.length + i}`]),
       '--stats-file', this.statsFile,
       '--stats-interval', '200',
       ...(this.o.extraArgs ?? []),

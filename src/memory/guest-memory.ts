@@ -23,22 +23,23 @@ export class Region {
   private readonly delta: number;
   private mapped = true;
 
+  /** Takes ownership of fd: it is closed by unmap(), or at once if the region cannot be mapped. */
   constructor(readonly desc: MemRegion, readonly fd: number) {
     const { memorySize, mmapOffset } = desc;
-    if (memorySize <= 0) throw new Error('memory region of size 0');
-    if (desc.guestPhysAddr + memorySize > Number.MAX_SAFE_INTEGER || desc.userspaceAddr + memorySize > Number.MAX_SAFE_INTEGER) {
-      throw new Error('memory region wraps the address space');
-    }
-    // Touching a mapping beyond the end of its file raises SIGBUS and would kill every port:
-    // check the file is large enough before mapping it.
-    const st = fs.fstatSync(fd);
-    if (st.isFile() && mmapOffset + memorySize > st.size) {
-      throw new Error(`memory region [offset ${mmapOffset}, +${memorySize}) extends past the end of its fd (size ${st.size})`);
-    }
     const mapStart = Math.floor(mmapOffset / PAGE) * PAGE;
     this.delta = mmapOffset - mapStart;
-    const total = this.delta + memorySize;
     try {
+      if (memorySize <= 0) throw new Error('memory region of size 0');
+      if (desc.guestPhysAddr + memorySize > Number.MAX_SAFE_INTEGER || desc.userspaceAddr + memorySize > Number.MAX_SAFE_INTEGER) {
+        throw new Error('memory region wraps the address space');
+      }
+      // Touching a mapping beyond the end of its file raises SIGBUS and would kill every port:
+      // check the file is large enough before mapping it.
+      const st = fs.fstatSync(fd);
+      if (st.isFile() && mmapOffset + memorySize > st.size) {
+        throw new Error(`memory region [offset ${mmapOffset}, +${memorySize}) extends past the end of its fd (size ${st.size})`);
+      }
+      const total = this.delta + memorySize;
       for (let at = 0; ; at += STEP) {
         const len = Math.min(WINDOW, total - at);
         const ab = native.mmap(fd, len, mapStart + at);

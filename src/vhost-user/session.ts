@@ -42,6 +42,9 @@ export const DEFAULT_FEATURES: bigint =
   bit(VirtioFeature.NET_F_MRG_RXBUF) |
   bit(VirtioFeature.NET_F_MTU) |
   bit(VirtioFeature.NET_F_STATUS) |
+  // QEMU passes MQ through from the back-end (its control queue stays in QEMU): offering it lets a
+  // guest started with queues=N use them; all RX still goes to the lowest enabled RX ring.
+  bit(VirtioFeature.NET_F_MQ) |
   bit(VirtioFeature.F_ANY_LAYOUT) |
   bit(VirtioFeature.RING_F_INDIRECT_DESC) |
   bit(VirtioFeature.RING_F_EVENT_IDX) |
