@@ -88,7 +88,7 @@ ip link set lo up
 i=0
 while [ ! -e "/sys/class/net/$IFACE" ]; do
   i=$((i + 1))
-  if [ $i -gt 100 ]; then err "no $IFACE"; break; fi
+  if [ $i -gt "$(arg ifwait 50)" ]; then err "no $IFACE"; break; fi
   usleep 100000
 done
 MTU="$(arg mtu)"
@@ -98,8 +98,9 @@ ip link set "$IFACE" up
 GW="$(arg gw)"
 [ -n "$GW" ] && ip route add default via "$GW"
 LINKWAIT="$(arg linkwait 10)"
+[ -e "/sys/class/net/$IFACE" ] || LINKWAIT=0
 i=0
-while [ "$(cat "/sys/class/net/$IFACE/carrier" 2>/dev/null)" != 1 ]; do
+while [ "$LINKWAIT" -gt 0 ] && [ "$(cat "/sys/class/net/$IFACE/carrier" 2>/dev/null)" != 1 ]; do
   i=$((i + 1))
   if [ $i -gt $((LINKWAIT * 10)) ]; then err "no carrier on $IFACE"; break; fi
   usleep 100000

@@ -256,8 +256,27 @@ export class QmpClient extends EventEmitter {
       c.pending.clear();
       c.emit('close');
     });
-    await greeting;
-    await c.execute('qmp_capabilities');
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new Error(
+              `no QMP greeting on ${socketPath} within ${timeoutMs} ms (QEMU blocked? a vhost-user netdev ` +
+                'keeps QEMU from starting until its back-end socket is connected)',
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([greeting.then(() => c.execute('qmp_capabilities')), timeout]);
+    } catch (e) {
+      sock.destroy();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
     return c;
   }
 
@@ -511,10 +530,11 @@ export class GuestVM extends EventEmitter {
     });
     if (vm.proc.pid !== undefined) live.set(vm.proc.pid, vm.proc);
 
-    const timeout = o.startTimeoutMs ?? 15_000;
+    const deadline = Date.now() + (o.startTimeoutMs ?? 15_000);
+    const left = (): number => Math.max(100, deadline - Date.now());
     const abort = (): string | null => (vm.exitInfo ? `QEMU ${vm.name} exited during start-up: ${vm.describeExit()}` : null);
     try {
-      vm.consoleSock = await connectUnixRetry(vm.consoleSocket, timeout, abort);
+      vm.consoleSock = await connectUnixRetry(vm.consoleSocket, left(), abort);
       const split = new LineSplitter((l) => vm.onConsoleLine(l));
       vm.consoleSock.on('data', (d) => {
         vm.logStream.write(d);
@@ -522,10 +542,10 @@ export class GuestVM extends EventEmitter {
       });
       vm.consoleSock.on('error', () => {});
       vm.consoleSock.on('close', () => split.flush());
-      vm.qmpClient = await QmpClient.connect(vm.qmpSocket, timeout, abort);
+      vm.qmpClient = await QmpClient.connect(vm.qmpSocket, left(), abort);
       vm.qmpClient.on('event', (e: QmpEvent) => vm.emit('qmp-event', e));
       if (vm.agentSocket) {
-        vm.agentSock = await connectUnixRetry(vm.agentSocket, timeout, abort);
+        vm.agentSock = await connectUnixRetry(vm.agentSocket, left(), abort);
         const asplit = new LineSplitter((l) => vm.onAgentLine(l));
         vm.agentSock.on('data', (d) => asplit.push(d));
         vm.agentSock.on('error', () => {});
