@@ -48,6 +48,10 @@ ensure_packages() {
 ensure_kernel() {
   mkdir -p "$OUT/debs"
   local real
+  if ! apt-cache show "$KERNEL_PKG" >/dev/null 2>&1; then
+    log "no apt lists for $KERNEL_PKG: apt-get update"
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -q
+  fi
   real="$(apt-cache depends "$KERNEL_PKG" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')"
   if [ -z "$real" ]; then
     # Maybe KERNEL_PKG is already a versioned package.
@@ -63,6 +67,7 @@ ensure_kernel() {
   (cd "$OUT/debs" && apt-get download -q "$real" 2> >(grep -v 'Download is performed unsandboxed' >&2))
   local deb
   deb="$(ls "$OUT/debs/${real}_"*.deb | head -1)"
+  dpkg-deb -c "$deb" | grep -q "boot/vmlinuz-" || { echo "$deb has no kernel image" >&2; exit 1; }
   rm -rf "$KROOT"
   mkdir -p "$KROOT"
   dpkg-deb -x "$deb" "$KROOT"
