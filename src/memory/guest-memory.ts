@@ -22,6 +22,12 @@ export class Region {
   /** bytes between the start of window 0 and the region start (mmap_offset rounded down to a page) */
   private readonly delta: number;
   private mapped = true;
+  /**
+   * How many ADD_MEM_REG messages added this very region. QEMU drives a multiqueue vhost-user NIC
+   * as one vhost device per queue pair over one socket, and each device adds (and later removes)
+   * the same regions; the region goes away with the last removal.
+   */
+  refs = 1;
 
   /** Takes ownership of fd: it is closed by unmap(), or at once if the region cannot be mapped. */
   constructor(readonly desc: MemRegion, readonly fd: number) {
@@ -134,6 +140,15 @@ export class GuestMemory {
     return old;
   }
 
+  /** The region already in the table with exactly this description, if any. */
+  find(d: MemRegion): Region | null {
+    for (const r of this.regions) {
+      const e = r.desc;
+      if (e.guestPhysAddr === d.guestPhysAddr && e.memorySize === d.memorySize && e.userspaceAddr === d.userspaceAddr && e.mmapOffset === d.mmapOffset) return r;
+    }
+    return null;
+  }
+
   /** ADD_MEM_REG */
   add(region: Region): void {
     checkOverlap([...this.regions, region]);
@@ -142,12 +157,17 @@ export class GuestMemory {
     this.lastHit = 0;
   }
 
-  /** REM_MEM_REG: identified by guest address, user address and size. Returns the removed region. */
+  /**
+   * REM_MEM_REG: identified by guest address, user address and size. Returns the region when this
+   * was its last reference (the caller unmaps it), the region itself still in place when other
+   * references remain (check refs), or null when there is no such region.
+   */
   remove(d: MemRegion): Region | null {
     const i = this.regions.findIndex(
       (r) => r.desc.guestPhysAddr === d.guestPhysAddr && r.desc.userspaceAddr === d.userspaceAddr && r.desc.memorySize === d.memorySize,
     );
     if (i < 0) return null;
+    if (--this.regions[i].refs > 0) return this.regions[i];
     const [r] = this.regions.splice(i, 1);
     this.lastHit = 0;
     return r;

@@ -178,9 +178,20 @@ export class Session {
         break;
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
-        if (this.mem.size >= this.maxMemSlots) throw new Error(`more than ${this.maxMemSlots} memory slots`);
         const fd = m.fds.pop()!;
-        const region = new Region(readRegion(p, 8), fd);
+        const d = readRegion(p, 8);
+        const same = this.mem.find(d);
+        if (same) {
+          // another vhost device of the same NIC (one per queue pair) adding the same region
+          safeClose(fd);
+          same.refs++;
+          break;
+        }
+        if (this.mem.size >= this.maxMemSlots) {
+          safeClose(fd);
+          throw new Error(`more than ${this.maxMemSlots} memory slots`);
+        }
+        const region = new Region(d, fd);
         try {
           this.mem.add(region);
         } catch (e) {
@@ -195,6 +206,7 @@ export class Session {
         const d = readRegion(p, 8);
         const r = this.mem.remove(d);
         if (!r) throw new Error(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`);
+        if (r.refs > 0) break; // still added by another vhost device
         this.resetupRings();
         r.unmap();
         break;

@@ -29,7 +29,9 @@ describe('guest and QEMU variants on one switch', { timeout: 400_000 }, () => {
   before(async () => {
     ensureGuestImages();
     sw = new SwitchProcess({ workDir: dir, sockets: ['a.sock', 'b.sock'], clientSockets: ['c.sock'], echo });
-    // C's QEMU listens; start it first so the switch finds it (it would retry anyway)
+    // the switch dials C's socket and retries until QEMU listens there (QEMU itself does not finish
+    // starting until its vhost-user back-end has connected)
+    await sw.start();
     vms.push(
       await GuestVM.start({
         name: 'variant-c',
@@ -48,7 +50,6 @@ describe('guest and QEMU variants on one switch', { timeout: 400_000 }, () => {
         ],
       }),
     );
-    await sw.start();
     vms.push(
       await GuestVM.start({
         name: 'variant-a',
