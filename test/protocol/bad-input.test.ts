@@ -1,0 +1,356 @@
+// A hostile or broken front-end, one kind of bad input per test. Each test checks:
+//   - a clear error in the log naming the request (connection-level) or the ring (ring-level),
+//   - the connection closed, or the ring marked broken (and the err eventfd signalled),
+//   - a second, healthy pair of connections on the same hub unaffected: traffic still passes,
+//   - no fd leaked once everything is closed.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { native } from '../../src/native';
+import { encode, FLAG_NEED_REPLY, MemRegion, Req, u64Payload, VERSION } from '../../src/vhost-user/message';
+import { VhostUserPort } from '../../src/ports/vhost-user-port';
+import { closeFd, FrontEnd, GuestRam, memTablePayload, singleRegionPayload, sleep, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, waitEventfd, waitFor } from './frontend';
+import {
+  assertNoFdLeak,
+  bindPair,
+  closeGuest,
+  ethFrame,
+  fdCount,
+  Guest,
+  LogCapture,
+  makePort,
+  netHdr,
+  packet,
+  receiveN,
+  sendPacket,
+  seqOf,
+  startGuest,
+  TestHub,
+} from './helpers';
+
+interface Scene {
+  hub: TestHub;
+  log: LogCapture;
+  /** the healthy pair */
+  c: Guest;
+  d: Guest;
+  /** the victim's port and front-end (started only when asked) */
+  port: VhostUserPort;
+  fe: FrontEnd;
+  guest: Guest | null;
+}
+
+let seq = 1000;
+
+/** Traffic between the healthy pair still works. */
+async function healthyStillWorks(s: Scene): Promise<void> {
+  const n = seq++;
+  await sendPacket(s.c, packet(netHdr(12), ethFrame(120, n)));
+  assert.deepEqual((await receiveN(s.d, 1)).map((p) => seqOf(p.frame)), [n]);
+}
+
+async function scene(startVictim: boolean): Promise<Scene> {
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const c = await startGuest(hub, 'good-c', log);
+  const d = await startGuest(hub, 'good-d', log);
+  const port = makePort(hub, 'bad', log);
+  const fe = bindPair(port, 'hostile');
+  let guest: Guest | null = null;
+  if (startVictim) {
+    const { rx, tx } = await fe.start();
+    await waitFor(() => port.session!.rings[0].started);
+    guest = { port, fe, rx, tx };
+  }
+  const s = { hub, log, c, d, port, fe, guest };
+  await healthyStillWorks(s);
+  if (guest) await receiveN(guest, 1); // the hub floods: the victim got that frame too
+  return s;
+}
+
+async function finish(s: Scene, before: number): Promise<void> {
+  await healthyStillWorks(s);
+  s.fe.close();
+  await waitFor(() => !s.port.connected);
+  await closeGuest(s.c);
+  await closeGuest(s.d);
+  // Only the victim logged errors.
+  assert.deepEqual(
+    s.log.errors().filter((l) => !l.startsWith('bad')),
+    [],
+  );
+  await assertNoFdLeak(before);
+}
+
+/** A connection-level fault: the back-end logs `re` and closes the victim's connection. */
+async function expectClosed(s: Scene, re: RegExp, weClosed = false): Promise<void> {
+  if (!weClosed) await s.fe.waitClosed();
+  await waitFor(() => !s.port.connected, 2000, 'the victim port to drop its connection');
+  const line = await s.log.waitLine(/^bad: error: /);
+  assert.match(line, re);
+  assert.match(line, /; closing connection$/);
+  assert.equal(s.log.errors().length, 1, `exactly one error logged:\n${s.log.errors().join('\n')}`);
+}
+
+/** A ring-level fault: the ring is marked broken, the err eventfd signalled, the connection kept. */
+async function expectRingBroken(s: Scene, ring: number, re: RegExp): Promise<void> {
+  const r = s.port.session!.rings[ring];
+  await waitFor(() => r.broken !== null, 2000, `ring ${ring} to be marked broken`);
+  const line = await s.log.waitLine(/^bad (RX|TX) ring \d+: error: /);
+  assert.match(line, re);
+  assert.match(line, /; ring marked broken$/);
+  assert.ok((await waitEventfd(s.fe.rings[ring].errFd)) > 0, 'err eventfd signalled');
+  assert.equal(s.port.connected, true, 'the connection itself stays');
+  assert.equal(s.fe.closed, false);
+}
+
+function hostileTest(name: string, startVictim: boolean, body: (s: Scene) => Promise<void>): void {
+  test(name, async () => {
+    const before = fdCount();
+    const s = await scene(startVictim);
+    await body(s);
+    await finish(s, before);
+  });
+}
+
+// ---- framing ----
+
+hostileTest('truncated header, then close', false, async (s) => {
+  const msg = encode(Req.GET_FEATURES, VERSION);
+  s.fe.sendBytes(msg.subarray(0, 6));
+  await sleep(10);
+  assert.equal(s.port.connected, true, 'half a header is just not complete yet');
+  s.fe.close();
+  await expectClosed(s, /^bad: error: peer closed the connection in the middle of a message \(6 bytes of header read\)/, true);
+});
+
+hostileTest('size field larger than the payload sent (with an fd in flight), then close', false, async (s) => {
+  const memfd = native.memfdCreate('x', 4096);
+  const full = encode(Req.SET_MEM_TABLE, VERSION, memTablePayload([{ guestPhysAddr: 0, memorySize: 4096, userspaceAddr: 0x1000, mmapOffset: 0 }]));
+  s.fe.sendBytes(full.subarray(0, 12 + 20), [memfd]);
+  closeFd(memfd);
+  await sleep(10);
+  s.fe.close();
+  await expectClosed(s, /peer closed the connection in the middle of a message \(32 bytes of VHOST_USER_SET_MEM_TABLE payload read\)/, true);
+});
+
+hostileTest('size that does not match the request', false, async (s) => {
+  s.fe.send(Req.SET_FEATURES, VERSION, new Uint8Array(4));
+  await expectClosed(s, /VHOST_USER_SET_FEATURES: payload size 4 outside \[8, 8\]/);
+});
+
+hostileTest('size beyond any payload the back-end accepts', false, async (s) => {
+  const b = encode(Req.GET_CONFIG, VERSION);
+  new DataView(b.buffer).setUint32(8, 1 << 20, true);
+  s.fe.sendBytes(b);
+  await expectClosed(s, /VHOST_USER_GET_CONFIG: payload size 1048576 outside \[12, 268\]/);
+});
+
+hostileTest('unknown request number', false, async (s) => {
+  s.fe.send(99, VERSION, u64Payload(0));
+  await expectClosed(s, /unknown request 99: request not supported by this back-end/);
+});
+
+// ---- file descriptors ----
+
+hostileTest('missing fd: SET_VRING_KICK without fd and without the no-fd bit', false, async (s) => {
+  s.fe.send(Req.SET_VRING_KICK, VERSION, u64Payload(1));
+  await expectClosed(s, /VHOST_USER_SET_VRING_KICK: bad TX ring 1: expected 1 file descriptor, got 0/);
+});
+
+hostileTest('missing fd: SET_MEM_TABLE with fewer fds than regions', false, async (s) => {
+  const ram = new GuestRam([
+    { gpa: 0, size: 1 << 20 },
+    { gpa: 1 << 20, size: 1 << 20 },
+  ]);
+  s.fe.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram.regions.map(GuestRam.describe)), [ram.regions[0].fd]);
+  await expectClosed(s, /VHOST_USER_SET_MEM_TABLE: 2 regions but 1 file descriptors/);
+  ram.close();
+});
+
+hostileTest('extra fd on a request that takes none (SET_OWNER)', false, async (s) => {
+  const efd = native.eventfd(0);
+  s.fe.send(Req.SET_OWNER, VERSION, undefined, [efd]);
+  closeFd(efd);
+  await expectClosed(s, /VHOST_USER_SET_OWNER: unexpected 1 file descriptor\(s\)/);
+});
+
+hostileTest('an fd together with the no-fd bit (SET_VRING_CALL)', false, async (s) => {
+  const efd = native.eventfd(0);
+  s.fe.send(Req.SET_VRING_CALL, VERSION, u64Payload(0x100), [efd]);
+  closeFd(efd);
+  await expectClosed(s, /VHOST_USER_SET_VRING_CALL: bad RX ring 0: "no fd" flag set but a file descriptor was sent/);
+});
+
+// ---- memory regions ----
+
+hostileTest('SET_MEM_TABLE with a region overlapping another', false, async (s) => {
+  const ram = new GuestRam([
+    { gpa: 0, size: 2 << 20 },
+    { gpa: 1 << 20, size: 2 << 20 },
+  ]);
+  s.fe.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram.regions.map(GuestRam.describe)), ram.regions.map((r) => r.fd));
+  await expectClosed(s, /VHOST_USER_SET_MEM_TABLE: memory region at guest address 0x100000 overlaps the region at 0x0 \(size 0x200000\)/);
+  ram.close();
+});
+
+hostileTest('ADD_MEM_REG with a region overlapping one in the table', true, async (s) => {
+  const extra = s.fe.ram!.addRegion({ gpa: 0x200000, size: 4 << 20, uva: 0x7e0000000000 });
+  s.fe.send(Req.ADD_MEM_REG, VERSION | FLAG_NEED_REPLY, singleRegionPayload(GuestRam.describe(extra)), [extra.fd]);
+  await expectClosed(s, /VHOST_USER_ADD_MEM_REG: memory region at guest address 0x200000 overlaps the region at 0x0 \(size 0x400000\)/);
+});
+
+hostileTest('SET_MEM_TABLE with a region larger than its memfd', false, async (s) => {
+  const fds = [native.memfdCreate('small', 1 << 20), native.memfdCreate('ok', 1 << 20), native.memfdCreate('ok2', 1 << 20)];
+  const regions: MemRegion[] = [
+    { guestPhysAddr: 0x10000000, memorySize: 1 << 20, userspaceAddr: 0x7f0010000000, mmapOffset: 0 },
+    { guestPhysAddr: 0, memorySize: 2 << 20, userspaceAddr: 0x7f0000000000, mmapOffset: 0 }, // fd is 1 MiB
+    { guestPhysAddr: 0x20000000, memorySize: 1 << 20, userspaceAddr: 0x7f0020000000, mmapOffset: 0 },
+  ];
+  s.fe.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(regions), [fds[1], fds[0], fds[2]]);
+  for (const fd of fds) closeFd(fd);
+  await expectClosed(s, /VHOST_USER_SET_MEM_TABLE: memory region \[offset 0, \+2097152\) extends past the end of its fd \(size 1048576\)/);
+});
+
+hostileTest('ADD_MEM_REG with a region larger than its memfd', true, async (s) => {
+  const fd = native.memfdCreate('small', 1 << 20);
+  s.fe.send(Req.ADD_MEM_REG, VERSION, singleRegionPayload({ guestPhysAddr: 0x100000000, memorySize: 1 << 20, userspaceAddr: 0x7e0000000000, mmapOffset: 4096 }), [fd]);
+  closeFd(fd);
+  await expectClosed(s, /VHOST_USER_ADD_MEM_REG: memory region \[offset 4096, \+1048576\) extends past the end of its fd/);
+});
+
+hostileTest('SET_VRING_ADDR outside guest memory', true, async (s) => {
+  const b = new Uint8Array(40);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 1, true);
+  v.setBigUint64(8, 0x1000n, true); // a guest-physical address, not a front-end virtual one
+  v.setBigUint64(16, 0x2000n, true);
+  v.setBigUint64(24, 0x3000n, true);
+  s.fe.send(Req.SET_VRING_ADDR, VERSION, b);
+  await expectClosed(s, /VHOST_USER_SET_VRING_ADDR: bad TX ring 1: descriptor table at 0x1000 \(ring size 256\) is not inside guest memory/);
+});
+
+// ---- rings ----
+
+/** Writes a hand-made chain in the victim's TX ring and kicks. */
+function postRawTx(g: Guest, descs: [addr: number, len: number, flags: number, next: number][]): void {
+  descs.forEach(([addr, len, flags, next], i) => g.tx.writeDesc(i, addr, len, flags, next));
+  g.tx.makeAvailable(0);
+  g.tx.kick();
+}
+
+/** After a TX ring broke: the victim's RX ring still receives, its TX ring takes nothing more. */
+async function victimRxStillWorks(s: Scene): Promise<void> {
+  const g = s.guest!;
+  const n = seq++;
+  await sendPacket(s.c, packet(netHdr(12), ethFrame(90, n)));
+  await receiveN(s.d, 1);
+  assert.deepEqual((await receiveN(g, 1)).map((p) => seqOf(p.frame)), [n]);
+  const used = g.tx.usedIdx;
+  g.tx.postTx(packet(netHdr(12), ethFrame(90, seq++)));
+  g.tx.kick();
+  await sleep(20);
+  assert.equal(g.tx.usedIdx, used, 'a broken ring is left alone');
+}
+
+hostileTest('TX descriptor pointing outside every region', true, async (s) => {
+  const g = s.guest!;
+  const hdr = g.fe.ram!.alloc(12);
+  postRawTx(g, [
+    [hdr, 12, VRING_DESC_F_NEXT, 1],
+    [0x7654321000, 100, 0, 0],
+  ]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: buffer at 0x7654321000 length 100 is outside guest memory/);
+  await victimRxStillWorks(s);
+});
+
+hostileTest('TX descriptor straddling the end of guest memory', true, async (s) => {
+  const g = s.guest!;
+  postRawTx(g, [[(4 << 20) - 50, 100, 0, 0]]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: buffer at 0x400000 length 50 is outside guest memory/);
+  await victimRxStillWorks(s);
+});
+
+hostileTest('RX descriptor pointing outside every region', true, async (s) => {
+  const g = s.guest!;
+  // Take the posted RX buffers back out of consideration: a fresh RX ring whose only chain is bad.
+  await g.fe.getVringBase(0);
+  g.rx.writeDesc(0, 0x7654321000, 2048, VRING_DESC_F_WRITE, 0);
+  g.rx.setAvailIdx(0);
+  g.rx.makeAvailable(0);
+  await g.fe.setupRing(g.rx, 0);
+  g.rx.kick();
+  await waitFor(() => s.port.session!.rings[0].started);
+  await sendPacket(s.c, packet(netHdr(12), ethFrame(100, seq++))); // the hub floods it to the victim too
+  await expectRingBroken(s, 0, /^bad RX ring 0: error: descriptor chain from head 0: buffer at 0x7654321000 length 2048 is outside guest memory/);
+  await receiveN(s.d, 1);
+  assert.ok(s.hub.refused.some((r) => r.to === 'bad'));
+});
+
+hostileTest('TX chain that loops', true, async (s) => {
+  const g = s.guest!;
+  const buf = g.fe.ram!.alloc(64);
+  postRawTx(g, [
+    [buf, 32, VRING_DESC_F_NEXT, 1],
+    [buf + 32, 32, VRING_DESC_F_NEXT, 2],
+    [buf, 32, VRING_DESC_F_NEXT, 0],
+  ]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0 loops \(more than 256 descriptors\)/);
+  await victimRxStillWorks(s);
+});
+
+hostileTest('indirect table inside an indirect table', true, async (s) => {
+  const g = s.guest!;
+  const ram = g.fe.ram!;
+  const inner = ram.alloc(16, 16);
+  const data = ram.alloc(200);
+  ram.dataView(inner, 16).setBigUint64(0, BigInt(data), true);
+  ram.dataView(inner, 16).setUint32(8, 200, true);
+  const outer = ram.alloc(32, 16);
+  const ov = ram.dataView(outer, 32);
+  ov.setBigUint64(0, BigInt(data), true);
+  ov.setUint32(8, 12, true);
+  ov.setUint16(12, VRING_DESC_F_NEXT, true);
+  ov.setUint16(14, 1, true);
+  ov.setBigUint64(16, BigInt(inner), true);
+  ov.setUint32(24, 16, true);
+  ov.setUint16(28, VRING_DESC_F_INDIRECT, true);
+  postRawTx(g, [[outer, 32, VRING_DESC_F_INDIRECT, 0]]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: indirect descriptor inside an indirect table/);
+  await victimRxStillWorks(s);
+});
+
+hostileTest('avail index that jumps by more than the ring size', true, async (s) => {
+  const g = s.guest!;
+  g.tx.setAvailIdx(256 + 5);
+  g.tx.kick();
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: avail index jumped by 261, more than the ring size 256/);
+  await victimRxStillWorks(s);
+});
+
+hostileTest('avail ring entry naming a descriptor beyond the ring', true, async (s) => {
+  const g = s.guest!;
+  g.tx.makeAvailable(300);
+  g.tx.kick();
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: avail ring entry 0 names descriptor 300, beyond the ring size 256/);
+  await victimRxStillWorks(s);
+});
+
+test('a broken ring is set up again by the front-end (SET_VRING_ADDR) and works', async () => {
+  const before = fdCount();
+  const s = await scene(true);
+  const g = s.guest!;
+  g.tx.setAvailIdx(1000);
+  g.tx.kick();
+  await expectRingBroken(s, 1, /avail index jumped/);
+  // QEMU's answer to a broken ring is a device reset; stop, resume at a sane index, re-set up.
+  const base = await g.fe.getVringBase(1);
+  assert.equal(base, 0);
+  g.tx.setAvailIdx(0);
+  await g.fe.setupRing(g.tx, 0);
+  assert.equal(s.port.session!.rings[1].broken, null);
+  await sendPacket(g, packet(netHdr(12), ethFrame(100, 77)));
+  assert.deepEqual((await receiveN(s.c, 1)).map((p) => seqOf(p.frame)), [77]);
+  await receiveN(s.d, 1);
+  await finish(s, before);
+});
+
