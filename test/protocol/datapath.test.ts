@@ -250,3 +250,83 @@ test('a burst of 200 frames posted with one kick all arrive, in order', async ()
   );
   await done();
 });
+
+test('RX buffers as descriptor chains (header in its own descriptor) and through indirect tables', async () => {
+  // Linux's non-mergeable "big packets" mode posts a header descriptor chained to data pages.
+  const { a, b, done } = await pair({}, { features: WITHOUT_MRG, rxBuffers: [4, 12 + 4096 * 3], rxLayout: { split: [12, 4096, 4096] } });
+  const big = ethFrame(9000, 1);
+  await sendPacket(a, packet(netHdr(12, CSUM), big));
+  const [p] = await receiveN(b, 1);
+  assert.deepEqual(p.header, netHdr(12, { ...CSUM, numBuffers: 1 }));
+  assert.deepEqual(p.frame, big);
+  assert.equal(b.rx.readDesc(0).flags, 2 | 1, 'the RX buffer really is a chain');
+
+  const c = await pair({}, { rxBuffers: [8, 2048], rxLayout: { split: [100, 100], indirect: true } });
+  const f = ethFrame(5000, 2); // mergeable over indirect chains of 3 descriptors
+  await sendPacket(c.a, packet(netHdr(12), f));
+  const [q] = await receiveN(c.b, 1);
+  assert.equal(q.numBuffers, 3);
+  assert.deepEqual(q.frame, f);
+  await c.done();
+  await done();
+});
+
+test('ring indices wrap around 65535 (rings set up at base 65530, as after a migration)', async () => {
+  const { a, b, done } = await pair({ base: 65530 }, { base: 65530 });
+  for (let i = 0; i < 12; i++) {
+    await sendPacket(a, packet(netHdr(12), ethFrame(100, i)));
+  }
+  assert.equal(a.tx.usedIdx, (65530 + 12) & 0xffff);
+  assert.deepEqual(
+    (await receiveN(b, 12)).map((p) => seqOf(p.frame)),
+    [...Array(12).keys()],
+  );
+  assert.equal(b.rx.usedIdx, 6);
+  assert.equal(await b.fe.getVringBase(0), 6);
+  await done();
+});
+
+test('a ring of 4 entries wraps many times', async () => {
+  const { a, b, done } = await pair({ num: 4, rxBuffers: [0, 0] }, { num: 4, rxBuffers: [4, 2048] });
+  for (let i = 0; i < 30; i++) {
+    await sendPacket(a, packet(netHdr(12), ethFrame(64, i)));
+    const [p] = await receiveN(b, 1);
+    assert.equal(seqOf(p.frame), i);
+    b.rx.postRx(1, 2048); // give the buffer back, as a driver refills
+    b.rx.kick();
+  }
+  await done();
+});
+
+test('TX chains too short for a header and an Ethernet header are dropped, counted, and returned', async () => {
+  const { a, b, done } = await pair();
+  await sendPacket(a, netHdr(12)); // header only
+  await sendPacket(a, packet(netHdr(12), new Uint8Array(13)));
+  assert.equal(a.port.counters.txDropped, 2);
+  assert.equal(a.tx.usedIdx, 2);
+  await sendPacket(a, packet(netHdr(12), ethFrame(60, 3).subarray(0, 14))); // a bare Ethernet header passes
+  assert.deepEqual((await receiveN(b, 1)).map((p) => p.frame.length), [14]);
+  await done();
+});
+
+test('two queue pairs: TX on ring 3 is forwarded; RX goes to the lowest enabled RX ring', async () => {
+  const { a, b, done } = await pair({ queuePairs: 2 }, { queuePairs: 2 });
+  const tx3 = a.fe.rings[3];
+  tx3.postTx(packet(netHdr(12), ethFrame(100, 1)));
+  tx3.kick();
+  await tx3.waitUsed(1);
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
+  // B: ring 2 kicked (started), ring 0 disabled → frames land in ring 2.
+  const rx2 = b.fe.rings[2];
+  rx2.kick();
+  await waitFor(() => b.port.session!.rings[2].started);
+  await b.fe.setVringEnable(0, false);
+  await sendPacket(a, packet(netHdr(12), ethFrame(100, 2)));
+  await rx2.waitUsed(1);
+  assert.deepEqual(
+    rx2.receive(12, true).map((p) => seqOf(p.frame)),
+    [2],
+  );
+  assert.equal(b.rx.usedIdx, 1);
+  await done();
+});

@@ -439,16 +439,36 @@ export class Virtqueue {
     return head;
   }
 
-  /** Posts count device-writable RX buffers of size bytes each (one descriptor each). */
-  postRx(count: number, size: number): number[] {
+  /**
+   * Posts count device-writable RX buffers of size bytes each: one descriptor each, or split into a
+   * chain of descriptors (split: lengths of the first pieces), optionally through an indirect table.
+   */
+  postRx(count: number, size: number, opts: { split?: number[]; indirect?: boolean } = {}): number[] {
     const heads: number[] = [];
     for (let i = 0; i < count; i++) {
-      const addr = this.ram.alloc(size, 8);
-      const head = this.addChain([{ addr, len: size, write: true }]);
+      const bufs: Buf[] = [];
+      let left = size;
+      for (const n of [...(opts.split ?? []), size]) {
+        const len = Math.min(n, left);
+        if (len <= 0) break;
+        bufs.push({ addr: this.ram.alloc(len, 8), len, write: true });
+        left -= len;
+      }
+      const head = opts.indirect ? this.addIndirect(bufs) : this.addChain(bufs);
       this.makeAvailable(head);
       heads.push(head);
     }
     return heads;
+  }
+
+  /**
+   * Puts the driver at ring index `base` (as after a migration): avail and used indices in memory
+   * and the driver's own counters. The back-end is told with SET_VRING_BASE.
+   */
+  resetIndices(base: number): void {
+    this.availIdx = this.lastUsed = this.kickedAt = base & 0xffff;
+    this.avail.setUint16(2, this.availIdx, true);
+    this.used.setUint16(2, this.availIdx, true);
   }
 
   /** Bytes the device wrote into a chain (len from the used element). */
@@ -554,6 +574,10 @@ export interface StartOptions {
   kickRx?: boolean;
   /** RX buffers posted before starting: [count, size]; default [64, 2048] */
   rxBuffers?: [number, number];
+  /** RX buffers as descriptor chains or through indirect tables (see Virtqueue.postRx) */
+  rxLayout?: { split?: number[]; indirect?: boolean };
+  /** ring index every ring starts at (SET_VRING_BASE), default 0 */
+  base?: number;
   /** NET_SET_MTU after setup */
   mtu?: number;
 }
@@ -902,11 +926,12 @@ export class FrontEnd {
     for (let i = 0; i < 2 * (opts.queuePairs ?? 1); i++) {
       const vq = new Virtqueue(this.ram, i, num, { eventIdx });
       this.rings[i] = vq;
+      vq.resetIndices(opts.base ?? 0);
       if (vq.isRx) {
         const [count, size] = opts.rxBuffers ?? [64, 2048];
-        if (count > 0) vq.postRx(count, size);
+        if (count > 0) vq.postRx(count, size, opts.rxLayout);
       }
-      await this.setupRing(vq);
+      await this.setupRing(vq, opts.base ?? 0);
     }
     if (opts.enable ?? true) {
       for (const vq of this.rings) await this.setVringEnable(vq.index, true);

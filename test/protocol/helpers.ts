@@ -181,6 +181,7 @@ export async function sendPacket(g: Guest, pkt: Uint8Array, opts: { split?: numb
   const want = g.tx.availIdx;
   g.tx.kick();
   await g.tx.waitUsed(want);
+  g.tx.takeUsed(); // reclaim the descriptors, as the driver's TX completion does
 }
 
 /** Waits until g has n packets in its RX used ring (counting used elements as mergeable packets), returns them. */
