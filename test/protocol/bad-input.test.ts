@@ -6,7 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native';
-import { encode, FLAG_NEED_REPLY, MemRegion, Req, u64Payload, VERSION } from '../../src/vhost-user/message';
+import { encode, FLAG_NEED_REPLY, MemRegion, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
+import { bit, VirtioFeature } from '../../src/vhost-user/features';
+import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
 import { VhostUserPort } from '../../src/ports/vhost-user-port';
 import { closeFd, FrontEnd, GuestRam, memTablePayload, singleRegionPayload, sleep, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, waitEventfd, waitFor } from './frontend';
 import {
@@ -354,3 +356,54 @@ test('a broken ring is set up again by the front-end (SET_VRING_ADDR) and works'
   await finish(s, before);
 });
 
+
+hostileTest('device-writable descriptor in a TX chain', true, async (s) => {
+  const g = s.guest!;
+  const buf = g.fe.ram!.alloc(200);
+  postRawTx(g, [
+    [buf, 12, VRING_DESC_F_NEXT, 1],
+    [buf + 12, 100, VRING_DESC_F_WRITE, 0],
+  ]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: device-writable descriptor in a TX chain/);
+  await victimRxStillWorks(s);
+});
+
+test('indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC negotiated', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const c = await startGuest(hub, 'good-c', log);
+  const d = await startGuest(hub, 'good-d', log);
+  const port = makePort(hub, 'bad', log);
+  const fe = bindPair(port, 'hostile');
+  const { rx, tx } = await fe.start({ features: DEFAULT_FEATURES & ~bit(VirtioFeature.RING_F_INDIRECT_DESC) });
+  const s: Scene = { hub, log, c, d, port, fe, guest: { port, fe, rx, tx } };
+  tx.postTx(packet(netHdr(12), ethFrame(100, 1)), { indirect: true });
+  tx.kick();
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC/);
+  await finish(s, before);
+});
+
+hostileTest('ring index beyond the rings offered', false, async (s) => {
+  s.fe.send(Req.SET_VRING_NUM, VERSION, vringStatePayload(200, 256));
+  await expectClosed(s, /VHOST_USER_SET_VRING_NUM: ring index 200 beyond the 16 rings offered/);
+});
+
+hostileTest('SET_VRING_BASE beyond a split ring index', true, async (s) => {
+  s.fe.send(Req.SET_VRING_BASE, VERSION, vringStatePayload(1, 0x10000));
+  await expectClosed(s, /VHOST_USER_SET_VRING_BASE: bad TX ring 1: base 65536 does not fit a split ring index/);
+});
+
+hostileTest('SET_MEM_TABLE that no longer covers running rings: the rings are marked broken', true, async (s) => {
+  const other = new GuestRam([{ gpa: 0x10000000, size: 1 << 20, uva: 0x7e0000000000 }]);
+  await s.fe.setMemTable(other);
+  other.close();
+  await waitFor(() => s.port.session!.rings[0].broken !== null && s.port.session!.rings[1].broken !== null);
+  assert.match(await s.log.waitLine(/^bad RX ring 0: error/), /^bad RX ring 0: error: .*descriptor table at 0x7f.* is not inside guest memory; ring marked broken$/);
+  assert.match(await s.log.waitLine(/^bad TX ring 1: error/), /not inside guest memory; ring marked broken$/);
+  assert.equal(s.port.connected, true);
+  // The hub's frames to the victim are refused, not written anywhere.
+  await sendPacket(s.c, packet(netHdr(12), ethFrame(100, seq++)));
+  await receiveN(s.d, 1);
+  assert.ok(s.hub.refused.some((r) => r.to === 'bad'));
+});

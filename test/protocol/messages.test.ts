@@ -2,10 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native';
-import { FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, Req, u64Payload, VERSION } from '../../src/vhost-user/message';
+import { encode, FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES } from '../../src/vhost-user/session';
-import { closeFd, sleep, Virtqueue, waitFor } from './frontend';
+import { closeFd, concat as concatBytes, sleep, Virtqueue, waitFor } from './frontend';
 import {
   assertNoFdLeak,
   bindPair,
@@ -394,4 +394,77 @@ test('RESET_OWNER resets features and rings; the front-end starts over on the sa
   await closeGuest(a);
   await closeGuest(b);
   await assertNoFdLeak(before);
+});
+
+test('framing: a message split over several writes is reassembled; several messages in one write are all handled', async () => {
+  const before = fdCount();
+  const log = new LogCapture();
+  const port = makePort(new TestHub(), 'vm0', log);
+  const fe = bindPair(port);
+  const msg = encode(Req.SET_FEATURES, VERSION, u64Payload(bit(VirtioFeature.F_VERSION_1)));
+  fe.sendBytes(msg.subarray(0, 5));
+  await sleep(5);
+  fe.sendBytes(msg.subarray(5, 15));
+  await sleep(5);
+  fe.sendBytes(msg.subarray(15));
+  await fe.sync();
+  assert.equal(port.session!.features, bit(VirtioFeature.F_VERSION_1));
+  // Three requests in one write; an fd travelling with the middle one.
+  const efd = native.eventfd(0);
+  const three = [
+    encode(Req.SET_VRING_NUM, VERSION, vringStatePayload(0, 64)),
+    encode(Req.SET_VRING_CALL, VERSION, u64Payload(0)),
+    encode(Req.GET_QUEUE_NUM, VERSION),
+  ];
+  fe.sendBytes(three[0]);
+  fe.sendBytes(concatBytes([three[1], three[2]]), [efd]);
+  closeFd(efd);
+  const r = await fe.recv();
+  assert.equal(r.request, Req.GET_QUEUE_NUM);
+  assert.equal(port.session!.rings[0].num, 64);
+  assert.ok(port.session!.rings[0].callFd >= 0);
+  assert.deepEqual(log.errors(), []);
+  await closeGuest({ port, fe });
+  await assertNoFdLeak(before);
+});
+
+test('SET_MEM_TABLE again while traffic runs (memory hotplug): rings move to the new mappings', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log);
+  const b = await startGuest(hub, 'vmB', log);
+  await sendPacket(a, frameOf(1));
+  await receiveN(b, 1);
+  const oldRegion = a.port.session!.mem.list()[0];
+  // QEMU sends the whole table again, with a new region and the same fds for the old ones.
+  const extra = a.fe.ram!.addRegion({ gpa: 0x80000000, size: 1 << 20 });
+  await a.fe.setMemTable();
+  assert.equal(a.port.session!.mem.size, 2);
+  assert.notEqual(a.port.session!.mem.list()[0], oldRegion, 'remapped');
+  await sendPacket(a, frameOf(2));
+  await sendPacket(a, frameOf(3), { region: a.fe.ram!.regions.indexOf(extra) });
+  assert.deepEqual((await receiveN(b, 2)).map((p) => seqOf(p.frame)), [2, 3]);
+  assert.deepEqual(log.errors(), []);
+  await closeGuest(a);
+  await closeGuest(b);
+  await assertNoFdLeak(before);
+});
+
+test('ADD_MEM_REG of the same region twice needs two REM_MEM_REG (one per vhost device of a multiqueue NIC)', async () => {
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log);
+  const b = await startGuest(hub, 'vmB', log);
+  const extra = a.fe.ram!.addRegion({ gpa: 0x100000000, size: 1 << 20 });
+  await a.fe.addMemReg(extra);
+  await a.fe.addMemReg(extra);
+  assert.equal(a.port.session!.mem.size, 2);
+  await a.fe.remMemReg(extra);
+  await sendPacket(a, frameOf(1), { region: 1 });
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
+  await a.fe.remMemReg(extra);
+  assert.equal(a.port.session!.mem.size, 1);
+  await closeGuest(a);
+  await closeGuest(b);
 });
