@@ -224,6 +224,16 @@ export class Session {
       case Req.SET_VRING_NUM: {
         const r = this.ring(p.getUint32(0, true));
         r.setNum(p.getUint32(4, true));
+        if (r.addrSet && this.mem.size > 0) {
+          // Views made for the old size would disagree with the new one: translate again, or, when
+          // the old addresses cannot hold a ring this size, wait for the next SET_VRING_ADDR.
+          try {
+            r.setup(this.mem);
+          } catch {
+            r.detachViews();
+          }
+          this.device.onRingState(r);
+        }
         break;
       }
       case Req.SET_VRING_ADDR: {

@@ -330,3 +330,37 @@ test('two queue pairs: TX on ring 3 is forwarded; RX goes to the lowest enabled 
   assert.equal(b.rx.usedIdx, 1);
   await done();
 });
+
+test('RX kick suppression: the back-end asks for kicks only while it wants buffers (EVENT_IDX and NO_NOTIFY)', async () => {
+  for (const features of [DEFAULT_FEATURES, WITHOUT_EVENT_IDX]) {
+    const { hub, a, b, done } = await pair({ features }, { features, rxBuffers: [2, 2048] });
+    b.port.wantResources(false); // the engine holds nothing for B
+    for (let i = 0; i < 3; i++) await sendPacket(a, packet(netHdr(12), ethFrame(100, i)));
+    await sleep(10);
+    const base = hub.available.length; // (the port also reports at start and on every RX kick)
+    const asked = () => hub.available.slice(base).filter((i) => i === b.port.index).length;
+    assert.equal(hub.refused.length, 1, 'the third frame found no buffer');
+    // A buffer posted while nobody waits for one: no kick wanted.
+    b.rx.postRx(1, 2048);
+    assert.equal(b.rx.kickIfNeeded(), false, 'no kick wanted while the engine holds nothing');
+    // The engine now holds a frame for B and asks: the buffer posted before the ask is found by
+    // the port itself (no kick will come for it).
+    b.port.wantResources(true);
+    await waitFor(() => asked() === 1, 2000, 'resourcesAvailable after the ask');
+    await sendPacket(a, packet(netHdr(12), ethFrame(100, 3))); // uses that buffer
+    // Asked with no buffer left: the next buffer posted must be kicked for.
+    b.port.wantResources(true);
+    b.rx.postRx(1, 2048);
+    assert.equal(b.rx.kickIfNeeded(), true, 'kick requested (avail_event / no NO_NOTIFY)');
+    await waitFor(() => asked() === 2, 2000, 'resourcesAvailable after the kick');
+    // Not wanting any more: the driver is told not to kick.
+    b.port.wantResources(false);
+    b.rx.postRx(1, 2048);
+    assert.equal(b.rx.kickIfNeeded(), false);
+    assert.deepEqual(
+      (await receiveN(b, 3)).map((p) => seqOf(p.frame)),
+      [0, 1, 3],
+    );
+    await done();
+  }
+});

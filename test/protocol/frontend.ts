@@ -908,8 +908,9 @@ export class FrontEnd {
   async start(opts: StartOptions = {}): Promise<{ rx: Virtqueue; tx: Virtqueue }> {
     this.releaseGuest(); // starting over (after RESET_OWNER): a fresh guest
     const offered = await this.getFeatures();
+    const features = (opts.features ?? offered) & offered;
     let protocol = 0n;
-    if (has(offered, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
+    if (has(features, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
       const offeredProto = await this.getProtocolFeatures();
       protocol = (opts.protocolFeatures ?? offeredProto) & offeredProto;
       await this.setProtocolFeatures(protocol);
@@ -917,7 +918,6 @@ export class FrontEnd {
     if (has(protocol, ProtocolFeature.MQ)) await this.getQueueNum();
     if (has(protocol, ProtocolFeature.CONFIGURE_MEM_SLOTS)) await this.getMaxMemSlots();
     await this.setOwner();
-    const features = (opts.features ?? offered) & offered;
     await this.setFeatures(features);
     this.ram = new GuestRam(opts.ram ?? [{ gpa: 0, size: 4 << 20 }]);
     await this.setMemTable(this.ram);
@@ -933,7 +933,8 @@ export class FrontEnd {
       }
       await this.setupRing(vq, opts.base ?? 0);
     }
-    if (opts.enable ?? true) {
+    // Without PROTOCOL_FEATURES rings are enabled from the start and SET_VRING_ENABLE is not sent.
+    if ((opts.enable ?? true) && has(features, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
       for (const vq of this.rings) await this.setVringEnable(vq.index, true);
     }
     if (opts.mtu !== undefined) await this.netSetMtu(opts.mtu);

@@ -5,7 +5,7 @@ import { native } from '../../src/native';
 import { encode, FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES } from '../../src/vhost-user/session';
-import { closeFd, concat as concatBytes, sleep, Virtqueue, waitFor } from './frontend';
+import { closeFd, concat as concatBytes, GuestRam, sleep, Virtqueue, waitFor } from './frontend';
 import {
   assertNoFdLeak,
   bindPair,
@@ -467,4 +467,103 @@ test('ADD_MEM_REG of the same region twice needs two REM_MEM_REG (one per vhost 
   assert.equal(a.port.session!.mem.size, 1);
   await closeGuest(a);
   await closeGuest(b);
+});
+
+test('without PROTOCOL_FEATURES: rings are enabled from the start, no SET_VRING_ENABLE needed', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log, { features: DEFAULT_FEATURES & ~bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) });
+  const b = await startGuest(hub, 'vmB', log);
+  assert.equal(a.port.session!.protocolFeatures, 0n);
+  assert.equal(a.port.session!.rings[0].enabled, true);
+  await sendPacket(a, frameOf(1));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
+  await sendPacket(b, frameOf(2));
+  assert.deepEqual((await receiveN(a, 1)).map((p) => seqOf(p.frame)), [2]);
+  await closeGuest(a);
+  await closeGuest(b);
+  await assertNoFdLeak(before);
+});
+
+test('SET_VRING_CALL replaced while running: the new eventfd is signalled, the old one no more', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log);
+  const b = await startGuest(hub, 'vmB', log);
+  const oldFd = b.rx.callFd;
+  const newFd = native.eventfd(0);
+  await b.fe.setVringCall(0, newFd);
+  b.rx.callFd = newFd;
+  b.rx.setUsedEvent(b.rx.usedIdx); // interrupt me on the next buffer
+  await sendPacket(a, frameOf(1));
+  assert.ok((await b.rx.waitCall()) > 0);
+  assert.equal(native.eventfdRead(oldFd), 0);
+  closeFd(oldFd);
+  await closeGuest(a);
+  await closeGuest(b);
+  await assertNoFdLeak(before);
+});
+
+test('ring addresses set before the memory table are translated once the table arrives', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const b = await startGuest(hub, 'vmB', log);
+  const port = makePort(hub, 'vmA', log);
+  const fe = bindPair(port);
+  const offered = await fe.getFeatures();
+  await fe.setProtocolFeatures(await fe.getProtocolFeatures());
+  await fe.setFeatures(offered);
+  const ram = (fe.ram = new GuestRam());
+  const rx = (fe.rings[0] = new Virtqueue(ram, 0, 64, { eventIdx: true }));
+  const tx = (fe.rings[1] = new Virtqueue(ram, 1, 64, { eventIdx: true }));
+  rx.postRx(8, 2048);
+  for (const vq of [rx, tx]) await fe.setupRing(vq); // no memory yet: nothing to translate against
+  assert.equal(port.session!.rings[1].ready, false);
+  await fe.setMemTable();
+  assert.equal(port.session!.rings[1].ready, true);
+  for (const vq of [rx, tx]) await fe.setVringEnable(vq.index, true);
+  rx.kick();
+  await sendPacket({ port, fe, rx, tx }, frameOf(1));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
+  await closeGuest({ port, fe });
+  await closeGuest(b);
+  await assertNoFdLeak(before);
+});
+
+test('SET_VRING_NUM after SET_VRING_ADDR (a larger ring): the ring is used at its new size', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log, { num: 128 });
+  const b = await startGuest(hub, 'vmB', log, { num: 256, rxBuffers: [250, 2048] });
+  await a.fe.getVringBase(1);
+  a.tx.close();
+  const tx = (a.fe.rings[1] = new Virtqueue(a.fe.ram!, 1, 256, { eventIdx: true }));
+  const ram = a.fe.ram!;
+  // Addresses first, then the size (QEMU sends NUM first; the spec does not order them).
+  await a.fe.setVringBase(1, 0);
+  await a.fe.setVringAddr(1, ram.uva(tx.descGpa), ram.uva(tx.usedGpa), ram.uva(tx.availGpa));
+  await a.fe.setVringNum(1, 256);
+  await a.fe.setVringKick(1, tx.kickFd);
+  await a.fe.setVringCall(1, tx.callFd);
+  await a.fe.setVringErr(1, tx.errFd);
+  for (let i = 0; i < 200; i++) tx.postTx(frameOf(i, 60));
+  tx.kick();
+  await tx.waitUsed(200);
+  assert.deepEqual(
+    tx.takeUsed().map((u) => u.id),
+    [...Array(200).keys()],
+    'every used element in place',
+  );
+  assert.deepEqual(
+    (await receiveN(b, 200)).map((p) => seqOf(p.frame)),
+    [...Array(200).keys()],
+  );
+  assert.deepEqual(log.errors(), []);
+  await closeGuest(a);
+  await closeGuest(b);
+  await assertNoFdLeak(before);
 });
