@@ -407,3 +407,10 @@ hostileTest('SET_MEM_TABLE that no longer covers running rings: the rings are ma
   await receiveN(s.d, 1);
   assert.ok(s.hub.refused.some((r) => r.to === 'bad'));
 });
+
+hostileTest('more file descriptors than any request carries', false, async (s) => {
+  const fds = Array.from({ length: 20 }, () => native.eventfd(0));
+  s.fe.send(Req.SET_OWNER, VERSION, undefined, fds);
+  for (const fd of fds) closeFd(fd);
+  await expectClosed(s, /peer sent more file descriptors than any request carries \(control message truncated\)/);
+});
