@@ -62,6 +62,8 @@ export interface NativeAddon {
   read(fd: number, buf: Uint8Array, offset: number, length: number): number;
   write(fd: number, buf: Uint8Array, offset: number, length: number): number;
   close(fd: number): void;
+  /** memmove(dst+dstOff, src+srcOff, len), bounds-checked, allocating nothing: the data path's large copies */
+  copy(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, len: number): void;
 
   /** watch fd readiness with uv_poll_t; cb(status, events) runs on the event loop.
    *  status is 0 or a negative libuv error code. */

@@ -10,6 +10,14 @@
 // source words with shifts; that assumes a little-endian host (x86-64, arm64) and falls back to
 // bytes otherwise.
 
+// From NATIVE_COPY_MIN bytes up, the addon's memmove is faster than any JavaScript loop and
+// allocates nothing either (measured on the build machine: a native call costs ~70 ns whatever the
+// size up to ~1 KiB; the word loop below takes ~100 ns at 256 bytes unaligned, ~480 ns at 1500 and
+// ~19 µs at 65 000).
+import { native } from '../native';
+
+export const NATIVE_COPY_MIN = 256;
+
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 /** below this many bytes the byte loop wins over the view lookup */
 const WORD_COPY_MIN = 48;
@@ -39,6 +47,10 @@ function wordsOf(a: Uint8Array): Int32Array {
 
 /** dst[dstOff, dstOff+len) = src[srcOff, srcOff+len). Regions must not overlap. Bounds are the caller's. */
 export function copyBytes(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, len: number): void {
+  if (len >= NATIVE_COPY_MIN) {
+    native.copy(dst, dstOff, src, srcOff, len);
+    return;
+  }
   if (len < WORD_COPY_MIN || !LITTLE_ENDIAN) {
     for (let i = 0; i < len; i++) dst[dstOff + i] = src[srcOff + i];
     return;

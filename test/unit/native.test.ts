@@ -1,4 +1,5 @@
 // Tests of the C++ addon (native/vhost_native.cc) through its typed front door src/native.ts.
+import { PerformanceObserver } from 'node:perf_hooks';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -444,6 +445,47 @@ test('openTap opens a TAP device with a vnet header', (t) => {
   }
   assert.throws(() => native.openTap('x'.repeat(16)), { name: 'RangeError' });
   assert.throws(() => native.tapSetOffload(1_000_000, 0), { code: 'EBADF' });
+});
+
+test('copy: memmove between two Uint8Arrays (also overlapping), bounds-checked, allocating nothing', () => {
+  const a = new Uint8Array(4096);
+  const b = new Uint8Array(new ArrayBuffer(8192), 100, 4000); // an offset view
+  for (let i = 0; i < a.length; i++) a[i] = (i * 7) & 0xff;
+  native.copy(b, 3, a, 5, 3000);
+  for (let i = 0; i < 3000; i++) assert.equal(b[3 + i], a[5 + i]);
+  assert.equal(b[2], 0);
+  assert.equal(b[3003], 0);
+  // within one array, overlapping: memmove semantics
+  native.copy(a, 10, a, 0, 100);
+  for (let i = 0; i < 100; i++) assert.equal(a[10 + i], (i * 7) & 0xff);
+  native.copy(a, 0, a, 0, 0);
+  assert.throws(() => native.copy(b, 3990, a, 0, 20), RangeError);
+  assert.throws(() => native.copy(b, 0, a, 4090, 20), RangeError);
+  assert.throws(() => native.copy(b, -1, a, 0, 1), RangeError);
+  assert.throws(() => native.copy(new Uint16Array(4) as unknown as Uint8Array, 0, a, 0, 1), TypeError);
+});
+
+test('copy allocates nothing: no garbage collection over 1e6 calls, where a view per call shows many', async () => {
+  const a = new Uint8Array(4096);
+  const b = new Uint8Array(4096);
+  const count = async (fn: () => void): Promise<number> => {
+    let n = 0;
+    const obs = new PerformanceObserver((list) => (n += list.getEntries().length));
+    obs.observe({ entryTypes: ['gc'] });
+    fn();
+    await sleep(50); // gc entries are delivered asynchronously
+    obs.disconnect();
+    return n;
+  };
+  native.copy(b, 0, a, 0, 1500); // warm up
+  const gcs = await count(() => {
+    for (let i = 0; i < 1_000_000; i++) native.copy(b, i & 1023, a, (i * 3) & 1023, 1500);
+  });
+  const control = await count(() => {
+    for (let i = 0; i < 1_000_000; i++) b.set(a.subarray((i * 3) & 1023, ((i * 3) & 1023) + 1500), i & 1023);
+  });
+  assert.ok(control > 5, `the detector sees the control's allocations (${control} collections)`);
+  assert.ok(gcs <= 2, `${gcs} collections during 1e6 native copies (control: ${control})`);
 });
 
 test('no fd leak over 200 create/close cycles of every fd-producing call', async () => {
