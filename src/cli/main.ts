@@ -7,6 +7,7 @@ import { Switch } from '../engine/switch';
 import { VhostUserPort } from '../ports/vhost-user-port';
 import { TapPort } from '../ports/tap-port';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
+import { DEFAULT_FEATURES, OFFLOAD_FEATURES } from '../vhost-user/session';
 
 export interface PortSpec {
   path: string;
@@ -69,6 +70,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--unknown <policy>', 'what happens to held frames past the hold time').choices(['flood', 'drop']).default('flood'))
     .option('--mac-age-s <s>', 'forget learned MACs unused for this long', positiveInt, 300)
     .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM)', positiveInt, 8)
+    .option('--no-offload', 'offer no checksum/TSO offloads to guests and the TAP uplink (guests then send MTU-sized, checksummed frames)')
     .option('--socket-mode <octal>', 'mode of the socket files created', (v) => {
       if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
       return parseInt(v, 8);
@@ -141,7 +143,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         log,
         staticMac: spec.mac,
         shareLimit: spec.share,
-        session: { maxQueuePairs: o.queues },
+        session: { maxQueuePairs: o.queues, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
       });
       ports.push(port);
       const acceptor = (fd: number): boolean => {
@@ -157,7 +159,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode));
       }
     }
-    if (o.tap) tap = new TapPort(sw, o.tap, log);
+    if (o.tap) tap = new TapPort(sw, o.tap, log, {}, o.offload as boolean);
   } catch (e) {
     close();
     throw e;

@@ -10,6 +10,12 @@ import { Log } from '../vhost-user/connection';
 import { EngineApi, PortAttachOptions } from './engine-api';
 import { MAX_FRAME } from './vhost-user-port';
 
+// linux/if_tun.h
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+const TUN_F_TSO_ECN = 0x08;
+
 /** frames read per readiness callback before yielding to the event loop */
 const RX_BUDGET = 256;
 
@@ -32,14 +38,18 @@ export class TapPort implements EnginePort {
   private want = false;
   private closed = false;
 
-  constructor(private readonly sw: EngineApi, ifname: string, private readonly log: Log, opts: PortAttachOptions = {}) {
+  /**
+   * offload: TUNSETOFFLOAD CSUM|TSO4|TSO6|TSO_ECN, so the kernel hands us GSO frames with partial
+   * checksums (guests that cannot take them get them segmented by their port) and takes ours.
+   */
+  constructor(private readonly sw: EngineApi, ifname: string, private readonly log: Log, opts: PortAttachOptions = {}, offload = true) {
     const t = native.openTap(ifname);
     this.fd = t.fd;
     this.ifname = t.name;
     this.name = `tap:${t.name}`;
     try {
       native.tapSetVnetHdrSize(this.fd, ENGINE_HDR_LEN);
-      native.tapSetOffload(this.fd, 0);
+      native.tapSetOffload(this.fd, offload ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0);
     } catch (e) {
       native.close(this.fd);
       throw e;

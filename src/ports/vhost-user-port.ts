@@ -10,15 +10,37 @@ import { Session, SessionDevice, SessionOptions } from '../vhost-user/session';
 import { Connection, Log } from '../vhost-user/connection';
 import { VirtioFeature } from '../vhost-user/features';
 import { SplitRing, BROKEN } from '../virtio/split-ring';
-import { Segments } from '../virtio/chain';
+import { Segments, MAX_CHAINS } from '../virtio/chain';
 import { copyBytes } from '../engine/copy';
-import { NET_HDR_V1, NUM_BUFFERS_OFFSET } from '../virtio/net-header';
+import { NET_HDR_V1, NUM_BUFFERS_OFFSET, VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../virtio/net-header';
+import {
+  checkSenderHeader,
+  completeChecksum,
+  newGsoInfo,
+  offloadNeeds,
+  OFFLOAD_OK,
+  parseTcpGso,
+  RX_CSUM,
+  RX_ECN,
+  RX_TSO4,
+  RX_TSO6,
+  segmentLength,
+  writeTcpSegment,
+} from '../virtio/offload';
 import { EngineApi, PortAttachOptions } from './engine-api';
 
 /** Largest frame taken from a guest: 64 KiB of payload + Ethernet/VLAN header + virtio-net header. */
 export const MAX_FRAME = 65536 + 18 + ENGINE_HDR_LEN;
 /** TX chains processed per kick before yielding to the event loop. */
 const TX_BUDGET = 256;
+
+// reserveRx results
+const RES_OK = 0;
+/** too few RX buffers now: give back what was taken, try again later */
+const RES_SHORT = 1;
+/** can never fit this guest's buffers: drop */
+const RES_TOO_BIG = 2;
+const RES_BROKEN = 3;
 
 export interface PortCounters {
   txFrames: number;
@@ -29,6 +51,14 @@ export interface PortCounters {
   rxTooBig: number;
   rxNoBuffers: number;
   brokenRings: number;
+  /** frames from the guest with a bad or unnegotiated offload header (also counted in txDropped) */
+  txBadOffload: number;
+  /** frames whose partial checksum was completed for this guest (no GUEST_CSUM) */
+  rxChecksummed: number;
+  /** GSO frames segmented for this guest (no GUEST_TSO4/6/ECN); their segments count in rxFrames */
+  rxSegmented: number;
+  /** offload frames the fallback could not handle (headers it does not segment, too many segments) */
+  rxOffloadDropped: number;
 }
 
 export interface VhostUserPortOptions extends PortAttachOptions {
@@ -50,12 +80,37 @@ export class VhostUserPort implements EnginePort, SessionDevice {
   session: Session | null = null;
   /** connection number in the switch while a front-end is connected, else -1 */
   index = -1;
-  readonly counters: PortCounters = { txFrames: 0, txBytes: 0, txDropped: 0, rxFrames: 0, rxBytes: 0, rxTooBig: 0, rxNoBuffers: 0, brokenRings: 0 };
+  readonly counters: PortCounters = {
+    txFrames: 0,
+    txBytes: 0,
+    txDropped: 0,
+    rxFrames: 0,
+    rxBytes: 0,
+    rxTooBig: 0,
+    rxNoBuffers: 0,
+    brokenRings: 0,
+    txBadOffload: 0,
+    rxChecksummed: 0,
+    rxSegmented: 0,
+    rxOffloadDropped: 0,
+  };
 
   private readonly scratch = new Uint8Array(MAX_FRAME + 16);
   private readonly txSegs = new Segments();
   private readonly rxSegs = new Segments();
   private readonly hdr = new Uint8Array(NET_HDR_V1);
+  /** RX fallback work area: the frame passed to deliver() is never modified (floods share it) */
+  private readonly rxScratch = new Uint8Array(MAX_FRAME + 16);
+  private readonly rxGso = newGsoInfo();
+  private readonly txGso = newGsoInfo();
+  /** per GSO segment: index one past its last chain in rxSegs */
+  private readonly segChainEnd = new Int32Array(MAX_CHAINS);
+  /** RX buffers still available during one deliver() */
+  private rxAvail = 0;
+  /** RX_* bits the guest takes as is (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN) */
+  private rxOffload = 0;
+  /** RX_* bits the guest may send (CSUM, HOST_TSO4/6, HOST_ECN) */
+  private txOffload = 0;
   private rxRing: SplitRing | null = null;
   private mrg = false;
   private hdrLen = NET_HDR_V1;
@@ -122,6 +177,16 @@ export class VhostUserPort implements EnginePort, SessionDevice {
     if (ring.broken !== null) this.counters.brokenRings++;
     this.mrg = s.hasFeature(VirtioFeature.NET_F_MRG_RXBUF);
     this.hdrLen = s.hdrLen;
+    this.rxOffload =
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_CSUM) ? RX_CSUM : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO4) ? RX_TSO4 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO6) ? RX_TSO6 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_ECN) ? RX_ECN : 0);
+    this.txOffload =
+      (s.hasFeature(VirtioFeature.NET_F_CSUM) ? RX_CSUM : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO4) ? RX_TSO4 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO6) ? RX_TSO6 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_ECN) ? RX_ECN : 0);
     // The RX ring used is the lowest-numbered one that is enabled and set up: one ring keeps the
     // frames of one destination in order.
     let rx: SplitRing | null = null;
@@ -223,9 +288,17 @@ export class VhostUserPort implements EnginePort, SessionDevice {
             scratch[NUM_BUFFERS_OFFSET] = 0;
             scratch[NUM_BUFFERS_OFFSET + 1] = 0;
           }
-          this.counters.txFrames++;
-          this.counters.txBytes += total - hl;
-          this.sw.input(this.index, scratch, 0, total + shift);
+          // DATA_VALID (and RSC_INFO) are the device's to set, never the driver's: a guest must not
+          // vouch for checksums to other guests
+          scratch[0] &= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+          if ((scratch[0] | scratch[1]) !== 0 && checkSenderHeader(scratch, 0, total + shift, this.txOffload, this.txGso) !== OFFLOAD_OK) {
+            this.counters.txBadOffload++;
+            this.counters.txDropped++;
+          } else {
+            this.counters.txFrames++;
+            this.counters.txBytes += total - hl;
+            this.sw.input(this.index, scratch, 0, total + shift);
+          }
         }
         ring.pushUsed(head, 0);
       }
@@ -251,52 +324,147 @@ export class VhostUserPort implements EnginePort, SessionDevice {
     const ring = this.rxRing;
     const s = this.session;
     if (ring === null || s === null || !ring.started || !ring.enabled || !ring.ready) return false;
-    const hl = this.hdrLen;
-    const need = len - ENGINE_HDR_LEN + hl;
+    const need = offloadNeeds(buf, off);
+    if ((need & ~this.rxOffload) === 0) return this.deliverOne(ring, s, buf, off, len);
+    if (need & (RX_TSO4 | RX_TSO6)) return this.deliverSegmented(ring, s, buf, off, len);
+    // only the checksum is missing: complete it on a copy
+    const w = this.rxScratch;
+    if (len > w.length) {
+      this.counters.rxOffloadDropped++;
+      return true;
+    }
+    copyBytes(w, 0, buf, off, len);
+    if (completeChecksum(w, 0, len) !== OFFLOAD_OK) {
+      this.counters.rxOffloadDropped++;
+      return true;
+    }
+    if (!this.deliverOne(ring, s, w, 0, len)) return false;
+    this.counters.rxChecksummed++;
+    return true;
+  }
+
+  /** One frame as one packet: all its RX buffers first, then the copy (nothing visible on failure). */
+  private deliverOne(ring: SplitRing, s: Session, buf: Uint8Array, off: number, len: number): boolean {
     const segs = this.rxSegs;
     segs.reset();
-    let n = ring.availCount();
+    const n = ring.availCount();
     if (n <= 0) {
       if (n < 0) s.ringBroken(ring);
       this.counters.rxNoBuffers++;
       return false;
     }
-    if (this.mrg) {
-      while (segs.total < need) {
-        if (n-- === 0) {
-          ring.unpop(segs.chains);
-          this.counters.rxNoBuffers++;
-          return false;
-        }
-        if (ring.popChain(s.mem, segs, true) === BROKEN) {
-          s.ringBroken(ring);
-          return false;
-        }
-      }
-    } else {
-      if (ring.popChain(s.mem, segs, true) === BROKEN) {
-        s.ringBroken(ring);
-        return false;
-      }
-      if (segs.total < need) {
-        // This frame can never fit a buffer of this guest: drop it, keep the buffer.
-        ring.unpop(1);
-        this.counters.rxTooBig++;
-        return true;
-      }
-    }
-    // virtio-net header: the engine's first 10 bytes, then num_buffers
+    this.rxAvail = n;
+    const r = this.reserveRx(ring, s, len - ENGINE_HDR_LEN + this.hdrLen);
+    if (r !== RES_OK) return this.reserveFailed(ring, s, r);
+    // virtio-net header: the engine's first 10 bytes, then num_buffers; flags must be zero for a
+    // guest without GUEST_CSUM (DATA_VALID from the TAP uplink, say)
     const h = this.hdr;
     copyBytes(h, 0, buf, off, NUM_BUFFERS_OFFSET);
-    const nb = this.mrg ? segs.chains : 1;
+    if ((this.rxOffload & RX_CSUM) === 0) h[0] = 0;
+    this.writeRx(ring, 0, segs.chains, buf, off, len);
+    ring.publish();
+    return true;
+  }
+
+  /**
+   * A GSO frame for a guest that cannot take it: RX buffers for every segment first (or none at
+   * all), then each segment built in rxScratch and written as its own packet.
+   */
+  private deliverSegmented(ring: SplitRing, s: Session, buf: Uint8Array, off: number, len: number): boolean {
+    const info = this.rxGso;
+    const nseg = parseTcpGso(buf, off, len, info);
+    // more segments than the ring has entries could never be delivered
+    if (nseg < 0 || nseg > ring.num || nseg > MAX_CHAINS) {
+      this.counters.rxOffloadDropped++;
+      return true;
+    }
+    const segs = this.rxSegs;
+    segs.reset();
+    const n = ring.availCount();
+    if (n <= 0) {
+      if (n < 0) s.ringBroken(ring);
+      this.counters.rxNoBuffers++;
+      return false;
+    }
+    this.rxAvail = n;
+    const hl = this.hdrLen;
+    for (let i = 0; i < nseg; i++) {
+      const r = this.reserveRx(ring, s, segmentLength(info, i) - ENGINE_HDR_LEN + hl);
+      if (r !== RES_OK) return this.reserveFailed(ring, s, r);
+      this.segChainEnd[i] = segs.chains;
+    }
+    const w = this.rxScratch;
+    const h = this.hdr;
+    let first = 0;
+    for (let i = 0; i < nseg; i++) {
+      const slen = writeTcpSegment(buf, off, len, info, i, w, 0);
+      // the segment's header is all zero (flags 0, GSO_NONE)
+      copyBytes(h, 0, w, 0, NUM_BUFFERS_OFFSET);
+      const end = this.segChainEnd[i];
+      this.writeRx(ring, first, end, w, 0, slen);
+      first = end;
+    }
+    ring.publish();
+    this.counters.rxSegmented++;
+    return true;
+  }
+
+  /**
+   * Takes RX chains for one packet of need bytes (header included) into rxSegs: as many as it
+   * takes when mergeable, else exactly one that must hold it all.
+   */
+  private reserveRx(ring: SplitRing, s: Session, need: number): number {
+    const segs = this.rxSegs;
+    if (this.mrg) {
+      let got = 0;
+      while (got < need) {
+        if (this.rxAvail === 0) return RES_SHORT;
+        if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
+        this.rxAvail--;
+        if (ring.popChain(s.mem, segs, true) === BROKEN) return RES_BROKEN;
+        got += segs.chainCap[segs.chains - 1];
+      }
+      return RES_OK;
+    }
+    if (this.rxAvail === 0) return RES_SHORT;
+    if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
+    this.rxAvail--;
+    if (ring.popChain(s.mem, segs, true) === BROKEN) return RES_BROKEN;
+    return segs.chainCap[segs.chains - 1] < need ? RES_TOO_BIG : RES_OK;
+  }
+
+  /** Undoes the chains taken in this deliver(): the guest sees nothing. */
+  private reserveFailed(ring: SplitRing, s: Session, r: number): boolean {
+    if (r === RES_BROKEN) {
+      s.ringBroken(ring);
+      return false;
+    }
+    ring.unpop(this.rxSegs.chains);
+    if (r === RES_SHORT) {
+      this.counters.rxNoBuffers++;
+      return false;
+    }
+    // This frame can never fit this guest's buffers: drop it, keep the buffers.
+    this.counters.rxTooBig++;
+    return true;
+  }
+
+  /**
+   * Writes this.hdr (num_buffers set here) then buf[off+12, off+len) over rxSegs chains
+   * [firstChain, endChain) and adds them to the used ring (published by the caller).
+   */
+  private writeRx(ring: SplitRing, firstChain: number, endChain: number, buf: Uint8Array, off: number, len: number): void {
+    const segs = this.rxSegs;
+    const h = this.hdr;
+    const nb = this.mrg ? endChain - firstChain : 1;
     h[NUM_BUFFERS_OFFSET] = nb & 0xff;
     h[NUM_BUFFERS_OFFSET + 1] = nb >>> 8;
     // scatter hdr[0, hl) then buf[off+12, off+len) over the segments, chain by chain
     let src: Uint8Array = h;
     let srcAt = 0;
-    let srcLeft = hl;
-    let seg = 0;
-    for (let c = 0; c < segs.chains; c++) {
+    let srcLeft = this.hdrLen;
+    let seg = firstChain === 0 ? 0 : segs.chainEnd[firstChain - 1];
+    for (let c = firstChain; c < endChain; c++) {
       const end = segs.chainEnd[c];
       let written = 0;
       for (; seg < end; seg++) {
@@ -322,10 +490,8 @@ export class VhostUserPort implements EnginePort, SessionDevice {
       }
       ring.pushUsed(segs.chainHead[c], written);
     }
-    ring.publish();
     this.counters.rxFrames++;
     this.counters.rxBytes += len - ENGINE_HDR_LEN;
-    return true;
   }
 
   flush(): void {

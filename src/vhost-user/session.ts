@@ -38,7 +38,22 @@ export interface SessionDevice {
   onDisconnect(reason: string | null): void;
 }
 
+/**
+ * Checksum and TCP segmentation offloads both ways (not UFO/USO). A destination that did not
+ * negotiate the receive side gets frames checksummed and segmented in software by its port.
+ */
+export const OFFLOAD_FEATURES: bigint =
+  bit(VirtioFeature.NET_F_CSUM) |
+  bit(VirtioFeature.NET_F_GUEST_CSUM) |
+  bit(VirtioFeature.NET_F_HOST_TSO4) |
+  bit(VirtioFeature.NET_F_HOST_TSO6) |
+  bit(VirtioFeature.NET_F_HOST_ECN) |
+  bit(VirtioFeature.NET_F_GUEST_TSO4) |
+  bit(VirtioFeature.NET_F_GUEST_TSO6) |
+  bit(VirtioFeature.NET_F_GUEST_ECN);
+
 export const DEFAULT_FEATURES: bigint =
+  OFFLOAD_FEATURES |
   bit(VirtioFeature.NET_F_MRG_RXBUF) |
   bit(VirtioFeature.NET_F_MTU) |
   bit(VirtioFeature.NET_F_STATUS) |
