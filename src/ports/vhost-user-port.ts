@@ -442,6 +442,9 @@ export class VhostUserPort implements EnginePort, SessionDevice {
     ring.unpop(this.rxSegs.chains);
     if (r === RES_SHORT) {
       this.counters.rxNoBuffers++;
+      // Some buffers but not enough (mergeable, or segments): the engine keeps waiting, so ask for a
+      // kick on the next buffers posted, and look again ourselves if they came in meanwhile.
+      if (this.wantRx && ring.enableNotifyBeyond()) this.scheduleRxCheck();
       return false;
     }
     // This frame can never fit this guest's buffers: drop it, keep the buffers.

@@ -241,6 +241,19 @@ export class SplitRing {
     else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
   }
 
+  /**
+   * RX, holding a frame that needs more buffers than are available: ask for a kick when the guest
+   * makes any more available. avail_event = lastAvail would not do — the guest is already past it,
+   * so it would never kick. Returns true when buffers came in meanwhile (no kick will come for them).
+   */
+  enableNotifyBeyond(): boolean {
+    if (this.desc32.length === 0) return false;
+    const seen = Atomics.load(this.avail, 1);
+    if (this.eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, seen);
+    else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
+    return Atomics.load(this.avail, 1) !== seen;
+  }
+
   /** Tell the guest kicks are not needed (we are busy, or have nothing waiting for it). */
   disableNotify(): void {
     if (this.desc32.length === 0) return;
