@@ -7,7 +7,6 @@ import { netHeaderLength } from '../virtio/net-header';
 import { Connection, Log, safeClose } from './connection';
 import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
 import {
-  CONFIG_HDR_SIZE,
   encode,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
@@ -73,6 +72,9 @@ export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.RARP) |
   bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
+/** how often rings without a kick fd are looked at */
+const POLL_MS = 1;
+
 export interface SessionOptions {
   name: string;
   log: Log;
@@ -102,6 +104,8 @@ export class Session {
   hdrLen = 12;
   private readonly log: Log;
   private closed = false;
+  /** checks rings that have no kick fd (the front-end asked for polling with the "no fd" bit) */
+  private pollTimer: NodeJS.Timeout | null = null;
 
   constructor(readonly conn: Connection, private readonly device: SessionDevice, opts: SessionOptions) {
     this.name = opts.name;
@@ -132,7 +136,9 @@ export class Session {
 
   /** A ring the guest broke: log it once, tell the front-end through the err eventfd, stop using it. */
   ringBroken(ring: SplitRing): void {
-    this.log(`${ring.name}: error: ${ring.broken}; ring marked broken`);
+    const prefix = `${ring.name}: `;
+    const why = ring.broken ?? 'broken';
+    this.log(`${prefix}error: ${why.startsWith(prefix) ? why.slice(prefix.length) : why}; ring marked broken`);
     if (ring.errFd >= 0) {
       try {
         native.eventfdWrite(ring.errFd, 1);
@@ -306,14 +312,10 @@ export class Session {
         if (p.getUint32(4, true) !== 0) throw new Error(`${r.name}: big-endian rings are not supported`);
         break;
       }
-      case Req.GET_CONFIG: {
-        // CONFIG is not offered: the reply carries size 0, which the front-end reads as "no config".
-        const out = new Uint8Array(m.size);
-        out.set(new Uint8Array(p.buffer, p.byteOffset, CONFIG_HDR_SIZE));
-        new DataView(out.buffer).setUint32(4, 0, true);
-        reply = out;
+      case Req.GET_CONFIG:
+        // CONFIG is not offered; a zero-length payload is the spec's way to report failure.
+        reply = new Uint8Array(0);
         break;
-      }
       case Req.SET_CONFIG:
         throw new Error('VHOST_USER_PROTOCOL_F_CONFIG was not offered');
       case Req.SET_STATUS:
@@ -404,9 +406,11 @@ export class Session {
       r.kickFd = fd;
       r.broken = null;
       if (fd < 0) {
-        // Polling mode: no kicks will come; the ring counts as started now.
+        // Polling mode: no kicks will come; the ring counts as started now and is looked at
+        // every POLL_MS as if it had been kicked.
         r.started = true;
         this.device.onRingState(r);
+        this.startPolling();
         return;
       }
       const poller = native.poll(fd, (status) => {
@@ -421,6 +425,25 @@ export class Session {
       this.kickPollers[r.index] = poller;
       poller.start(native.POLL_READABLE);
     }
+  }
+
+  private startPolling(): void {
+    if (this.pollTimer) return;
+    this.pollTimer = setInterval(() => {
+      let polled = 0;
+      for (const r of this.rings) {
+        if (r.kickFd >= 0 || !r.started) continue;
+        polled++;
+        if (r.ready) this.device.onKick(r);
+      }
+      if (polled === 0) this.stopPolling();
+    }, POLL_MS);
+    this.pollTimer.unref();
+  }
+
+  private stopPolling(): void {
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
   }
 
   private stopKick(r: SplitRing): void {
@@ -466,6 +489,7 @@ export class Session {
   private dispose(reason: string | null): void {
     if (this.closed) return;
     this.closed = true;
+    this.stopPolling();
     for (const r of this.rings) {
       this.stopKick(r);
       safeClose(r.callFd);

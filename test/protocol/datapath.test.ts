@@ -364,3 +364,19 @@ test('RX kick suppression: the back-end asks for kicks only while it wants buffe
     await done();
   }
 });
+
+test('polling mode: rings whose kick fd was set with the "no fd" bit are served without any kick', async () => {
+  const { a, b, done } = await pair({}, {});
+  // both front-ends switch to polling: A's TX and B's RX get SET_VRING_KICK with the no-fd bit
+  await a.fe.setVringKick(1, null);
+  await b.fe.setVringKick(0, null);
+  for (let i = 0; i < 20; i++) a.tx.postTx(packet(netHdr(12), ethFrame(200, i)));
+  // no kick at all: the back-end finds the chains by polling
+  await waitFor(() => a.tx.usedIdx === 20, 2000, 'TX chains taken without a kick');
+  const got = await receiveN(b, 20);
+  assert.deepEqual(
+    got.map((p) => seqOf(p.frame)),
+    Array.from({ length: 20 }, (_, i) => i),
+  );
+  await done();
+});

@@ -872,14 +872,16 @@ export class FrontEnd {
     await this.request(Req.SEND_RARP, b);
   }
 
-  /** VhostUserConfig { offset, size, flags, region[size] }; returns the reply's fields. */
-  async getConfig(offset: number, size: number, flags = 0): Promise<{ offset: number; size: number; flags: number; data: Uint8Array }> {
+  /** VhostUserConfig { offset, size, flags, region[size] }; returns the reply's fields, or null for
+   * the zero-length reply by which a back-end reports failure. */
+  async getConfig(offset: number, size: number, flags = 0): Promise<{ offset: number; size: number; flags: number; data: Uint8Array } | null> {
     const b = new Uint8Array(CONFIG_HDR_SIZE + size);
     const v = new DataView(b.buffer);
     v.setUint32(0, offset, true);
     v.setUint32(4, size, true);
     v.setUint32(8, flags, true);
     const p = await this.call(Req.GET_CONFIG, b);
+    if (p.length === 0) return null;
     const r = new DataView(p.buffer, p.byteOffset, p.byteLength);
     return { offset: r.getUint32(0, true), size: r.getUint32(4, true), flags: r.getUint32(8, true), data: p.slice(CONFIG_HDR_SIZE) };
   }
