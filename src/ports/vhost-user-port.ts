@@ -124,18 +124,26 @@ export class VhostUserPort implements EnginePort, SessionDevice {
 
   private readonly rxCheck = (): void => {
     this.rxCheckScheduled = false;
-    if (this.index >= 0 && this.rxUsable()) this.sw.resourcesAvailable(this.index);
+    try {
+      if (this.index >= 0 && this.rxUsable()) this.sw.resourcesAvailable(this.index);
+    } catch (e) {
+      this.session?.internalError('RX delivery', e);
+    }
   };
 
   private readonly txResume = (): void => {
     this.txScheduled = false;
     const s = this.session;
     if (!s) return;
-    for (let i = 1; i < s.rings.length; i += 2) {
-      if (this.txPending[i]) {
-        this.txPending[i] = false;
-        this.processTx(s.rings[i]);
+    try {
+      for (let i = 1; i < s.rings.length; i += 2) {
+        if (this.txPending[i]) {
+          this.txPending[i] = false;
+          this.processTx(s.rings[i]);
+        }
       }
+    } catch (e) {
+      s.internalError('TX processing', e);
     }
   };
 

@@ -415,26 +415,43 @@ export class Session {
       }
       const poller = native.poll(fd, (status) => {
         if (status < 0 || r.kickFd !== fd) return;
-        native.eventfdRead(fd);
-        if (!r.started) {
-          r.started = true;
-          this.device.onRingState(r);
+        try {
+          native.eventfdRead(fd);
+          if (!r.started) {
+            r.started = true;
+            this.device.onRingState(r);
+          }
+          this.device.onKick(r);
+        } catch (e) {
+          this.internalError(`kick on ${r.name}`, e);
         }
-        this.device.onKick(r);
       });
       this.kickPollers[r.index] = poller;
       poller.start(native.POLL_READABLE);
     }
   }
 
+  /**
+   * An exception out of the data path is a bug, but whatever a guest did to trigger it, it must
+   * not take the process and every other port down: log it, close this connection only.
+   */
+  internalError(where: string, e: unknown): void {
+    this.log(`${this.name}: internal error during ${where}: ${(e as Error)?.stack ?? String(e)}`);
+    this.conn.fail(`internal error during ${where}`);
+  }
+
   private startPolling(): void {
     if (this.pollTimer) return;
     this.pollTimer = setInterval(() => {
       let polled = 0;
-      for (const r of this.rings) {
-        if (r.kickFd >= 0 || !r.started) continue;
-        polled++;
-        if (r.ready) this.device.onKick(r);
+      try {
+        for (const r of this.rings) {
+          if (r.kickFd >= 0 || !r.started) continue;
+          polled++;
+          if (r.ready) this.device.onKick(r);
+        }
+      } catch (e) {
+        this.internalError('ring polling', e);
       }
       if (polled === 0) this.stopPolling();
     }, POLL_MS);
