@@ -66,11 +66,16 @@ export class TapPort implements EnginePort {
       this.log(`${this.name}: poll error ${status}`);
       return;
     }
-    if (events & native.POLL_WRITABLE) {
-      this.poller.start(native.POLL_READABLE);
-      this.sw.resourcesAvailable(this.index);
+    try {
+      if (events & native.POLL_WRITABLE) {
+        this.poller.start(native.POLL_READABLE);
+        this.sw.resourcesAvailable(this.index);
+      }
+      if (events & native.POLL_READABLE) this.readFrames();
+    } catch (e) {
+      // a bug on the data path must not take every port down; the uplink stays up
+      this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`);
     }
-    if (events & native.POLL_READABLE) this.readFrames();
   }
 
   private readFrames(): void {
