@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the bootable test guest for elastic-vhost: a Debian cloud kernel plus
-# a small busybox/iperf3/udpburst initramfs. Everything comes from Debian
+# a small busybox/iperf3/udpburst/evagent initramfs. Everything comes from Debian
 # packages (apt) and from sources kept in guests/.
 #
 # Output (cached, idempotent):  build/guest/vmlinuz  build/guest/initramfs.cpio.gz
@@ -166,6 +166,10 @@ chroot "$IRD" /usr/bin/iperf3 --version >/dev/null \
 # udpburst (static)
 gcc -static -O2 -Wall -Wextra -o "$IRD/usr/bin/udpburst" "$SRC/tools/udpburst.c"
 strip "$IRD/usr/bin/udpburst"
+
+# evagent: the ttyS1 command agent (static)
+gcc -static -O2 -Wall -Wextra -o "$IRD/usr/bin/evagent" "$SRC/tools/evagent.c"
+strip "$IRD/usr/bin/evagent"
 
 # kernel modules, in load order
 for m in $WANT_MODULES; do add_module "$m"; done

@@ -108,57 +108,32 @@ done
 MAC="$(cat "/sys/class/net/$IFACE/address" 2>/dev/null)"
 CARRIER="$(cat "/sys/class/net/$IFACE/carrier" 2>/dev/null)"
 
-# --- agent on ttyS1: "<id> <command>" lines in, "EV-OUT <id> <line>" and
-#     "EV-DONE <id> rc=<n>" lines out. Commands run concurrently (background).
+# --- agent on ttyS1: /usr/bin/evagent (guests/tools/evagent.c). Frames
+#     "X <id> <len> <base64 command> <crc32>" in; "EV-ACK <id>", "EV-OUT <id>
+#     <line>" and "EV-DONE <id> rc=<n>" lines out (qemu-glue/README.md).
+#     Commands run concurrently. (It replaced a busybox-ash `read` loop: ash's
+#     read builtin restarts from scratch when SIGCHLD interrupts it and drops
+#     the part of the line it had already consumed.)
 AGENT_TTY=/dev/ttyS1
-agent_run() { # id command
-  (
-    id="$1"
-    rcf="/run/ev/$id.rc"
-    {
-      setsid sh -c 'echo $$ > "/run/ev/$1.pid"; cd /tmp; eval "$2"' sh "$id" "$2" </dev/null 2>&1
-      echo $? > "$rcf"
-    } | while IFS= read -r l || [ -n "$l" ]; do
-      echo "EV-OUT $id $l"
-    done
-    rc="$(cat "$rcf" 2>/dev/null)"
-    echo "EV-DONE $id rc=${rc:-255}"
-    rm -f "$rcf" "/run/ev/$id.pid"
-  ) > "$AGENT_TTY" 2>&1 3<&- &
-}
-agent_loop() {
-  CR="$(printf '\r')"
-  while :; do
-    while IFS= read -r line; do
-      line="${line%"$CR"}"
-      [ -z "$line" ] && continue
-      id="${line%% *}"
-      cmd="${line#"$id"}"
-      cmd="${cmd# }"
-      case "$id" in
-        *[!A-Za-z0-9_.:-]*) echo "EV-BADLINE $line" > "$AGENT_TTY"; continue ;;
-      esac
-      agent_run "$id" "$cmd"
-    done <&3
-    # EOF/error on the tty (should not happen): reopen and go on
-    sleep 1
-    exec 3< "$AGENT_TTY"
-  done
-}
 AGENT=0
 if [ "$ROLE" = agent ] || [ "$(arg agent 0)" = 1 ]; then
-  if stty -F "$AGENT_TTY" raw -echo -echoe -echok -echoctl -echoke clocal -hupcl 115200 2>/dev/null; then
-    AGENT=1
-    # Keep the port open from now on so input is buffered by the tty layer
-    # even before the read loop starts (EV-READY is printed before that).
-    exec 3< "$AGENT_TTY"
-    echo "EV-AGENT ready" > "$AGENT_TTY"
-  else
-    err "agent tty $AGENT_TTY not usable"
-  fi
-fi
-if [ "$AGENT" = 1 ] && [ "$ROLE" != agent ]; then
-  agent_loop &
+  # Supervisor: restart the agent should it ever die (it should not).
+  (
+    while :; do
+      evagent "$AGENT_TTY" /run/ev/agent.ready < /dev/null
+      rc=$?
+      [ -e /run/ev/agent.ready ] || break # never came up: init reports it
+      echo "EV-ERROR evagent exited rc=$rc, restarting"
+      sleep 1
+    done
+  ) &
+  # EV-READY only once the agent holds the port open (input is buffered from then on).
+  i=0
+  while [ ! -e /run/ev/agent.ready ] && [ $i -lt 100 ]; do
+    i=$((i + 1))
+    usleep 20000
+  done
+  if [ -e /run/ev/agent.ready ]; then AGENT=1; else err "agent tty $AGENT_TTY not usable"; fi
 fi
 
 echo "EV-READY ip=${IP:-none} mac=${MAC:-none} if=$IFACE carrier=${CARRIER:-0} role=$ROLE agent=$AGENT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
@@ -170,7 +145,7 @@ out() { # prefix every line of stdin with EV-OUT
 
 case "$ROLE" in
   agent)
-    agent_loop
+    while :; do sleep 3600; done
     ;;
   idle)
     while :; do sleep 3600; done

@@ -352,6 +352,40 @@ export class QmpClient extends EventEmitter {
   }
 }
 
+// ------------------------------------------------------------------ agent framing
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[i] = c >>> 0;
+  }
+  return t;
+})();
+
+/** CRC-32 (zlib / IEEE 802.3), as guests/tools/evagent.c computes it. */
+export function crc32(data: Buffer | string): number {
+  const b = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+  let c = 0xffffffff;
+  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/**
+ * One host -> guest agent frame (without the newline):
+ * `<kind> <id> <payload bytes> <base64 payload> <crc32 of what precedes, 8 hex>`.
+ * kind X = run payload with /bin/sh -c; K = payload "TARGET SIG" signals a command.
+ */
+export function agentFrame(kind: 'X' | 'K', id: string, payload: string | Buffer): string {
+  const b = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
+  const body = `${kind} ${id} ${b.length} ${b.toString('base64')}`;
+  return `${body} ${crc32(body).toString(16).padStart(8, '0')}`;
+}
+
+/** A frame not acknowledged (EV-ACK) within this time is sent again. */
+const AGENT_RESEND_MS = 2000;
+
 // ------------------------------------------------------------------ GuestVM
 
 export interface ExecResult {
@@ -391,6 +425,9 @@ interface PendingCmd {
   resolve: (r: ExecResult) => void;
   reject: (e: Error) => void;
 }
+
+/** See GuestVM.injectAgentFaults. */
+export type AgentFault = 'head' | 'flip' | 'lose' | 'dup' | 'merge';
 
 export interface GuestVMOptions {
   /** Used for -name, the work dir name and (default) ev.name. */
@@ -460,6 +497,11 @@ export class GuestVM extends EventEmitter {
   private qmpClient: QmpClient | null = null;
   private logStream: fs.WriteStream;
   private readonly pending = new Map<string, PendingCmd>();
+  /** Frames sent but not acknowledged yet (re-sent after AGENT_RESEND_MS; the guest drops duplicate ids). */
+  private readonly unacked = new Map<string, { line: string; sentAt: number }>();
+  private resendTimer: NodeJS.Timeout | null = null;
+  /** Agent channel integrity counters: frames re-sent, EV-BADLINE answers received. */
+  readonly agentStats = { sent: 0, resent: 0, badLines: 0 };
   private cmdSeq = 0;
   private readonly echo: boolean;
 
@@ -549,6 +591,8 @@ export class GuestVM extends EventEmitter {
         const asplit = new LineSplitter((l) => vm.onAgentLine(l));
         vm.agentSock.on('data', (d) => asplit.push(d));
         vm.agentSock.on('error', () => {});
+        vm.resendTimer = setInterval(() => vm.resendStale(), 250);
+        vm.resendTimer.unref();
       }
     } catch (e) {
       vm.kill();
@@ -579,6 +623,9 @@ export class GuestVM extends EventEmitter {
   private markExit(e: ExitInfo): void {
     if (this.exitInfo) return;
     this.exitInfo = e;
+    if (this.resendTimer) clearInterval(this.resendTimer);
+    this.resendTimer = null;
+    this.unacked.clear();
     if (this.proc?.pid !== undefined) live.delete(this.proc.pid);
     this.logStream.end();
     const err = new Error(`VM ${this.name} exited (${e.signal ?? e.code}) before command finished`);
@@ -595,8 +642,65 @@ export class GuestVM extends EventEmitter {
     this.emit('console', line);
   }
 
+  /** Write a frame to the agent and keep it until the guest acknowledges it. */
+  private sendFrame(id: string, line: string): void {
+    this.unacked.set(id, { line, sentAt: Date.now() });
+    this.agentStats.sent++;
+    const fault = this.faults.shift();
+    let wire = line + '\n';
+    if (fault === 'head') wire = wire.slice(Math.min(12, line.length - 1)); // the head of the line lost
+    else if (fault === 'flip') wire = wire.slice(0, line.length >> 1) + (line[line.length >> 1] === 'A' ? 'B' : 'A') + wire.slice((line.length >> 1) + 1);
+    else if (fault === 'lose') wire = '';
+    else if (fault === 'dup') wire += wire;
+    else if (fault === 'merge') wire = wire.slice(0, -1); // newline lost: merges with the next line
+    if (wire) this.agentSock!.write(wire);
+  }
+
+  private readonly faults: AgentFault[] = [];
+  /**
+   * Fault injection for tests of the agent channel: the next frames sent
+   * (spawn/exec/cancel) are damaged in these ways, one fault per frame.
+   * They must still run exactly once (checksum, EV-ACK, re-send, dedup).
+   */
+  injectAgentFaults(...faults: AgentFault[]): void {
+    this.faults.push(...faults);
+  }
+
+  private resend(id: string): void {
+    const u = this.unacked.get(id);
+    if (!u || !this.agentSock || this.exitInfo) return;
+    u.sentAt = Date.now();
+    this.agentStats.resent++;
+    this.agentSock.write(u.line + '\n');
+  }
+
+  private resendStale(): void {
+    const now = Date.now();
+    for (const [id, u] of this.unacked) if (now - u.sentAt >= AGENT_RESEND_MS) this.resend(id);
+  }
+
+  /** Stop tracking a command (given up on): no more re-sends, late output goes to agentMisc. */
+  private forget(id: string): void {
+    this.pending.delete(id);
+    this.unacked.delete(id);
+  }
+
   private onAgentLine(line: string): void {
-    let m = /^EV-OUT (\S+)(?: (.*))?$/.exec(line);
+    let m = /^EV-ACK (\S+)$/.exec(line);
+    if (m) {
+      this.unacked.delete(m[1]!);
+      return;
+    }
+    m = /^EV-BADLINE (\S+)/.exec(line);
+    if (m) {
+      this.agentStats.badLines++;
+      // Re-send at once when the id is recognisable (duplicates are harmless), else the timer does.
+      const u = this.unacked.get(m[1]!);
+      if (u && Date.now() - u.sentAt > 100) this.resend(m[1]!);
+    }
+    m = /^EV-(?:OUT|DONE) (\S+)/.exec(line);
+    if (m) this.unacked.delete(m[1]!);
+    m = /^EV-OUT (\S+)(?: (.*))?$/.exec(line);
     if (m) {
       const p = this.pending.get(m[1]!);
       if (p) {
@@ -685,7 +789,7 @@ export class GuestVM extends EventEmitter {
       const c = this.spawn('echo EV-PONG');
       const r = await Promise.race([c.done, sleep(1000).then(() => null)]);
       if (r && r.rc === 0 && r.lines.includes('EV-PONG')) return;
-      if (!r) this.pending.delete(c.id);
+      if (!r) this.forget(c.id);
       if (this.exitInfo) throw new Error(`VM ${this.name} exited: ${this.describeExit()}`);
       if (Date.now() > end) throw new Error(`VM ${this.name}: agent did not answer within ${timeoutMs} ms`);
     }
@@ -693,13 +797,13 @@ export class GuestVM extends EventEmitter {
 
   /**
    * Start a shell command in the guest (runs in the background there; several
-   * may run at once). Multi-line commands are sent base64-encoded.
+   * may run at once). Sent as a checksummed frame (base64 payload, so any
+   * command, multi-line too); re-sent until the guest acknowledges it.
    */
   spawn(cmd: string): AgentCommand {
     if (!this.agentSock) throw new Error(`VM ${this.name} has no agent channel (use role 'agent' or params.agent)`);
     if (this.exitInfo) throw new Error(`VM ${this.name} is not running`);
     const id = `c${++this.cmdSeq}`;
-    const wire = /[\n\r]/.test(cmd) ? `echo ${Buffer.from(cmd).toString('base64')} | base64 -d | sh` : cmd;
     const emitter = new EventEmitter();
     emitter.setMaxListeners(100);
     const lines: string[] = [];
@@ -711,7 +815,7 @@ export class GuestVM extends EventEmitter {
     });
     done.catch(() => {}); // avoid unhandled rejections for fire-and-forget commands
     this.pending.set(id, { id, cmd, lines, emitter, resolve, reject });
-    this.agentSock.write(`${id} ${wire}\n`);
+    this.sendFrame(id, agentFrame('X', id, cmd));
     const vm = this;
     return {
       id,
@@ -763,7 +867,7 @@ export class GuestVM extends EventEmitter {
   cancel(id: string, sig = 'TERM'): void {
     if (!this.agentSock || this.exitInfo) return;
     const kid = `k${++this.cmdSeq}`;
-    this.agentSock.write(`${kid} p=$(cat /run/ev/${id}.pid 2>/dev/null) && kill -${sig} -$p\n`);
+    this.sendFrame(kid, agentFrame('K', kid, `${id} ${sig.replace(/^SIG/, '')}`));
   }
 
   /** Run a command and wait for its exit status. Rejects with AgentTimeoutError (and cancels) on timeout. */
@@ -776,7 +880,7 @@ export class GuestVM extends EventEmitter {
       const r = await Promise.race([c.done, timer]);
       if (r === null) {
         this.cancel(c.id, 'KILL');
-        this.pending.delete(c.id);
+        this.forget(c.id);
         throw new AgentTimeoutError(cmd, c.lines);
       }
       return r;
@@ -848,6 +952,7 @@ export class GuestVM extends EventEmitter {
       }
     }
     const e = await this.exitPromise;
+    if (this.resendTimer) clearInterval(this.resendTimer);
     this.qmpClient?.close();
     this.agentSock?.destroy();
     this.consoleSock?.destroy();
