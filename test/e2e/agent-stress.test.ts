@@ -96,7 +96,9 @@ describe('agent channel under stress', { timeout: 240_000 }, () => {
         else if ((r as ExecResult).rc !== 0 || (r as ExecResult).output !== token)
           wrong.push(`${c.id} #${i}: rc=${(r as ExecResult).rc} output ${JSON.stringify((r as ExecResult).output)}`);
         else ok++;
-        await sleep(Math.floor(Math.random() * 8));
+        // Some workers send their next command the moment EV-DONE arrived (the old ash agent lost
+        // lines most often then: the finished job's SIGCHLD hit its `read`), the others after a pause.
+        if (w % 3 !== 0) await sleep(Math.floor(Math.random() * 8));
       }
     };
     await Promise.all(Array.from({ length: INFLIGHT }, (_, w) => worker(w)));
