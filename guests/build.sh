@@ -30,7 +30,7 @@ as_root() {
 ensure_packages() {
   local missing=() p
   for p in qemu-system-x86 busybox-static iperf3 cpio gcc libc6-dev; do
-    if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
       missing+=("$p")
     fi
   done
@@ -67,7 +67,13 @@ ensure_kernel() {
   (cd "$OUT/debs" && apt-get download -q "$real" 2> >(grep -v 'Download is performed unsandboxed' >&2))
   local deb
   deb="$(ls "$OUT/debs/${real}_"*.deb | head -1)"
-  dpkg-deb -c "$deb" | grep -q "boot/vmlinuz-" || { echo "$deb has no kernel image" >&2; exit 1; }
+  # (list into a variable: `dpkg-deb -c | grep -q` fails under pipefail when grep stops early)
+  local listing
+  listing="$(dpkg-deb -c "$deb")"
+  case "$listing" in
+    *boot/vmlinuz-*) ;;
+    *) echo "$deb has no kernel image" >&2; exit 1 ;;
+  esac
   rm -rf "$KROOT"
   mkdir -p "$KROOT"
   dpkg-deb -x "$deb" "$KROOT"
