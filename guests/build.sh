@@ -86,7 +86,7 @@ ensure_kernel() {
 mod_path() { # name -> path of the .ko[.xz|.zst|.gz]
   local n="$1"
   local alt="${n//_/-}"
-  find "$KROOT/lib/modules/$KVER/kernel" \( -name "$n.ko*" -o -name "$alt.ko*" \) | head -1
+  find "$KROOT/lib/modules/$KVER/kernel" \( -name "$n.ko*" -o -name "$alt.ko*" \) -print -quit
 }
 
 mod_plain() { # path -> uncompressed module file (in a temp dir) printed
