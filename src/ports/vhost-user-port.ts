@@ -351,10 +351,9 @@ export class VhostUserPort implements EnginePort, SessionDevice {
     return true;
   }
 
-  /** One frame as one packet: all its RX buffers first, then the copy (nothing visible on failure). */
-  private deliverOne(ring: SplitRing, s: Session, buf: Uint8Array, off: number, len: number): boolean {
-    const segs = this.rxSegs;
-    segs.reset();
+  /** Starts an RX reservation: false (counted) when the guest has posted nothing or broke the ring. */
+  private beginRx(ring: SplitRing, s: Session): boolean {
+    this.rxSegs.reset();
     const n = ring.availCount();
     if (n <= 0) {
       if (n < 0) s.ringBroken(ring);
@@ -362,6 +361,13 @@ export class VhostUserPort implements EnginePort, SessionDevice {
       return false;
     }
     this.rxAvail = n;
+    return true;
+  }
+
+  /** One frame as one packet: all its RX buffers first, then the copy (nothing visible on failure). */
+  private deliverOne(ring: SplitRing, s: Session, buf: Uint8Array, off: number, len: number): boolean {
+    const segs = this.rxSegs;
+    if (!this.beginRx(ring, s)) return false;
     const r = this.reserveRx(ring, s, len - ENGINE_HDR_LEN + this.hdrLen);
     if (r !== RES_OK) return this.reserveFailed(ring, s, r);
     // virtio-net header: the engine's first 10 bytes, then num_buffers; flags must be zero for a
@@ -387,14 +393,7 @@ export class VhostUserPort implements EnginePort, SessionDevice {
       return true;
     }
     const segs = this.rxSegs;
-    segs.reset();
-    const n = ring.availCount();
-    if (n <= 0) {
-      if (n < 0) s.ringBroken(ring);
-      this.counters.rxNoBuffers++;
-      return false;
-    }
-    this.rxAvail = n;
+    if (!this.beginRx(ring, s)) return false;
     const hl = this.hdrLen;
     for (let i = 0; i < nseg; i++) {
       const r = this.reserveRx(ring, s, segmentLength(info, i) - ENGINE_HDR_LEN + hl);

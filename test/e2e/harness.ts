@@ -63,6 +63,22 @@ export async function waitPing(vm: GuestVM, ip: string, timeoutMs = 60_000): Pro
   }
 }
 
+/** Remembers whether a test failed, so teardown prints consoles and logs and keeps the work dir. */
+export function failureTracker(): { failed: boolean; guard: (fn: () => Promise<void>) => Promise<void> } {
+  const t = {
+    failed: false,
+    guard: async (fn: () => Promise<void>): Promise<void> => {
+      try {
+        await fn();
+      } catch (e) {
+        t.failed = true;
+        throw e;
+      }
+    },
+  };
+  return t;
+}
+
 export async function teardown(vms: (GuestVM | undefined)[], sw: SwitchProcess | undefined, failed: boolean, dir: string): Promise<void> {
   for (const vm of vms) {
     if (!vm) continue;

@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestVM } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir } from './harness';
+import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
 
 describe('faults: a guest killed mid-traffic, the switch restarted', { timeout: 400_000 }, () => {
   const dir = workDir('faults');
@@ -16,15 +16,8 @@ describe('faults: a guest killed mid-traffic, the switch restarted', { timeout: 
   let b: GuestVM | undefined;
   let c: GuestVM | undefined;
   const extra: GuestVM[] = [];
-  let failed = false;
-  const guard = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (e) {
-      failed = true;
-      throw e;
-    }
-  };
+  const tracker = failureTracker();
+  const guard = tracker.guard;
 
   before(async () => {
     sw = await startSwitch(dir, 3);
@@ -34,7 +27,7 @@ describe('faults: a guest killed mid-traffic, the switch restarted', { timeout: 
     await waitPing(a, '10.0.0.3');
   });
 
-  after(() => teardown([a, b, c, ...extra], sw, failed, dir));
+  after(() => teardown([a, b, c, ...extra], sw, tracker.failed, dir));
 
   it('kill -9 of a guest mid-iperf3 leaves the other ports working; the guest reconnects and works', () =>
     guard(async () => {

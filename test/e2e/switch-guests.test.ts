@@ -6,22 +6,15 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestVM, parseKeyValues } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir } from './harness';
+import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
 
 describe('two guests through elastic-vhost', { timeout: 400_000 }, () => {
   const dir = workDir('pair');
   let sw: SwitchProcess | undefined;
   let a: GuestVM | undefined;
   let b: GuestVM | undefined;
-  let failed = false;
-  const guard = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (e) {
-      failed = true;
-      throw e;
-    }
-  };
+  const tracker = failureTracker();
+  const guard = tracker.guard;
 
   before(async () => {
     sw = await startSwitch(dir, 2, ['--pool-mb', '32']);
@@ -29,7 +22,7 @@ describe('two guests through elastic-vhost', { timeout: 400_000 }, () => {
     await ready(a, b);
   });
 
-  after(() => teardown([a, b], sw, failed, dir));
+  after(() => teardown([a, b], sw, tracker.failed, dir));
 
   it('ping both ways with 0 % loss', () =>
     guard(async () => {

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { macForIndex } from '../../qemu-glue/args';
 import { GuestVM, ensureGuestImages } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { echo, ping, ready, teardown, waitPing, workDir } from './harness';
+import { echo, ping, ready, teardown, waitPing, workDir, failureTracker } from './harness';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -21,15 +21,8 @@ describe('offloads: capable and incapable guests on one switch', { timeout: 400_
   const dir = workDir('offload');
   let sw: SwitchProcess | undefined;
   const vms: GuestVM[] = [];
-  let failed = false;
-  const guard = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (e) {
-      failed = true;
-      throw e;
-    }
-  };
+  const tracker = failureTracker();
+  const guard = tracker.guard;
   const nic = (i: number, toggles = {}) => ({ kind: 'vhost-user' as const, id: 'n0', socketPath: sw!.socketPaths[i], mac: macForIndex(i + 1), toggles });
   const portCounters = async (name: string) => {
     const st = await sw!.freshStats();
@@ -78,7 +71,7 @@ describe('offloads: capable and incapable guests on one switch', { timeout: 400_
     await ready(...vms);
   });
 
-  after(() => teardown(vms, sw, failed, dir));
+  after(() => teardown(vms, sw, tracker.failed, dir));
 
   it('A and A2 negotiated the offloads, B none of them', () =>
     guard(async () => {

@@ -10,21 +10,14 @@ import assert from 'node:assert/strict';
 import { macForIndex } from '../../qemu-glue/args';
 import { GuestVM, ensureGuestImages } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { echo, ping, ready, teardown, waitPing, workDir } from './harness';
+import { echo, ping, ready, teardown, waitPing, workDir, failureTracker } from './harness';
 
 describe('guest and QEMU variants on one switch', { timeout: 400_000 }, () => {
   const dir = workDir('variants');
   let sw: SwitchProcess | undefined;
   const vms: GuestVM[] = [];
-  let failed = false;
-  const guard = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (e) {
-      failed = true;
-      throw e;
-    }
-  };
+  const tracker = failureTracker();
+  const guard = tracker.guard;
 
   before(async () => {
     ensureGuestImages();
@@ -76,7 +69,7 @@ describe('guest and QEMU variants on one switch', { timeout: 400_000 }, () => {
     await ready(...vms);
   });
 
-  after(() => teardown(vms, sw, failed, dir));
+  after(() => teardown(vms, sw, tracker.failed, dir));
 
   it('the switch negotiated what each guest asked for', () =>
     guard(async () => {
