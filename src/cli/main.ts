@@ -63,7 +63,7 @@ export function buildProgram(): Command {
     .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME]', collect(parsePortSpec), [])
     .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), [])
     .option('-t, --tap <name>', 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself')
-    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB', positiveInt, 8)
+    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB (32 MiB = 16384 blocks of 2 KiB)', positiveInt, 32)
     .option('--block-size <bytes>', 'local data store block size (multiple of 8, >= 128)', positiveInt, 2048)
     .option('--share-limit <blocks>', 'default most blocks one port may hold queued (default: half the pool)', positiveInt)
     .option('--hold-ms <ms>', 'how long frames to an unknown MAC are held before the unknown policy applies', positiveInt, 250)
