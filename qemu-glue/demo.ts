@@ -83,7 +83,10 @@ async function main(): Promise<number> {
     rows.push(['frames dropped', `${st.total.dropped} ${JSON.stringify(st.total.drops)}`]);
     rows.push(['pool high water', `${st.pool.highWater} of ${st.pool.blocks} blocks of ${st.pool.blockSize} bytes`]);
   } finally {
-    for (const v of vms) await v.shutdown();
+    for (const v of vms) {
+      await v.shutdown();
+      v.removeWorkDir();
+    }
     const e = await sw.stop();
     rows.push(['switch exit on SIGTERM', `code ${e.code}`]);
     killAll();

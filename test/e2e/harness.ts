@@ -84,6 +84,7 @@ export async function teardown(vms: (GuestVM | undefined)[], sw: SwitchProcess |
     if (!vm) continue;
     if (failed) console.log(`# ${vm.name} console (${vm.consoleLog}):\n${vm.consoleTail(25)}`);
     await vm.shutdown();
+    if (!failed) vm.removeWorkDir();
   }
   if (sw) {
     if (failed) console.log(`# switch log (last 40 lines):\n${sw.log.slice(-40).join('\n')}`);
