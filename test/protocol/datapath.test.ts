@@ -4,22 +4,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
-import { sleep, waitFor } from './frontend';
+import { sleep, StartOptions, waitFor } from './frontend';
 import {
-  assertNoFdLeak,
-  closeGuest,
   ethFrame,
-  fdCount,
-  Guest,
-  LogCapture,
   netHdr,
   NetHdrFields,
   packet,
   receiveN,
   sendPacket,
   seqOf,
-  startGuest,
-  TestHub,
+  startPair,
 } from './helpers';
 
 const WITHOUT_MRG = DEFAULT_FEATURES & ~bit(VirtioFeature.NET_F_MRG_RXBUF);
@@ -29,27 +23,10 @@ const WITHOUT_EVENT_IDX = DEFAULT_FEATURES & ~bit(VirtioFeature.RING_F_EVENT_IDX
 /** A checksum-offload header as a guest sends it for a TCP/IPv4 frame */
 const CSUM: NetHdrFields = { flags: 1, gsoType: 0, hdrLen: 54, gsoSize: 0, csumStart: 34, csumOffset: 16 };
 
-async function pair(
-  aOpts: Parameters<typeof startGuest>[3] = {},
-  bOpts: Parameters<typeof startGuest>[3] = {},
-): Promise<{ hub: TestHub; log: LogCapture; a: Guest; b: Guest; done: () => Promise<void> }> {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log, aOpts);
-  const b = await startGuest(hub, 'vmB', log, bOpts);
-  return {
-    hub,
-    log,
-    a,
-    b,
-    done: async () => {
-      await closeGuest(a);
-      await closeGuest(b);
-      assert.deepEqual(log.errors(), []);
-      await assertNoFdLeak(before);
-    },
-  };
+/** two guests on a test hub; done() also checks that nothing was logged as an error */
+async function pair(aOpts: StartOptions = {}, bOpts: StartOptions = {}) {
+  const p = await startPair(aOpts, bOpts);
+  return { ...p, done: () => p.done({ noErrors: true }) };
 }
 
 test('mergeable RX: a 9000-byte frame spreads over five 2 KiB buffers with num_buffers 5, byte-identical', async () => {

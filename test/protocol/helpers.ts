@@ -207,3 +207,30 @@ export async function closeGuest(g: { port: VhostUserPort; fe: FrontEnd }): Prom
 export function engineFrame(b: Uint8Array): { header: Uint8Array; frame: Uint8Array } {
   return { header: b.slice(0, ENGINE_HDR_LEN), frame: b.slice(ENGINE_HDR_LEN) };
 }
+
+/**
+ * Two started guests (vmA, vmB) on one hub. done() closes both and checks no fd leaked; with
+ * noErrors it also checks nothing was logged as an error.
+ */
+export async function startPair(
+  aOpts: StartOptions = {},
+  bOpts: StartOptions = {},
+  hub: TestHub = new TestHub(),
+): Promise<{ hub: TestHub; log: LogCapture; a: Guest; b: Guest; done: (check?: { noErrors?: boolean }) => Promise<void> }> {
+  const before = fdCount();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log, aOpts);
+  const b = await startGuest(hub, 'vmB', log, bOpts);
+  return {
+    hub,
+    log,
+    a,
+    b,
+    done: async (check = {}) => {
+      await closeGuest(a);
+      await closeGuest(b);
+      if (check.noErrors) assert.deepEqual(log.errors(), []);
+      await assertNoFdLeak(before);
+    },
+  };
+}

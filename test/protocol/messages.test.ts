@@ -24,6 +24,7 @@ import {
   seqOf,
   startGuest,
   TestHub,
+  startPair,
 } from './helpers';
 
 const frameOf = (seq: number, len = 100) => packet(netHdr(12), ethFrame(len, seq));
@@ -233,11 +234,7 @@ test('rings start on the first kick: nothing taken from TX nor given to RX befor
 });
 
 test('GET_VRING_BASE stops the ring and returns its index; SET_VRING_BASE resumes there, nothing twice', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log);
-  const b = await startGuest(hub, 'vmB', log);
+  const { a, b, done } = await startPair();
   for (const seq of [1, 2, 3]) await sendPacket(a, frameOf(seq));
   assert.deepEqual((await receiveN(b, 3)).map((p) => seqOf(p.frame)), [1, 2, 3]);
 
@@ -267,9 +264,7 @@ test('GET_VRING_BASE stops the ring and returns its index; SET_VRING_BASE resume
   await sleep(20);
   assert.equal(b.rx.receive(12, true).length, 0, 'no frame delivered twice');
   assert.equal(a.tx.usedIdx, 5);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
 
 test('SET_VRING_ENABLE 0: a disabled RX ring receives nothing; enabled again it does', async () => {
@@ -369,11 +364,7 @@ test('GET_CONFIG is answered with a zero-length payload, the spec\'s failure rep
 });
 
 test('RESET_OWNER resets features and rings; the front-end starts over on the same connection', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log);
-  const b = await startGuest(hub, 'vmB', log);
+  const { a, b, done } = await startPair();
   await sendPacket(a, frameOf(1));
   await receiveN(b, 1);
   await a.fe.resetOwner(); // acked: REPLY_ACK survives the reset
@@ -388,9 +379,7 @@ test('RESET_OWNER resets features and rings; the front-end starts over on the sa
   tx.postTx(frameOf(2));
   tx.kick();
   assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [2]);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
 
 test('framing: a message split over several writes is reassembled; several messages in one write are all handled', async () => {
@@ -426,11 +415,7 @@ test('framing: a message split over several writes is reassembled; several messa
 });
 
 test('SET_MEM_TABLE again while traffic runs (memory hotplug): rings move to the new mappings', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log);
-  const b = await startGuest(hub, 'vmB', log);
+  const { a, b, log, done } = await startPair();
   await sendPacket(a, frameOf(1));
   await receiveN(b, 1);
   const oldRegion = a.port.session!.mem.list()[0];
@@ -443,9 +428,7 @@ test('SET_MEM_TABLE again while traffic runs (memory hotplug): rings move to the
   await sendPacket(a, frameOf(3), { region: a.fe.ram!.regions.indexOf(extra) });
   assert.deepEqual((await receiveN(b, 2)).map((p) => seqOf(p.frame)), [2, 3]);
   assert.deepEqual(log.errors(), []);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
 
 test('ADD_MEM_REG of the same region twice needs two REM_MEM_REG (one per vhost device of a multiqueue NIC)', async () => {
@@ -467,28 +450,18 @@ test('ADD_MEM_REG of the same region twice needs two REM_MEM_REG (one per vhost 
 });
 
 test('without PROTOCOL_FEATURES: rings are enabled from the start, no SET_VRING_ENABLE needed', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log, { features: DEFAULT_FEATURES & ~bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) });
-  const b = await startGuest(hub, 'vmB', log);
+  const { a, b, done } = await startPair({ features: DEFAULT_FEATURES & ~bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) });
   assert.equal(a.port.session!.protocolFeatures, 0n);
   assert.equal(a.port.session!.rings[0].enabled, true);
   await sendPacket(a, frameOf(1));
   assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
   await sendPacket(b, frameOf(2));
   assert.deepEqual((await receiveN(a, 1)).map((p) => seqOf(p.frame)), [2]);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
 
 test('SET_VRING_CALL replaced while running: the new eventfd is signalled, the old one no more', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log);
-  const b = await startGuest(hub, 'vmB', log);
+  const { a, b, done } = await startPair();
   const oldFd = b.rx.callFd;
   const newFd = native.eventfd(0);
   await b.fe.setVringCall(0, newFd);
@@ -498,9 +471,7 @@ test('SET_VRING_CALL replaced while running: the new eventfd is signalled, the o
   assert.ok((await b.rx.waitCall()) > 0);
   assert.equal(native.eventfdRead(oldFd), 0);
   closeFd(oldFd);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
 
 test('ring addresses set before the memory table are translated once the table arrives', async () => {
@@ -531,11 +502,7 @@ test('ring addresses set before the memory table are translated once the table a
 });
 
 test('SET_VRING_NUM after SET_VRING_ADDR (a larger ring): the ring is used at its new size', async () => {
-  const before = fdCount();
-  const hub = new TestHub();
-  const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log, { num: 128 });
-  const b = await startGuest(hub, 'vmB', log, { num: 256, rxBuffers: [250, 2048] });
+  const { a, b, log, done } = await startPair({ num: 128 }, { num: 256, rxBuffers: [250, 2048] });
   await a.fe.getVringBase(1);
   a.tx.close();
   const tx = (a.fe.rings[1] = new Virtqueue(a.fe.ram!, 1, 256, { eventIdx: true }));
@@ -560,7 +527,5 @@ test('SET_VRING_NUM after SET_VRING_ADDR (a larger ring): the ring is used at it
     [...Array(200).keys()],
   );
   assert.deepEqual(log.errors(), []);
-  await closeGuest(a);
-  await closeGuest(b);
-  await assertNoFdLeak(before);
+  await done();
 });
