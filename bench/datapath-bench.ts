@@ -44,7 +44,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { native, Poller } from '../src/native';
 import { Switch } from '../src/engine/switch';
-import { VhostUserPort } from '../src/ports/vhost-user-port';
+import { VhostUserPort } from '../src/ports/vhost-user/port';
 import { SplitRing } from '../src/virtio/split-ring';
 import { FrontEnd, Virtqueue, waitFor } from '../test/protocol/frontend';
 

@@ -15,7 +15,7 @@
 import { PerformanceObserver } from 'node:perf_hooks';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { Switch } from '../src/engine/switch';
-import { RingPort, writeFrame } from './ring-port';
+import { bytesFrame, RingPort, writeFrame } from './ring-port';
 
 const MAC_A = [0x52, 0x54, 0, 0, 0, 1];
 const MAC_B = [0x52, 0x54, 0, 0, 0, 2];
@@ -74,8 +74,9 @@ async function fast(size: number): Promise<Cell> {
   sw.attach(pb, { staticMac: '52:54:00:00:00:02' });
   const buf = new Uint8Array(12 + size + 64);
   const len = writeFrame(buf, MAC_B, MAC_A, size);
+  const fr = bytesFrame(buf, len);
   const round = () => {
-    for (let i = 0; i < BATCH; i++) sw.input(a, buf, 0, len);
+    for (let i = 0; i < BATCH; i++) sw.input(a, fr);
     sw.flush();
     pb.refill(); // the guest consumed the batch and reposted its buffers
   };
@@ -94,10 +95,11 @@ async function storeAndDrain(size: number): Promise<Cell> {
   const b = sw.attach(pb, { staticMac: '52:54:00:00:00:02' });
   const buf = new Uint8Array(12 + size + 64);
   const len = writeFrame(buf, MAC_B, MAC_A, size);
+  const fr = bytesFrame(buf, len);
   const round = () => {
     pb.free = 0; // no RX buffers: the whole burst goes to the elastic FIFO
     for (let i = 0; i < burst; i += BATCH) {
-      for (let k = 0; k < BATCH; k++) sw.input(a, buf, 0, len);
+      for (let k = 0; k < BATCH; k++) sw.input(a, fr);
       sw.flush();
     }
     pb.free = burst * blocksPer; // the guest posts buffers and kicks
@@ -121,15 +123,17 @@ async function unknownLearned(size: number): Promise<Cell> {
   const c = sw.attach(pc);
   const buf = new Uint8Array(12 + size + 64);
   const len = writeFrame(buf, MAC_C, MAC_A, size);
+  const fr = bytesFrame(buf, len);
   const hello = new Uint8Array(128);
   const helloLen = writeFrame(hello, BCAST, MAC_C, 64);
+  const helloFr = bytesFrame(hello, helloLen);
   const round = () => {
     now += 2;
     for (let i = 0; i < burst; i += BATCH) {
-      for (let k = 0; k < BATCH; k++) sw.input(a, buf, 0, len);
+      for (let k = 0; k < BATCH; k++) sw.input(a, fr);
       sw.flush();
     }
-    sw.input(c, hello, 0, helloLen); // C announces itself: learned, held frames drained to it
+    sw.input(c, helloFr); // C announces itself: learned, held frames drained to it
     sw.flush();
   };
   const r = await measure(round, Math.ceil(burst / BATCH) * BATCH);

@@ -3,7 +3,8 @@
 // Buffers are counted in slots of slotSize bytes with merged-buffer (MRG_RXBUF) semantics.
 
 import type { EnginePort } from '../src/engine/port';
-import { copyBytes } from '../src/engine/copy';
+import { Frame } from '../src/datapath/frame';
+import { copies } from '../src/datapath/copy-list';
 
 export class RingPort implements EnginePort {
   /** free RX buffers the guest has posted */
@@ -13,9 +14,8 @@ export class RingPort implements EnginePort {
   bytes = 0;
   flushes = 0;
   wanting = false;
-  /** last byte of the last frame delivered: keeps the copy observable */
-  last = 0;
   private readonly area: Uint8Array;
+  private readonly areaId: number;
   private cursor = 0;
 
   constructor(
@@ -26,15 +26,20 @@ export class RingPort implements EnginePort {
   ) {
     this.free = slots;
     this.area = new Uint8Array(areaBytes);
+    this.areaId = copies.register(this.area);
   }
 
-  deliver(buf: Uint8Array, off: number, len: number): boolean {
+  deliver(frame: Frame): boolean {
+    const len = frame.len;
     const need = ((len + this.slotSize - 1) / this.slotSize) | 0;
     if (!this.started || need > this.free) return false;
     this.free -= need;
     if (this.cursor + len > this.area.length) this.cursor = 0;
-    copyBytes(this.area, this.cursor, buf, off, len);
-    this.last = this.area[this.cursor + len - 1];
+    // the header as a vhost-user port writes it (by hand), the Ethernet bytes as one recorded copy
+    const a = this.area;
+    for (let k = 0; k < 12; k++) a[this.cursor + k] = frame.hdr[frame.hdrOff + k];
+    frame.seek(0);
+    if (!frame.copyOut(len - 12, this.areaId, this.cursor + 12)) throw new Error('copy refused');
     this.cursor += (len + 63) & ~63;
     this.frames++;
     this.bytes += len - 12;
@@ -50,6 +55,26 @@ export class RingPort implements EnginePort {
   refill(): void {
     this.free = this.slots;
   }
+}
+
+/** a Frame over buf[0, len): buf is registered as a copy area once */
+export function bytesFrame(buf: Uint8Array, len: number): Frame {
+  const f = new Frame();
+  f.setBytes(copies.register(buf), buf, 0, len);
+  return f;
+}
+
+const made = new WeakMap<Uint8Array, Frame>();
+/** bytesFrame(buf, len), made once per buffer (later calls return the same Frame, for the same len) */
+export function frameFor(buf: Uint8Array, len: number): Frame {
+  let f = made.get(buf);
+  if (f === undefined) {
+    f = bytesFrame(buf, len);
+    made.set(buf, f);
+  } else if (f.len !== len) {
+    f.setBytes(f.segArea[0], buf, 0, len);
+  }
+  return f;
 }
 
 /** write a frame (zero virtio-net header + Ethernet) into buf at 0; macs as 6-byte arrays */

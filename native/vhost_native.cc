@@ -32,6 +32,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 namespace {
 
@@ -150,7 +151,24 @@ struct AddonData {
   std::unordered_map<int, PollState*> started_by_fd;  // started pollers, one per fd
   uv_loop_t* loop = nullptr;
   bool tearing_down = false;
+  // copy areas (see "areas and the copy list" below)
+  struct Area {
+    uint8_t* base = nullptr;
+    uint64_t len = 0;
+    Napi::Reference<Napi::Value> keep;  // the ArrayBuffer stays alive while registered
+  };
+  std::vector<Area> areas;  // index = area id; id 0 is never valid
+  uint32_t next_area = 1;
+  uint32_t live_areas = 0;
+  uint32_t* copy_list = nullptr;
+  size_t copy_list_len = 0;  // in uint32 words
+  Napi::Reference<Napi::Value> copy_list_keep;
+  // the busy-poll spinner (see "idle" below)
+  struct Idle* idle = nullptr;
 };
+
+AddonData* Data(const Napi::CallbackInfo& info);
+void InvalidateAreas(AddonData* d, const uint8_t* addr, size_t len);
 
 // ---------------------------------------------------------------------------------------------
 // mmap / munmap
@@ -224,6 +242,8 @@ void Munmap(const Napi::CallbackInfo& info) {
     m->unmapped = true;  // the finalizer (which still runs later) now only frees m
     g_mappings.erase(it);
   }
+  // A copy area inside the unmapped range must never be copied into or out of again.
+  InvalidateAreas(Data(info), static_cast<uint8_t*>(addr), len);
   ab.Detach();
 }
 
@@ -536,6 +556,217 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Areas and the copy list. TypeScript registers each piece of memory the data path copies between
+// (guest memory windows, the local data store, scratch buffers) once, and gets a small integer id.
+// Per batch it records copies as five uint32 words each — source area, source offset, destination
+// area, destination offset, length — in one preallocated Uint32Array (setCopyList) and runs them
+// with one call: runCopies(n). Every range was bounds-checked in TypeScript before it was recorded;
+// here it is checked again against the registered area and a bad entry is refused (skipped and
+// counted), never executed. Copies run in list order, so a later copy sees the bytes of earlier ones.
+
+AddonData* Data(const Napi::CallbackInfo& info) { return info.Env().GetInstanceData<AddonData>(); }
+
+void InvalidateAreas(AddonData* d, const uint8_t* addr, size_t len) {
+  if (d == nullptr) return;
+  for (size_t i = 1; i < d->areas.size(); i++) {
+    AddonData::Area& a = d->areas[i];
+    if (a.base == nullptr) continue;
+    if (a.base < addr + len && addr < a.base + a.len) {
+      a.base = nullptr;
+      a.len = 0;
+      a.keep.Reset();
+      d->live_areas--;
+    }
+  }
+}
+
+// registerArea(view: ArrayBuffer | TypedArray) -> id (>= 1): the whole ArrayBuffer, or the view's bytes.
+Napi::Value RegisterArea(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData* d = Data(info);
+  uint8_t* base = nullptr;
+  size_t len = 0;
+  Napi::Value v = info[0];
+  if (v.IsArrayBuffer()) {
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    base = static_cast<uint8_t*>(ab.Data());
+    len = ab.ByteLength();
+  } else if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = ta.ArrayBuffer();
+    base = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
+    len = ta.ByteLength();
+  } else {
+    ThrowType(env, "registerArea: expected an ArrayBuffer or a typed array");
+  }
+  if (len == 0 || base == nullptr) ThrowRange(env, "registerArea: empty or detached buffer");
+  if (len > kMaxWindow) ThrowRange(env, "registerArea: area larger than 4 GiB");
+  constexpr uint32_t kMaxAreas = 1u << 20;
+  if (d->live_areas + 1 >= kMaxAreas) ThrowRange(env, "registerArea: too many areas");
+  if (d->areas.empty()) d->areas.resize(1);
+  // Ids are handed out round-robin so that a just-freed id is not reused at once.
+  uint32_t id = 0;
+  for (uint32_t tries = 0; tries < kMaxAreas; tries++) {
+    uint32_t c = d->next_area;
+    d->next_area = c + 1 >= kMaxAreas ? 1 : c + 1;
+    if (c >= d->areas.size()) {
+      d->areas.resize(c + 1);
+      id = c;
+      break;
+    }
+    if (d->areas[c].base == nullptr) {
+      id = c;
+      break;
+    }
+  }
+  if (id == 0) ThrowRange(env, "registerArea: too many areas");
+  AddonData::Area& a = d->areas[id];
+  a.base = base;
+  a.len = len;
+  a.keep = Napi::Reference<Napi::Value>::New(v, 1);
+  d->live_areas++;
+  return Napi::Number::New(env, id);
+}
+
+void UnregisterArea(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  double id = GetInteger(info, 0, "unregisterArea", "id", 0, UINT32_MAX);
+  size_t i = static_cast<size_t>(id);
+  if (i == 0 || i >= d->areas.size() || d->areas[i].base == nullptr) return;  // already gone
+  AddonData::Area& a = d->areas[i];
+  a.base = nullptr;
+  a.len = 0;
+  a.keep.Reset();
+  d->live_areas--;
+}
+
+// areaLength(id) -> bytes, 0 when the id names no live area (tests, diagnostics)
+Napi::Value AreaLength(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  double id = GetInteger(info, 0, "areaLength", "id", 0, UINT32_MAX);
+  size_t i = static_cast<size_t>(id);
+  double n = (i == 0 || i >= d->areas.size()) ? 0 : static_cast<double>(d->areas[i].len);
+  return Napi::Number::New(info.Env(), n);
+}
+
+void SetCopyList(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData* d = Data(info);
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    ThrowType(env, "setCopyList: expected a Uint32Array");
+  }
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  Napi::ArrayBuffer ab = ta.ArrayBuffer();
+  d->copy_list = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset());
+  d->copy_list_len = ta.ElementLength();
+  d->copy_list_keep = Napi::Reference<Napi::Value>::New(info[0], 1);
+}
+
+// runCopies(n) -> number of entries refused (0 when all ran)
+Napi::Value RunCopies(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  double nd = GetInteger(info, 0, "runCopies", "count", 0, kMaxSafeInteger);
+  size_t n = static_cast<size_t>(nd);
+  if (n * 5 > d->copy_list_len) ThrowRange(info.Env(), "runCopies: count beyond the copy list");
+  const uint32_t* e = d->copy_list;
+  const size_t na = d->areas.size();
+  const AddonData::Area* areas = d->areas.data();
+  uint32_t refused = 0;
+  for (size_t k = 0; k < n; k++, e += 5) {
+    uint32_t sa = e[0], so = e[1], da = e[2], dof = e[3], len = e[4];
+    if (sa == 0 || sa >= na || da == 0 || da >= na) {
+      refused++;
+      continue;
+    }
+    const AddonData::Area& s = areas[sa];
+    const AddonData::Area& t = areas[da];
+    if (s.base == nullptr || t.base == nullptr || uint64_t{so} + len > s.len || uint64_t{dof} + len > t.len) {
+      refused++;
+      continue;
+    }
+    std::memmove(t.base + dof, s.base + so, len);
+  }
+  return Napi::Number::New(info.Env(), refused);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// idle: one uv_idle_t per environment for adaptive polling. While it is started, libuv does not
+// block in its poll phase and calls the callback once per loop turn, after the I/O callbacks —
+// so polling rings yields to sockets, timers and kicks every turn. setImmediate would do the same
+// but allocates a few hundred bytes per turn; this allocates nothing.
+
+struct Idle {
+  uv_idle_t handle;
+  napi_env env;
+  Napi::FunctionReference cb;
+  bool started = false;
+};
+
+void OnIdle(uv_idle_t* h) {
+  Idle* s = static_cast<Idle*>(h->data);
+  if (s->cb.IsEmpty()) return;
+  Napi::Env env(s->env);
+  Napi::HandleScope scope(env);
+  try {
+    s->cb.MakeCallback(env.Global(), {});
+  } catch (const Napi::Error& e) {
+    napi_fatal_exception(env, e.Value());
+  }
+}
+
+void OnIdleClosed(uv_handle_t* h) { delete static_cast<Idle*>(h->data); }
+
+// setIdle(cb): the callback the spinner runs (replaces any earlier one)
+void SetIdle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData* d = Data(info);
+  if (!info[0].IsFunction()) ThrowType(env, "setIdle: expected a function");
+  if (d->idle == nullptr) {
+    Idle* s = new Idle;
+    s->env = env;
+    s->handle.data = s;
+    int r = uv_idle_init(d->loop, &s->handle);
+    if (r < 0) {
+      delete s;
+      ThrowUv(env, "uv_idle_init", r);
+    }
+    // The spinner alone does not keep the process alive (an unref'd idle handle still stops libuv
+    // from blocking while it is started).
+    uv_unref(reinterpret_cast<uv_handle_t*>(&s->handle));
+    d->idle = s;
+  }
+  d->idle->cb = Napi::Persistent(info[0].As<Napi::Function>());
+}
+
+// idleStart() / idleStop(): run the callback every loop turn, or not
+void IdleStart(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  if (d->idle == nullptr) ThrowType(info.Env(), "idleStart: setIdle() first");
+  if (d->idle->started) return;
+  int r = uv_idle_start(&d->idle->handle, OnIdle);
+  if (r < 0) ThrowUv(info.Env(), "uv_idle_start", r);
+  d->idle->started = true;
+}
+
+void IdleStop(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  if (d->idle == nullptr || !d->idle->started) return;
+  uv_idle_stop(&d->idle->handle);
+  d->idle->started = false;
+}
+
+void CloseIdle(AddonData* d) {
+  if (d->idle == nullptr) return;
+  Idle* s = d->idle;
+  d->idle = nullptr;
+  uv_idle_stop(&s->handle);
+  s->cb.Reset();
+  uv_close(reinterpret_cast<uv_handle_t*>(&s->handle), OnIdleClosed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // read / write / close
 
@@ -763,6 +994,17 @@ void TeardownPolls(void* arg) {
     s->wrap = nullptr;
     ClosePollState(s, true);
   }
+  CloseIdle(data);
+  // References must be released while the environment still exists.
+  for (AddonData::Area& a : data->areas) {
+    a.base = nullptr;
+    a.len = 0;
+    a.keep.Reset();
+  }
+  data->live_areas = 0;
+  data->copy_list = nullptr;
+  data->copy_list_len = 0;
+  data->copy_list_keep.Reset();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -833,6 +1075,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("write", Napi::Function::New<Write>(env, "write"));
   exports.Set("close", Napi::Function::New<Close>(env, "close"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));
+  exports.Set("registerArea", Napi::Function::New<RegisterArea>(env, "registerArea"));
+  exports.Set("unregisterArea", Napi::Function::New<UnregisterArea>(env, "unregisterArea"));
+  exports.Set("areaLength", Napi::Function::New<AreaLength>(env, "areaLength"));
+  exports.Set("setCopyList", Napi::Function::New<SetCopyList>(env, "setCopyList"));
+  exports.Set("runCopies", Napi::Function::New<RunCopies>(env, "runCopies"));
+  exports.Set("setIdle", Napi::Function::New<SetIdle>(env, "setIdle"));
+  exports.Set("idleStart", Napi::Function::New<IdleStart>(env, "idleStart"));
+  exports.Set("idleStop", Napi::Function::New<IdleStop>(env, "idleStop"));
   exports.Set("poll", Napi::Function::New<Poll>(env, "poll"));
   exports.Set("openTap", Napi::Function::New<OpenTap>(env, "openTap"));
   exports.Set("tapSetVnetHdrSize", Napi::Function::New<TapSetVnetHdrSize>(env, "tapSetVnetHdrSize"));

@@ -65,6 +65,23 @@ export interface NativeAddon {
   /** memmove(dst+dstOff, src+srcOff, len), bounds-checked, allocating nothing: the data path's large copies */
   copy(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, len: number): void;
 
+  /** registers the bytes of an ArrayBuffer or typed array as a copy area; returns its id (>= 1).
+   *  The buffer is kept alive until unregisterArea(); munmap() invalidates areas inside it. */
+  registerArea(view: ArrayBuffer | ArrayBufferView): number;
+  unregisterArea(id: number): void;
+  /** bytes of a live area, 0 for an unknown id */
+  areaLength(id: number): number;
+  /** the Uint32Array runCopies() reads: 5 words per copy (src area, src off, dst area, dst off, len) */
+  setCopyList(list: Uint32Array): void;
+  /** runs the first count copies of the list in order; returns how many were refused (bad area or range) */
+  runCopies(count: number): number;
+
+  /** the callback of this thread's idle spinner (adaptive polling): run every loop turn while started */
+  setIdle(cb: () => void): void;
+  /** while started, libuv never blocks waiting for I/O and calls the idle callback once per turn */
+  idleStart(): void;
+  idleStop(): void;
+
   /** watch fd readiness with uv_poll_t; cb(status, events) runs on the event loop.
    *  status is 0 or a negative libuv error code. */
   poll(fd: number, cb: (status: number, events: number) => void): Poller;

@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Switch } from '../engine/switch';
-import { VhostUserPort } from '../ports/vhost-user-port';
+import { VhostUserPort } from '../ports/vhost-user/port';
 import { TapPort } from '../ports/tap-port';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, OFFLOAD_FEATURES } from '../vhost-user/session';

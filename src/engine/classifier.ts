@@ -11,7 +11,7 @@
 // four bytes, and time is read from a shared Float64Array cell (`time[0]`, ms) instead of being
 // passed as an argument.
 
-import { ENGINE_HDR_LEN } from './port';
+import { ETH_DST, ETH_SRC } from '../datapath/layout';
 
 /** Result of classify(): a connection index (>= 0) or one of these two. */
 export type Destination = number;
@@ -31,8 +31,8 @@ const EMPTY = -1;
 const TWO_32 = 4294967296;
 const FLAG_STATIC = 1;
 
-export const DST_MAC_OFFSET = ENGINE_HDR_LEN;
-export const SRC_MAC_OFFSET = ENGINE_HDR_LEN + 6;
+export const DST_MAC_OFFSET = ETH_DST;
+export const SRC_MAC_OFFSET = ETH_SRC;
 
 export function macHi(buf: Uint8Array, off: number): number {
   return (buf[off] << 8) | buf[off + 1];
@@ -238,7 +238,7 @@ export class MacTable {
   }
 }
 
-/** The first test, for the frame at buf[off): destination connection, flood set, or unknown. */
+/** The first test, for the Ethernet frame at eth[off): destination connection, flood set, or unknown. */
 export function classify(table: MacTable, buf: Uint8Array, off: number): Destination {
   const hi = macHi(buf, off + DST_MAC_OFFSET);
   if (isGroupHi(hi)) return DESTINATION_FLOOD;

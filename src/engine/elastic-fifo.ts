@@ -3,25 +3,32 @@
 // being fixed rings, so one connection's burst can borrow what the others do not use.
 //
 // Frames larger than one block are a chain of blocks (blockNext). A frame is named by its first
-// block ("head"); per-frame fields (length, queue link, source, destination MAC, arrival time) live
-// in arrays indexed by that head block. Why chains and not size classes: one pool means one share
-// limit and one free count to reason about, and a burst of 64 KiB GSO frames borrows exactly the
-// blocks it needs. The cost is a contiguous copy at delivery, paid only when the chain is not
-// already contiguous — and it usually is: the free pool is a stack, released chains are pushed in
-// reverse, so the next take() pops ascending, adjacent blocks (see isContiguous()).
+// block ("head"); per-frame fields (length, virtio-net header, queue link, source, destination MAC,
+// arrival time) live in arrays indexed by that head block, so the blocks hold Ethernet bytes only
+// and JavaScript never writes into them: the copy list does (a block released in a batch may still
+// be read by a copy of that batch). Why chains and not size classes: one pool means one share limit
+// and one free count to reason about, and a burst of 64 KiB GSO frames borrows exactly the blocks
+// it needs; delivery copies block by block, so a chain need not be contiguous. The free pool is a
+// stack, released chains are pushed in reverse, so the next take() pops ascending blocks.
 //
 // Invariant (checkInvariants): blocks taken = blocks returned + blocks queued, and
 // free + queued = all blocks, after every public operation of the engine.
 
-import { copyBytes } from './copy';
+import { copies } from '../datapath/copy-list';
+import { ENGINE_HDR_LEN, MAX_ETH_LEN } from '../datapath/layout';
+import type { Frame } from '../datapath/frame';
 
 const NIL = -1;
+/** the largest Ethernet frame a block chain must hold (MAX_ETH_LEN, see datapath/layout.ts) */
+const MAX_ETH_BYTES = MAX_ETH_LEN;
 
 export class ElasticFifo {
   readonly blockSize: number;
   readonly blockCount: number;
-  /** the local data store */
+  /** the local data store: Ethernet bytes of the queued frames */
   readonly store: Uint8Array;
+  /** its copy-list area id */
+  readonly storeArea: number;
   readonly queueCount: number;
 
   // per block
@@ -29,7 +36,10 @@ export class ElasticFifo {
   private readonly freeStack: Int32Array;
   private freeTop: number;
   // per frame, indexed by its head block
+  /** engine length: header + Ethernet bytes */
   readonly frameLen: Int32Array;
+  /** the frame's 12-byte virtio-net header, at head * ENGINE_HDR_LEN */
+  readonly frameHdr: Uint8Array;
   readonly frameBlocks: Int32Array;
   readonly frameNext: Int32Array;
   readonly frameSrc: Int32Array;
@@ -53,6 +63,8 @@ export class ElasticFifo {
     this.blockCount = blockCount;
     this.queueCount = queueCount;
     this.store = new Uint8Array(blockCount * blockSize);
+    this.storeArea = copies.register(this.store);
+    this.frameHdr = new Uint8Array(blockCount * ENGINE_HDR_LEN);
     this.blockNext = new Int32Array(blockCount).fill(NIL);
     this.freeStack = new Int32Array(blockCount);
     for (let i = 0; i < blockCount; i++) this.freeStack[i] = blockCount - 1 - i; // pops 0, 1, 2, …
@@ -85,29 +97,45 @@ export class ElasticFifo {
     return this.tally[1];
   }
 
+  /** blocks a frame of engine length len takes (its Ethernet bytes; the header lives in frameHdr) */
   blocksFor(len: number): number {
-    return ((len + this.blockSize - 1) / this.blockSize) | 0;
+    const eth = len - ENGINE_HDR_LEN;
+    return eth <= 0 ? 1 : ((eth + this.blockSize - 1) / this.blockSize) | 0;
   }
 
-  /** Take free packet buffers for len bytes and copy the frame in. Returns the head block, or -1 if
-   * the pool has too few free blocks (nothing taken then). */
-  takeAndWrite(src: Uint8Array, off: number, len: number): number {
-    const n = ((len + this.blockSize - 1) / this.blockSize) | 0;
+  /**
+   * Take free packet buffers for the frame and record the copy of its Ethernet bytes into them
+   * (the header is kept in frameHdr). Returns the head block, -1 if the pool has too few free
+   * blocks, -2 if the frame's own ranges are bad (nothing taken either way).
+   */
+  take(frame: Frame): number {
+    const len = frame.len;
+    const n = this.blocksFor(len);
     if (n > this.freeTop) return NIL;
     const bs = this.blockSize;
+    const top = this.freeTop;
     const head = this.freeStack[--this.freeTop];
     let b = head;
-    let done = 0;
+    let left = len - ENGINE_HDR_LEN;
+    frame.seek(0);
     for (;;) {
-      const chunk = len - done < bs ? len - done : bs;
-      copyBytes(this.store, b * bs, src, off + done, chunk);
-      done += chunk;
-      if (done >= len) break;
+      const chunk = left < bs ? left : bs;
+      if (!frame.copyOut(chunk, this.storeArea, b * bs)) {
+        this.freeTop = top; // the blocks were only read from the stack: nothing to undo but this
+        return -2;
+      }
+      left -= chunk;
+      if (left <= 0) break;
       const next = this.freeStack[--this.freeTop];
       this.blockNext[b] = next;
       b = next;
     }
     this.blockNext[b] = NIL;
+    const h = frame.hdr;
+    const ho = frame.hdrOff;
+    const d = head * ENGINE_HDR_LEN;
+    const fh = this.frameHdr;
+    for (let k = 0; k < ENGINE_HDR_LEN; k++) fh[d + k] = h[ho + k];
     this.frameLen[head] = len;
     this.frameBlocks[head] = n;
     this.frameNext[head] = NIL;
@@ -130,28 +158,37 @@ export class ElasticFifo {
     this.tally[1] += n;
   }
 
-  /** true when the chain is blocks head, head+1, … so the frame can be delivered from the store directly */
-  isContiguous(head: number): boolean {
-    let b = head;
-    for (let k = this.frameBlocks[head] - 1; k > 0; k--) {
-      const next = this.blockNext[b];
-      if (next !== b + 1) return false;
-      b = next;
-    }
-    return true;
+  /** most blocks one frame can take: the capacity a Frame needs for describe() */
+  get maxFrameBlocks(): number {
+    return Math.ceil(MAX_ETH_BYTES / this.blockSize) + 1;
   }
 
-  /** copy a chained frame into dst[dstOff…) */
-  gather(head: number, dst: Uint8Array, dstOff: number): void {
+  /**
+   * Points frame at the queued frame `head`: header in frameHdr, Ethernet bytes in its blocks.
+   * The caller settles the copy list first if it reads the bytes itself.
+   */
+  describe(head: number, frame: Frame): void {
     const bs = this.blockSize;
     const len = this.frameLen[head];
+    const eth = len - ENGINE_HDR_LEN;
+    frame.hdr = this.frameHdr;
+    frame.hdrOff = head * ENGINE_HDR_LEN;
+    frame.eth = this.store;
+    frame.ethOff = head * bs;
+    frame.ethPeek = eth < bs ? eth : bs;
+    frame.len = len;
+    frame.segFirst = 0;
+    frame.segSkip = 0;
     let b = head;
-    for (let done = 0; done < len; ) {
-      const chunk = len - done < bs ? len - done : bs;
-      copyBytes(dst, dstOff + done, this.store, b * bs, chunk);
-      done += chunk;
+    let k = 0;
+    for (let left = eth; left > 0; left -= bs, k++) {
+      frame.segBuf[k] = this.store;
+      frame.segArea[k] = this.storeArea;
+      frame.segOff[k] = b * bs;
+      frame.segLen[k] = left < bs ? left : bs;
       b = this.blockNext[b];
     }
+    frame.segEnd = k;
   }
 
   push(q: number, head: number): void {

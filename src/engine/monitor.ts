@@ -24,18 +24,20 @@ import type { ElasticFifo } from './elastic-fifo';
 import type { EnginePort } from './port';
 import type { StoreEngine } from './store-engine';
 import { macKey } from './classifier';
+import { Frame } from '../datapath/frame';
+import { copies } from '../datapath/copy-list';
 
 export type UnknownPolicy = 'flood' | 'drop';
 
 /** What the monitor needs of the switch to flood an expired frame: the second test and fast path
  * (or store) for every connection but the source. */
 export interface Flooder {
-  floodFrom(src: number, buf: Uint8Array, off: number, len: number): void;
+  floodFrom(src: number, frame: Frame): void;
 }
 
 export class Monitor {
-  /** contiguous copy of a chained frame whose blocks are not adjacent (see ElasticFifo) */
-  private readonly scratch: Uint8Array;
+  /** the queued frame being delivered, described over its blocks */
+  private readonly frame: Frame;
 
   constructor(
     private readonly fifo: ElasticFifo,
@@ -45,11 +47,10 @@ export class Monitor {
     private readonly flooder: Flooder,
     public holdTimeMs: number,
     public unknownPolicy: UnknownPolicy,
-    maxFrameLen: number,
     /** shared clock cell, ms */
     private readonly time: Float64Array,
   ) {
-    this.scratch = new Uint8Array(maxFrameLen);
+    this.frame = new Frame(fifo.maxFrameBlocks);
   }
 
   /** Deliver connection i's waiting frames in order while it has resources. Marks the port dirty
@@ -57,19 +58,16 @@ export class Monitor {
   drain(i: number): number {
     const fifo = this.fifo;
     const port = this.conns.ports[i] as EnginePort;
-    const bs = fifo.blockSize;
+    const frame = this.frame;
     let n = 0;
+    // The blocks may still be waiting for their copy in (stored in this batch): ports read headers.
+    copies.settle();
     while (fifo.qFrames[i] > 0) {
       const head = fifo.qHead[i];
       const len = fifo.frameLen[head];
-      let ok: boolean;
-      if (fifo.frameBlocks[head] === 1 || fifo.isContiguous(head)) {
-        ok = port.deliver(fifo.store, head * bs, len);
-      } else {
-        fifo.gather(head, this.scratch, 0);
-        ok = port.deliver(this.scratch, 0, len);
-      }
-      if (!ok) break;
+      fifo.describe(head, frame);
+      if (!port.deliver(frame)) break;
+      // released now, reused by a later copy of this batch at the earliest: its copy out runs first
       fifo.shift(i);
       fifo.release(head);
       this.counters.frame(i, DRAINED_FRAMES, len);
@@ -120,12 +118,12 @@ export class Monitor {
       fifo.shift(q);
       const src = fifo.frameSrc[head];
       if (this.unknownPolicy === 'flood') {
-        // copy out and release first, so the flood copies can reuse these blocks
-        const len = fifo.frameLen[head];
-        fifo.gather(head, this.scratch, 0);
-        fifo.release(head);
+        // released after the flood: its copies (into guests, or into new blocks) read these blocks
+        copies.settle();
+        fifo.describe(head, this.frame);
         this.counters.add(src, HOLD_FLOODED, 1);
-        this.flooder.floodFrom(src, this.scratch, 0, len);
+        this.flooder.floodFrom(src, this.frame);
+        fifo.release(head);
       } else {
         fifo.release(head);
         this.counters.add(src, DROP_HOLD_EXPIRED, 1);

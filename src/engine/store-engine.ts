@@ -1,17 +1,20 @@
 // The store engine — the patent's "otherwise" branch: take free packet buffers from the elastic
 // FIFO, copy the frame in, and submit it to the numbered queue of its destination connection or,
-// for an unknown destination, to the named queue of unresolved frames. Every refusal is a counted
+// for an unknown destination, to the named queue of unresolved frames. The copy is recorded in the
+// copy list and runs with the batch. Every refusal is a counted
 // drop: pool exhausted, or the queue's share limit reached.
 
 import type { ConnectionTable } from './connections';
 import {
   Counters,
   DROP_POOL_EXHAUSTED,
+  DROP_MALFORMED,
   DROP_SHARE_LIMIT,
   STORED_FRAMES,
 } from './counters';
 import type { ElasticFifo } from './elastic-fifo';
 import { macKey } from './classifier';
+import type { Frame } from '../datapath/frame';
 
 export class StoreEngine {
   /** the named queue of unresolved frames: the queue after the numbered ones */
@@ -34,7 +37,8 @@ export class StoreEngine {
    * destination MAC as dstHi/dstLo, see classifier.ts). src is the connection it came from (-1 if
    * none). Counted on dest, or on src for unresolved frames. Returns false when dropped.
    */
-  store(dest: number, buf: Uint8Array, off: number, len: number, src: number, dstHi: number, dstLo: number): boolean {
+  store(dest: number, frame: Frame, src: number, dstHi: number, dstLo: number): boolean {
+    const len = frame.len;
     const fifo = this.fifo;
     const unresolved = dest === this.unresolvedQueue;
     const chargeTo = unresolved ? src : dest;
@@ -44,9 +48,9 @@ export class StoreEngine {
       this.counters.add(chargeTo, DROP_SHARE_LIMIT, 1);
       return false;
     }
-    const head = fifo.takeAndWrite(buf, off, len);
+    const head = fifo.take(frame);
     if (head < 0) {
-      this.counters.add(chargeTo, DROP_POOL_EXHAUSTED, 1);
+      this.counters.add(chargeTo, head === -1 ? DROP_POOL_EXHAUSTED : DROP_MALFORMED, 1);
       return false;
     }
     fifo.frameSrc[head] = src;

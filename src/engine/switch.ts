@@ -49,13 +49,16 @@ import {
 } from './counters';
 import { ElasticFifo } from './elastic-fifo';
 import { Monitor, type Flooder, type UnknownPolicy } from './monitor';
-import { ENGINE_HDR_LEN, type EnginePort } from './port';
+import type { EnginePort } from './port';
 import { StoreEngine } from './store-engine';
+import { MAX_FRAME, MIN_FRAME } from '../datapath/layout';
+import type { Frame } from '../datapath/frame';
+import { copies } from '../datapath/copy-list';
 
 /** virtio-net header + Ethernet header */
-export const MIN_FRAME_LEN = ENGINE_HDR_LEN + 14;
+export const MIN_FRAME_LEN = MIN_FRAME;
 /** virtio-net header + a 64 KiB GSO payload + Ethernet header with one VLAN tag */
-export const MAX_FRAME_LEN = ENGINE_HDR_LEN + 65536 + 18;
+export const MAX_FRAME_LEN = MAX_FRAME;
 
 export interface SwitchOptions {
   /** size of the local data store in bytes (default 8 MiB: 4096 blocks of 2 KiB) */
@@ -156,7 +159,7 @@ export class Switch implements Flooder {
     this.defaultShareLimit = opts.defaultShareLimit ?? Math.max(1, blocks >>> 1);
     this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2), this.time);
     const holdTimeMs = opts.holdTimeMs ?? 250;
-    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', MAX_FRAME_LEN, this.time);
+    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', this.time);
     this.table = new MacTable(opts.macTableSize ?? 8192, opts.macAgeMs ?? 300_000, this.time);
     this.clock = opts.clock ?? Date.now;
     this.log = opts.log ?? (() => {});
@@ -207,6 +210,7 @@ export class Switch implements Flooder {
     if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
     this.conns.staticKey[index] = key;
     this.resolveTo(hi, lo, index);
+    copies.run();
     this.conns.flushOne(index);
   }
 
@@ -215,9 +219,12 @@ export class Switch implements Flooder {
     this.conns.shareLimit[index] = blocks;
   }
 
-  /** One frame from connection src: buf[off, off+len) = virtio-net header + Ethernet frame. buf is
-   * the port's scratch; whatever is kept is copied. */
-  input(src: number, buf: Uint8Array, off: number, len: number): void {
+  /** One frame from connection src. Its copies (to destinations, into the local data store) are
+   * recorded and run at flush(); the frame's buffers must stay as they are until then. */
+  input(src: number, frame: Frame): void {
+    const len = frame.len;
+    const buf = frame.eth;
+    const off = frame.ethOff;
     if (this.stale) {
       this.time[0] = this.clock();
       this.stale = false;
@@ -244,23 +251,25 @@ export class Switch implements Flooder {
     const dest = classify(this.table, buf, off);
     if (dest >= 0) {
       if (dest === src) counters.add(src, DROP_SAME_CONNECTION, 1);
-      else this.forward(dest, buf, off, len, src);
+      else this.forward(dest, frame, src);
     } else if (dest === DESTINATION_FLOOD) {
-      this.floodFrom(src, buf, off, len);
+      this.floodFrom(src, frame);
     } else {
       const dHi = macHi(buf, off + DST_MAC_OFFSET);
       const dLo = macLo(buf, off + DST_MAC_OFFSET);
-      this.storeEngine.store(this.unresolvedQueue, buf, off, len, src, dHi, dLo);
+      this.storeEngine.store(this.unresolvedQueue, frame, src, dHi, dLo);
     }
   }
 
-  /** End of a batch: expire held frames if due, then signal every port delivered to. */
+  /** End of a batch: expire held frames if due, run the batch's copies, then let every port
+   * delivered to publish and signal. */
   flush(): void {
     if (this.fifo.qFrames[this.unresolvedQueue] > 0) {
       if (this.clockPerBatch) this.time[0] = this.clock();
       this.monitor.expire();
     }
     this.stale = this.clockPerBatch;
+    copies.run();
     this.conns.flushDirty();
   }
 
@@ -270,6 +279,7 @@ export class Switch implements Flooder {
     if (this.conns.ports[index] === null) return;
     if (this.fifo.qFrames[index] > 0) this.monitor.drain(index);
     else this.conns.want(index, false);
+    copies.run();
     this.conns.flushOne(index);
   }
 
@@ -283,6 +293,7 @@ export class Switch implements Flooder {
       this.table.expire();
     }
     this.monitor.sweep();
+    copies.run();
     this.conns.flushDirty();
   }
 
@@ -294,22 +305,22 @@ export class Switch implements Flooder {
   // ---- the second test, fast path or store (also used by the monitor to flood expired frames)
 
   /** Flood: every connection but src, each its own destination. */
-  floodFrom(src: number, buf: Uint8Array, off: number, len: number): void {
+  floodFrom(src: number, frame: Frame): void {
     const conns = this.conns;
     for (let k = 0; k < conns.attachedCount; k++) {
       const dest = conns.attached[k];
-      if (dest !== src) this.forward(dest, buf, off, len, src);
+      if (dest !== src) this.forward(dest, frame, src);
     }
   }
 
-  private forward(dest: number, buf: Uint8Array, off: number, len: number, src: number): void {
+  private forward(dest: number, frame: Frame, src: number): void {
     // frames already waiting make the resources count as unavailable: order per destination
-    if (this.fifo.qFrames[dest] === 0 && (this.conns.ports[dest] as EnginePort).deliver(buf, off, len)) {
-      this.counters.frame(dest, FAST_FRAMES, len);
+    if (this.fifo.qFrames[dest] === 0 && (this.conns.ports[dest] as EnginePort).deliver(frame)) {
+      this.counters.frame(dest, FAST_FRAMES, frame.len);
       this.conns.markDirty(dest);
       return;
     }
-    if (this.storeEngine.store(dest, buf, off, len, src, 0, 0)) this.conns.want(dest, true);
+    if (this.storeEngine.store(dest, frame, src, 0, 0)) this.conns.want(dest, true);
   }
 
   private resolveTo(hi: number, lo: number, index: number): void {

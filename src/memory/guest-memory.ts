@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import { native } from '../native';
 import { MemRegion } from '../vhost-user/message';
+import { copies } from '../datapath/copy-list';
 
 const GiB = 1024 * 1024 * 1024;
 export const WINDOW = 2 * GiB;
@@ -19,6 +20,8 @@ export class Region {
   /** the same windows as 32- and 16-bit views (made once), for descriptor tables found in them */
   readonly windows32: Uint32Array[] = [];
   readonly windows16: Uint16Array[] = [];
+  /** copy-list area id of each window */
+  readonly areas: number[] = [];
   /** bytes between the start of window 0 and the region start (mmap_offset rounded down to a page) */
   private readonly delta: number;
   private mapped = true;
@@ -52,6 +55,7 @@ export class Region {
         this.windows.push(new Uint8Array(ab));
         this.windows32.push(new Uint32Array(ab, 0, len >>> 2));
         this.windows16.push(new Uint16Array(ab, 0, len >>> 1));
+        this.areas.push(copies.register(this.windows[this.windows.length - 1]));
         if (at + len >= total) break;
       }
     } catch (e) {
@@ -78,6 +82,7 @@ export class Region {
     out.buf = w;
     out.u32 = this.windows32[k];
     out.u16 = this.windows16[k];
+    out.area = this.areas[k];
     out.off = off;
     const room = w.length - off;
     const left = this.desc.memorySize - rel;
@@ -87,6 +92,10 @@ export class Region {
   unmap(): void {
     if (!this.mapped) return;
     this.mapped = false;
+    // copies recorded into or out of these windows run now, or never
+    copies.settle();
+    for (const a of this.areas) copies.unregister(a);
+    this.areas.length = 0;
     for (const w of this.windows) {
       try {
         native.munmap(w.buffer as ArrayBuffer);
@@ -111,6 +120,8 @@ export class Translation {
   /** the same window as buf, viewed as u32 and u16 (index = off >> 2, off >> 1 when aligned) */
   u32: Uint32Array = EMPTY32;
   u16: Uint16Array = EMPTY16;
+  /** copy-list area id of buf */
+  area = 0;
   off = 0;
   /** contiguous bytes available at buf[off]: at most the length asked for */
   len = 0;

@@ -1,14 +1,24 @@
 // The host uplink: a TAP device opened with IFF_VNET_HDR, so frames cross it in the engine's own
 // format (a 12-byte virtio-net header, then the Ethernet frame) with no conversion.
 //
-//   kernel ──readable──► read() into scratch ──► Switch.input()
-//   Switch ──deliver()──► write(); EAGAIN (socket buffer full) counts as "no resources now", and the
-//   monitor is told when the fd turns writable again.
+//   kernel ──readable──► read() into one of SLOTS scratch slots ──► Switch.input()
+//   Switch ──deliver()──► header + recorded copy into the out buffer, copies run, write(); EAGAIN
+//   (socket buffer full) counts as "no resources now", and the monitor is told when the fd turns
+//   writable again.
+//
+// The kernel's read() and write() are copies of their own, so the uplink costs one more copy each
+// way than guest to guest. A slot is reused only after the copies reading it ran.
 import { native, Poller } from '../native';
-import { EnginePort, ENGINE_HDR_LEN } from '../engine/port';
+import type { EnginePort } from '../engine/port';
+import { ENGINE_HDR_LEN, MAX_FRAME, MIN_FRAME } from '../datapath/layout';
+import { Frame } from '../datapath/frame';
+import { copies } from '../datapath/copy-list';
 import { Log } from '../vhost-user/connection';
 import { EngineApi, PortAttachOptions } from './engine-api';
-import { MAX_FRAME } from './vhost-user-port';
+
+/** receive slots: frames read in one callback before the copy list must run */
+const SLOTS = 16;
+const SLOT = (MAX_FRAME + 16 + 63) & ~63;
 
 // linux/if_tun.h
 const TUN_F_CSUM = 0x01;
@@ -34,7 +44,11 @@ export class TapPort implements EnginePort {
   readonly counters: TapCounters = { fromHostFrames: 0, fromHostBytes: 0, toHostFrames: 0, toHostBytes: 0, toHostErrors: 0 };
   private readonly fd: number;
   private readonly poller: Poller;
-  private readonly scratch = new Uint8Array(MAX_FRAME + 16);
+  private readonly inBuf = new Uint8Array(SLOTS * SLOT);
+  private readonly inArea: number;
+  private readonly inFrame = new Frame();
+  private readonly outBuf = new Uint8Array(MAX_FRAME + 16);
+  private readonly outArea: number;
   private want = false;
   private closed = false;
 
@@ -54,6 +68,8 @@ export class TapPort implements EnginePort {
       native.close(this.fd);
       throw e;
     }
+    this.inArea = copies.register(this.inBuf);
+    this.outArea = copies.register(this.outBuf);
     this.index = sw.attach(this, opts);
     this.poller = native.poll(this.fd, (status, events) => this.onReady(status, events));
     this.poller.start(native.POLL_READABLE);
@@ -79,31 +95,45 @@ export class TapPort implements EnginePort {
   }
 
   private readFrames(): void {
-    const buf = this.scratch;
+    const buf = this.inBuf;
     let n = 0;
     for (; n < RX_BUDGET; n++) {
+      const slot = n % SLOTS;
+      if (slot === 0 && n > 0) copies.run(); // the copies reading the slots ran: reuse them
+      const at = slot * SLOT;
       let len: number;
       try {
-        len = native.read(this.fd, buf, 0, buf.length);
+        len = native.read(this.fd, buf, at, SLOT);
       } catch (e) {
         this.log(`${this.name}: read: ${(e as Error).message}`);
         break;
       }
       if (len < 0) break;
-      if (len < ENGINE_HDR_LEN + 14) continue;
+      if (len < MIN_FRAME) continue;
       this.counters.fromHostFrames++;
       this.counters.fromHostBytes += len - ENGINE_HDR_LEN;
-      this.sw.input(this.index, buf, 0, len);
+      this.inFrame.setBytes(this.inArea, buf, at, len);
+      this.sw.input(this.index, this.inFrame);
     }
     this.sw.flush();
     // Budget used up with more waiting: libuv calls us again on the next loop turn (level-triggered).
   }
 
-  deliver(buf: Uint8Array, off: number, len: number): boolean {
+  deliver(frame: Frame): boolean {
     if (this.closed) return true;
+    const out = this.outBuf;
+    const len = frame.len;
+    if (len > out.length) return true;
+    for (let k = 0; k < ENGINE_HDR_LEN; k++) out[k] = frame.hdr[frame.hdrOff + k];
+    frame.seek(0);
+    if (!frame.copyOut(frame.ethLen, this.outArea, ENGINE_HDR_LEN)) {
+      this.counters.toHostErrors++;
+      return true;
+    }
+    copies.run(); // the bytes must be there for write(); earlier copies of the batch run with them
     let n: number;
     try {
-      n = native.write(this.fd, buf, off, len);
+      n = native.write(this.fd, out, 0, len);
     } catch {
       // EIO while the interface is down, and the like: the frame is lost to the host, counted.
       this.counters.toHostErrors++;
@@ -131,5 +161,8 @@ export class TapPort implements EnginePort {
     this.poller.close();
     this.sw.detach(this.index);
     native.close(this.fd);
+    copies.settle();
+    copies.unregister(this.inArea);
+    copies.unregister(this.outArea);
   }
 }

@@ -6,6 +6,8 @@ export const MAX_CHAINS = 1024;
 
 export class Segments {
   readonly buf: Uint8Array[] = new Array<Uint8Array>(MAX_SEGMENTS);
+  /** copy-list area id of buf[i] */
+  readonly area = new Int32Array(MAX_SEGMENTS);
   readonly off = new Int32Array(MAX_SEGMENTS);
   readonly len = new Int32Array(MAX_SEGMENTS);
   count = 0;

@@ -5,8 +5,8 @@
 //
 // Pure and allocation-free: results go into caller-owned typed arrays. Every length is checked
 // against len before it is used — the header and the frame come from a guest.
-import { ENGINE_HDR_LEN } from '../engine/port';
-import { copyBytes } from '../engine/copy';
+import { ENGINE_HDR_LEN } from '../datapath/layout';
+import { copyBytes } from '../datapath/copy';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6 } from './net-header';
 
 /** gso_type bit: the TCP stream uses ECN, CWR may be set on the super-frame (NET_F_HOST_ECN / GUEST_ECN) */
@@ -183,16 +183,34 @@ export function writeTcpSegment(buf: Uint8Array, off: number, len: number, info:
   const total = segmentLength(info, i);
   const hdrs = info[GSO_HDRS];
   if (total < 0 || outOff < 0 || outOff + total > out.length || off + ENGINE_HDR_LEN + hdrs + info[GSO_PAYLOAD] > Math.min(off + len, buf.length)) return -1;
+  const segLen = total - ENGINE_HDR_LEN - hdrs;
+  for (let k = 0; k < ENGINE_HDR_LEN; k++) out[outOff + k] = 0;
+  const o = outOff + ENGINE_HDR_LEN;
+  const p = off + ENGINE_HDR_LEN + hdrs + i * info[GSO_MSS];
+  copyBytes(out, o + hdrs, buf, p, segLen);
+  writeTcpSegmentHeaders(buf, off, info, i, out, o, sum16(buf, p, p + segLen, 0));
+  return total;
+}
+
+/**
+ * The headers of segment i (info[GSO_HDRS] bytes) at out[outOff, …), for a payload whose sum16 is
+ * payloadSum (summed where the payload lies, so it need not be copied here first): lengths, IPv4
+ * id + i and header checksum, seq + i*mss, FIN/PSH only on the last segment, CWR only on the first,
+ * and the full TCP checksum. buf[off…] is the super-frame in engine format (only its headers are
+ * read). Returns the segment's payload length, or -1 when i or out's room is wrong.
+ */
+export function writeTcpSegmentHeaders(buf: Uint8Array, off: number, info: Int32Array, i: number, out: Uint8Array, outOff: number, payloadSum: number): number {
+  const total = segmentLength(info, i);
+  const hdrs = info[GSO_HDRS];
+  if (total < 0 || outOff < 0 || outOff + hdrs > out.length || off + ENGINE_HDR_LEN + hdrs > buf.length) return -1;
   const mss = info[GSO_MSS];
   const l3 = info[GSO_L3];
   const l4 = info[GSO_L4];
   const start = i * mss;
   const segLen = total - ENGINE_HDR_LEN - hdrs;
   const last = i === info[GSO_SEGMENTS] - 1;
-  for (let k = 0; k < ENGINE_HDR_LEN; k++) out[outOff + k] = 0;
-  const o = outOff + ENGINE_HDR_LEN;
-  copyBytes(out, o, buf, off + ENGINE_HDR_LEN, hdrs);
-  copyBytes(out, o + hdrs, buf, off + ENGINE_HDR_LEN + hdrs + start, segLen);
+  const o = outOff;
+  for (let k = 0; k < hdrs; k++) out[o + k] = buf[off + ENGINE_HDR_LEN + k];
   const ip = o + l3;
   const tcp = o + l4;
   const tcpLen = hdrs - l4 + segLen;
@@ -219,8 +237,10 @@ export function writeTcpSegment(buf: Uint8Array, off: number, len: number, info:
   out[tcp + 13] = flags;
   out[tcp + 16] = 0;
   out[tcp + 17] = 0;
-  putBe16(out, tcp + 16, foldComplement(sum16(out, tcp, o + hdrs + segLen, s)));
-  return total;
+  // the TCP header's length is even (data offset * 4), so the payload's words line up with it
+  s = sum16(out, tcp, o + hdrs, s) + payloadSum;
+  putBe16(out, tcp + 16, foldComplement(s));
+  return segLen;
 }
 
 /**

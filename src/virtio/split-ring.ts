@@ -182,6 +182,7 @@ export class SplitRing {
         const n = segs.count;
         if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
         segs.buf[n] = t.buf;
+        segs.area[n] = t.area;
         segs.off[n] = t.off;
         segs.len[n] = t.len;
         segs.count = n + 1;

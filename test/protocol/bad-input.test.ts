@@ -9,7 +9,7 @@ import { native } from '../../src/native';
 import { encode, FLAG_NEED_REPLY, MemRegion, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
-import { VhostUserPort } from '../../src/ports/vhost-user-port';
+import { VhostUserPort } from '../../src/ports/vhost-user/port';
 import { closeFd, FrontEnd, GuestRam, memTablePayload, singleRegionPayload, sleep, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, waitEventfd, waitFor } from './frontend';
 import {
   assertNoFdLeak,

@@ -4,7 +4,10 @@ import * as fs from 'node:fs';
 import assert from 'node:assert/strict';
 import { EngineApi, PortAttachOptions } from '../../src/ports/engine-api';
 import { EnginePort, ENGINE_HDR_LEN } from '../../src/engine/port';
-import { VhostUserPort, VhostUserPortOptions } from '../../src/ports/vhost-user-port';
+import type { Frame } from '../../src/datapath/frame';
+import { copies } from '../../src/datapath/copy-list';
+import { frameBytes } from '../../src/datapath/byte-frame';
+import { VhostUserPort, VhostUserPortOptions } from '../../src/ports/vhost-user/port';
 import { FrontEnd, Packet, StartOptions, Virtqueue, waitFor } from './frontend';
 
 /** Protocol tests are about the vhost-user layer: this "switch" floods every frame to every other port. */
@@ -26,15 +29,16 @@ export class TestHub implements EngineApi {
     this.ports[index] = null;
   }
 
-  input(src: number, buf: Uint8Array, off: number, len: number): void {
+  input(src: number, frame: Frame): void {
     this.inputs++;
     this.ports.forEach((p, i) => {
       if (p === null || i === src) return;
-      if (!p.deliver(buf, off, len)) this.refused.push({ to: p.name, len });
+      if (!p.deliver(frame)) this.refused.push({ to: p.name, len: frame.len });
     });
   }
 
   flush(): void {
+    copies.run();
     for (const p of this.ports) p?.flush();
   }
 
@@ -47,8 +51,8 @@ export class TestHub implements EngineApi {
 export class CapturePort implements EnginePort {
   readonly frames: Uint8Array[] = [];
   constructor(readonly name: string) {}
-  deliver(buf: Uint8Array, off: number, len: number): boolean {
-    this.frames.push(buf.slice(off, off + len));
+  deliver(frame: Frame): boolean {
+    this.frames.push(frameBytes(frame));
     return true;
   }
   flush(): void {}

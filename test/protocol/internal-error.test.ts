@@ -1,5 +1,6 @@
 // The last line of defence: an exception thrown out of the data path (a bug, whatever a guest did to
 // trigger it) closes that one connection with a logged error; the process and the other ports go on.
+import type { Frame } from '../../src/datapath/frame';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { waitFor } from './frontend';
@@ -8,9 +9,9 @@ import { assertNoFdLeak, closeGuest, ethFrame, fdCount, LogCapture, netHdr, pack
 class ThrowingHub extends TestHub {
   /** frames from this connection number make input() throw */
   poison = -1;
-  override input(src: number, buf: Uint8Array, off: number, len: number): void {
+  override input(src: number, frame: Frame): void {
     if (src === this.poison) throw new Error('engine bug triggered by this frame');
-    super.input(src, buf, off, len);
+    super.input(src, frame);
   }
 }
 

@@ -2,6 +2,7 @@
 // 30 000-byte TSO frame with NEEDS_CSUM; a front-end with GUEST_TSO4 gets it as one frame with the
 // header intact, front-ends without GUEST_TSO/GUEST_CSUM get checksummed MSS-sized segments; with
 // too few RX buffers nothing is consumed and the frame arrives whole once buffers are posted.
+import { ByteFrames } from '../../src/datapath/byte-frame';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
@@ -182,8 +183,10 @@ test('bad offload headers from a guest are dropped and counted on its port; DATA
     assert.equal((await receiveN(e, 1))[0].header[0], 0);
     // DATA_VALID from the TAP uplink (the kernel sets it): kept for a GUEST_CSUM guest, cleared for one without
     const fromTap = packet(netHdr(12, { flags: 2 }), plain);
-    assert.ok(b.port.deliver(fromTap, 0, fromTap.length));
-    assert.ok(e.port.deliver(fromTap, 0, fromTap.length));
+    const bytes = new ByteFrames();
+    assert.ok(b.port.deliver(bytes.of(fromTap)));
+    assert.ok(e.port.deliver(bytes.of(fromTap)));
+    bytes.close();
     b.port.flush();
     e.port.flush();
     assert.equal((await receiveN(b, 1))[0].header[0], 2);

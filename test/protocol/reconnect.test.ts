@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { native } from '../../src/native';
 import { Dialer, Listener } from '../../src/vhost-user/server';
-import { VhostUserPort } from '../../src/ports/vhost-user-port';
+import { VhostUserPort } from '../../src/ports/vhost-user/port';
 import { closeFd, FrontEnd, waitFor } from './frontend';
 import {
   assertNoFdLeak,

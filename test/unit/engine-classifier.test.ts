@@ -16,7 +16,7 @@ import {
   keyLo,
   macKey,
 } from '../../src/engine/classifier';
-import { copyBytes } from '../../src/engine/copy';
+import { copyBytes } from '../../src/datapath/copy';
 import { frame } from './engine-helpers';
 
 const hiOf = keyHi;
@@ -44,11 +44,11 @@ test('classify: known, flood (broadcast, multicast), unknown', () => {
   const t = new MacTable(64);
   const a = parseMac('52:54:00:00:00:01');
   assert.equal(at(t, 0, () => t.learn(hiOf(a), loOf(a), 3)), LEARN_NEW);
-  assert.equal(classify(t, frame('52:54:00:00:00:01', '52:54:00:00:00:02', 0), 0), 3);
-  assert.equal(classify(t, frame('ff:ff:ff:ff:ff:ff', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('01:00:5e:00:00:fb', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('33:33:00:00:00:01', '52:54:00:00:00:02', 0), 0), DESTINATION_FLOOD);
-  assert.equal(classify(t, frame('52:54:00:00:00:09', '52:54:00:00:00:02', 0), 0), DESTINATION_UNKNOWN);
+  assert.equal(classify(t, frame('52:54:00:00:00:01', '52:54:00:00:00:02', 0), 12), 3);
+  assert.equal(classify(t, frame('ff:ff:ff:ff:ff:ff', '52:54:00:00:00:02', 0), 12), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('01:00:5e:00:00:fb', '52:54:00:00:00:02', 0), 12), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('33:33:00:00:00:01', '52:54:00:00:00:02', 0), 12), DESTINATION_FLOOD);
+  assert.equal(classify(t, frame('52:54:00:00:00:09', '52:54:00:00:00:02', 0), 12), DESTINATION_UNKNOWN);
 });
 
 test('learn: refresh, move, static wins, aging', () => {

@@ -1,6 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ElasticFifo } from '../../src/engine/elastic-fifo';
+import { Frame } from '../../src/datapath/frame';
+import { copies } from '../../src/datapath/copy-list';
+import { ByteFrames, frameBytes } from '../../src/datapath/byte-frame';
+
+const frames = new ByteFrames();
+/** take() for an engine frame in plain bytes (12-byte header, then Ethernet) */
+function take(f: ElasticFifo, b: Uint8Array, off = 0, len = b.length - off): number {
+  return f.take(frames.of(b, off, len));
+}
 
 function bytes(len: number, seed: number): Uint8Array {
   const b = new Uint8Array(len);
@@ -8,31 +17,35 @@ function bytes(len: number, seed: number): Uint8Array {
   return b;
 }
 
-test('take, queue, gather and release a chained frame; blocks come back adjacent', () => {
+test('take, queue, describe and release a chained frame; the header is kept beside the blocks', () => {
   const f = new ElasticFifo(64 * 1024, 1024, 3);
   assert.equal(f.blockCount, 64);
-  const big = bytes(5000, 1);
-  const h = f.takeAndWrite(big, 0, big.length);
+  const big = bytes(5012, 1); // 12-byte header + 5000 Ethernet bytes: 5 blocks
+  const h = take(f, big);
   assert.ok(h >= 0);
   assert.equal(f.frameBlocks[h], 5);
   assert.equal(f.blocksInUse, 5);
-  assert.ok(f.isContiguous(h), 'fresh pool gives adjacent blocks');
-  assert.deepEqual(f.store.subarray(h * 1024, h * 1024 + 5000), big);
+  copies.run();
+  assert.deepEqual(f.store.subarray(h * 1024, h * 1024 + 5000), big.subarray(12));
+  assert.deepEqual(f.frameHdr.subarray(h * 12, h * 12 + 12), big.subarray(0, 12));
   f.push(1, h);
   assert.equal(f.checkInvariants(), null);
-  // interleave small frames to break adjacency, then check gather
-  const s1 = f.takeAndWrite(bytes(100, 2), 0, 100);
+  // interleave small frames so that the next big frame's blocks are not adjacent
+  const s1 = take(f, bytes(100, 2));
   f.push(2, s1);
   assert.equal(f.shift(1), h);
   f.release(h);
-  const small = f.takeAndWrite(bytes(100, 3), 0, 100);
+  const small = take(f, bytes(100, 3));
   f.push(2, small);
-  const h2 = f.takeAndWrite(big, 0, big.length);
+  const h2 = take(f, big);
   f.push(0, h2);
-  assert.equal(f.isContiguous(h2), false, 'one of its blocks went to the small frame');
-  const out = new Uint8Array(5000);
-  f.gather(h2, out, 0);
-  assert.deepEqual(out, big);
+  const d = new Frame(f.maxFrameBlocks);
+  f.describe(h2, d);
+  assert.ok(d.segEnd - d.segFirst === 5);
+  let adjacent = true;
+  for (let k = 1; k < 5; k++) if (d.segOff[k] !== d.segOff[k - 1] + 1024) adjacent = false;
+  assert.equal(adjacent, false, 'one of its blocks went to the small frame');
+  assert.deepEqual(frameBytes(d), big);
   assert.equal(f.checkInvariants(), null);
   assert.equal(f.clear(0) + f.clear(2), 3);
   assert.equal(f.blocksInUse, 0);
@@ -43,13 +56,13 @@ test('take, queue, gather and release a chained frame; blocks come back adjacent
 
 test('pool exhaustion takes nothing; unlink from the middle keeps order', () => {
   const f = new ElasticFifo(4 * 256, 256, 2);
-  const a = f.takeAndWrite(bytes(256, 1), 0, 256);
-  const b = f.takeAndWrite(bytes(256, 2), 0, 256);
-  const c = f.takeAndWrite(bytes(256, 3), 0, 256);
+  const a = take(f, bytes(268, 1));
+  const b = take(f, bytes(268, 2));
+  const c = take(f, bytes(268, 3));
   f.push(0, a);
   f.push(0, b);
   f.push(0, c);
-  assert.equal(f.takeAndWrite(bytes(300, 4), 0, 300), -1, 'needs 2 blocks, 1 free');
+  assert.equal(take(f, bytes(312, 4)), -1, 'needs 2 blocks, 1 free');
   assert.equal(f.freeBlocks, 1);
   f.unlink(0, a, b);
   f.release(b);
@@ -70,7 +83,7 @@ test('random operations keep taken = returned + queued', () => {
   for (let step = 0; step < 5000; step++) {
     const q = rnd(4);
     if (rnd(3) !== 0) {
-      const h = f.takeAndWrite(src, rnd(10), 1 + rnd(3000));
+      const h = take(f, src, rnd(10), 26 + rnd(3000));
       if (h >= 0) f.push(q, h);
     } else {
       const h = f.shift(q);

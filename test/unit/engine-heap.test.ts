@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { setImmediate as tick } from 'node:timers/promises';
 import { Switch } from '../../src/engine/switch';
-import { RingPort, writeFrame } from '../../bench/ring-port';
+import { frameFor, RingPort, writeFrame } from '../../bench/ring-port';
 
 const MAC_A = [0x52, 0x54, 0, 0, 0, 1];
 const MAC_B = [0x52, 0x54, 0, 0, 0, 2];
@@ -56,14 +56,14 @@ test('steady state: 1e6 frames through fast path, store path, flood and resolve 
   // broadcasts, 4 to c while c's MAC is aged out (held) then resolved when c speaks.
   const round = () => {
     pb.refill();
-    for (let i = 0; i < 56; i++) sw.input(a, toB, 0, lenB); // 64 slots: the last ones are stored
-    for (let i = 0; i < 4; i++) sw.input(a, bc, 0, lenBc);
+    for (let i = 0; i < 56; i++) sw.input(a, frameFor(toB, lenB)); // 64 slots: the last ones are stored
+    for (let i = 0; i < 4; i++) sw.input(a, frameFor(bc, lenBc));
     t += 2; // c's MAC ages out (macAgeMs 1)
     sw.flush();
-    for (let i = 0; i < 4; i++) sw.input(a, toC, 0, lenC);
+    for (let i = 0; i < 4; i++) sw.input(a, frameFor(toC, lenC));
     sw.flush();
     pc.refill();
-    sw.input(c, fromC, 0, lenFromC); // learned → held frames resolved and delivered
+    sw.input(c, frameFor(fromC, lenFromC)); // learned → held frames resolved and delivered
     sw.flush();
     pb.refill();
     sw.resourcesAvailable(b);
@@ -118,8 +118,8 @@ test('steady state with the production clock (timer + Date.now): 1e6 frames, fas
   const lenBc = writeFrame(bc, BCAST, MAC_A, 1500);
   const round = () => {
     pb.refill();
-    for (let i = 0; i < 60; i++) sw.input(a, toB, 0, lenB);
-    for (let i = 0; i < 4; i++) sw.input(a, bc, 0, lenBc);
+    for (let i = 0; i < 60; i++) sw.input(a, frameFor(toB, lenB));
+    for (let i = 0; i < 4; i++) sw.input(a, frameFor(bc, lenBc));
     sw.flush();
     pb.refill();
     sw.resourcesAvailable(b);

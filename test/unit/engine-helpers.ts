@@ -3,6 +3,15 @@
 import type { EnginePort } from '../../src/engine/port';
 import { ENGINE_HDR_LEN } from '../../src/engine/port';
 import { parseMac } from '../../src/engine/classifier';
+import type { Switch } from '../../src/engine/switch';
+import type { Frame } from '../../src/datapath/frame';
+import { ByteFrames, frameBytes } from '../../src/datapath/byte-frame';
+
+const byteFrames = new ByteFrames();
+/** sw.input() of an engine frame held in a plain Uint8Array (copied into a registered scratch) */
+export function input(sw: Switch, src: number, bytes: Uint8Array): void {
+  sw.input(src, byteFrames.of(bytes));
+}
 
 /**
  * A port with a configurable number of free RX buffers of bufSize bytes. With mergeable (MRG_RXBUF)
@@ -29,14 +38,15 @@ export class TestPort implements EnginePort {
   readonly bufSize: number;
   readonly mergeable: boolean;
 
-  deliver(buf: Uint8Array, off: number, len: number): boolean {
+  deliver(frame: Frame): boolean {
+    const len = frame.len;
     const need = this.mergeable ? Math.ceil(len / this.bufSize) : len <= this.bufSize ? 1 : Infinity;
     if (!this.started || need > this.buffers) {
       this.refusals++;
       return false;
     }
     this.buffers -= need;
-    this.received.push(buf.slice(off, off + len));
+    this.received.push(frameBytes(frame));
     return true;
   }
   flush(): void {

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Switch, type SwitchOptions } from '../../src/engine/switch';
-import { BCAST, FakeClock, TestPort, frame, mac, patternOk, seqOf } from './engine-helpers';
+import { BCAST, FakeClock, TestPort, frame, input, mac, patternOk, seqOf } from './engine-helpers';
 
 const A = mac(1);
 const B = mac(2);
@@ -16,7 +16,7 @@ function make(opts: SwitchOptions = {}) {
 
 /** input one frame and flush, then check the FIFO bookkeeping */
 function send(sw: Switch, src: number, f: Uint8Array): void {
-  sw.input(src, f, 0, f.length);
+  input(sw, src, f);
   sw.flush();
   sw.checkInvariants();
 }
@@ -34,7 +34,7 @@ test('fast path: unicast to a learned MAC, flush only on ports delivered to', ()
   pa.received = [];
   pc.received = [];
   const fl = pc.flushes;
-  for (let i = 1; i <= 10; i++) sw.input(a, frame(B, A, i), 0, 76);
+  for (let i = 1; i <= 10; i++) input(sw, a, frame(B, A, i));
   sw.flush();
   assert.deepEqual(pb.seqs(), range(1, 11));
   assert.equal(pc.received.length, 0);
@@ -53,7 +53,7 @@ test('burst to a guest without RX buffers is stored, then delivered completely a
   const a = sw.attach(pa), b = sw.attach(pb, { staticMac: B });
   const N = 500;
   for (let i = 0; i < N; i++) {
-    sw.input(a, frame(B, A, i), 0, 76);
+    input(sw, a, frame(B, A, i));
     if (i % 32 === 31) sw.flush();
     sw.checkInvariants();
   }
@@ -306,7 +306,7 @@ test('same-connection and malformed frames are dropped and counted', () => {
   send(sw, a, frame(BCAST, A, 0));
   send(sw, a, frame(A, A, 1));
   const short = new Uint8Array(20);
-  sw.input(a, short, 0, short.length);
+  input(sw, a, short);
   sw.flush();
   const s = sw.stats();
   assert.equal(s.ports[a].drops.sameConnection, 1);
@@ -431,7 +431,7 @@ test('random model: many ports, bursts, stalls, learning — no duplicate, no re
       const seq = nextSeq.get(k) ?? 0;
       nextSeq.set(k, seq + 1);
       const f = frame(dst, mac(s + 1), (d << 24) | seq, 30 + rnd(3000));
-      sw.input(idx[s], f, 0, f.length);
+      input(sw, idx[s], f);
       sent++;
       if (d === P) bcast++;
       if (rnd(4) === 0) sw.flush();

@@ -1,0 +1,453 @@
+// A vhost-user connection as a switch port: it composes the TX side (guest → engine), the RX side
+// (engine → guest) and the offload fallback, and follows the session's events.
+//
+//   guest TX ring ──kick / poll──► VhostTx.take() ──► Switch.input() … Switch.flush() ──► TX used published
+//   Switch ──deliver()──► [OffloadFallback] ──► VhostRx (reserve, header, copies recorded)
+//          ──flush()──► RX used published, call signalled (once per batch)
+//
+// Neither side calls back into the port; scheduling (budget, polling, RX re-checks) is here.
+import { native } from '../../native';
+import type { EnginePort } from '../../engine/port';
+import type { Frame } from '../../datapath/frame';
+import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN } from '../../datapath/layout';
+import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
+import { Connection, Log } from '../../vhost-user/connection';
+import { VirtioFeature } from '../../vhost-user/features';
+import { SplitRing } from '../../virtio/split-ring';
+import { VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header';
+import { offloadNeeds, RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from '../../virtio/offload';
+import { EngineApi, PortAttachOptions } from '../engine-api';
+import { OffloadFallback, FALLBACK_DROPPED, PacketSink } from '../offload-fallback';
+import { PollLoop, Pollable } from '../poll-loop';
+import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG, VhostRx } from './rx';
+import { VhostTx } from './tx';
+import { Frame as RarpFrame } from '../../datapath/frame';
+import { copies } from '../../datapath/copy-list';
+
+/** TX chains processed per batch before yielding to the event loop. */
+export const TX_BUDGET = 256;
+
+export interface PortCounters {
+  txFrames: number;
+  txBytes: number;
+  txDropped: number;
+  rxFrames: number;
+  rxBytes: number;
+  rxTooBig: number;
+  rxNoBuffers: number;
+  brokenRings: number;
+  /** frames from the guest with a bad or unnegotiated offload header (also counted in txDropped) */
+  txBadOffload: number;
+  /** frames whose partial checksum was completed for this guest (no GUEST_CSUM) */
+  rxChecksummed: number;
+  /** GSO frames segmented for this guest (no GUEST_TSO4/6/ECN); their segments count in rxFrames */
+  rxSegmented: number;
+  /** offload frames the fallback could not handle (headers it does not segment, too many segments) */
+  rxOffloadDropped: number;
+  /** frames dropped because a copy range was refused (a bug or a hostile buffer layout) */
+  rxBadRange: number;
+}
+
+export interface VhostUserPortOptions extends PortAttachOptions {
+  name: string;
+  log: Log;
+  session?: Partial<SessionOptions>;
+  /** adaptive polling: the loop the TX rings are polled by after a batch (none: event mode) */
+  pollLoop?: PollLoop | null;
+}
+
+const writeEventfd = (fd: number): void => {
+  try {
+    native.eventfdWrite(fd, 1);
+  } catch {
+    /* the front-end closed it; it will tell us on the socket */
+  }
+};
+
+/** One TX ring as something the poll loop can poll. */
+class TxPoller implements Pollable {
+  constructor(private readonly port: VhostUserPort, readonly ring: SplitRing) {}
+  pollOnce(): boolean {
+    return this.port.pollTx(this.ring);
+  }
+  pollEnd(): boolean {
+    return this.port.endPollTx(this.ring);
+  }
+}
+
+export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
+  readonly name: string;
+  session: Session | null = null;
+  /** connection number in the switch while a front-end is connected, else -1 */
+  index = -1;
+  readonly counters: PortCounters = {
+    txFrames: 0,
+    txBytes: 0,
+    txDropped: 0,
+    rxFrames: 0,
+    rxBytes: 0,
+    rxTooBig: 0,
+    rxNoBuffers: 0,
+    brokenRings: 0,
+    txBadOffload: 0,
+    rxChecksummed: 0,
+    rxSegmented: 0,
+    rxOffloadDropped: 0,
+    rxBadRange: 0,
+  };
+
+  private readonly tx = new VhostTx(this.counters);
+  private readonly rx = new VhostRx(this.counters);
+  private readonly fallback = new OffloadFallback(this.counters);
+  private readonly pieces = new Pieces();
+  /** the header written to this guest (10 bytes used; num_buffers is the RX side's) */
+  private readonly rxHdr = new Uint8Array(ENGINE_HDR_LEN);
+  /** RX_* bits the guest takes as is (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN) */
+  private rxOffload = 0;
+  /** RX_* bits the guest may send (CSUM, HOST_TSO4/6, HOST_ECN) */
+  private txOffload = 0;
+  private hdrLen = 12;
+  private wantRx = false;
+  private rxCheckScheduled = false;
+  private readonly txPending: boolean[] = [];
+  private txScheduled = false;
+  private readonly txPollers: (TxPoller | null)[] = [];
+  private readonly pollLoop: PollLoop | null;
+  private readonly log: Log;
+  /** SEND_RARP's frame (control path) */
+  private readonly rarp = new Uint8Array(ENGINE_HDR_LEN + 60);
+  private rarpArea = 0;
+  private readonly rarpFrame = new RarpFrame();
+  /** called when the session ends (server/client code uses it to accept or reconnect) */
+  onSessionEnd: (reason: string | null) => void = () => {};
+
+  private readonly rxCheck = (): void => {
+    this.rxCheckScheduled = false;
+    try {
+      if (this.index >= 0 && this.rx.usable()) this.sw.resourcesAvailable(this.index);
+    } catch (e) {
+      this.session?.internalError('RX delivery', e);
+    }
+  };
+
+  private readonly txResume = (): void => {
+    this.txScheduled = false;
+    const s = this.session;
+    if (!s) return;
+    try {
+      for (let i = 1; i < s.rings.length; i += 2) {
+        if (this.txPending[i]) {
+          this.txPending[i] = false;
+          this.processTx(s.rings[i]);
+        }
+      }
+    } catch (e) {
+      s.internalError('TX processing', e);
+    }
+  };
+
+  constructor(private readonly sw: EngineApi, private readonly opts: VhostUserPortOptions) {
+    this.name = opts.name;
+    this.log = opts.log;
+    this.pollLoop = opts.pollLoop ?? null;
+  }
+
+  get connected(): boolean {
+    return this.session !== null;
+  }
+
+  get maxPackets(): number {
+    const r = this.rx.ring;
+    return r === null ? 0 : r.num;
+  }
+
+  /** Takes over a connected socket fd: one front-end at a time. */
+  bind(fd: number): void {
+    if (this.session) throw new Error(`${this.name}: a front-end is already connected`);
+    const conn = new Connection(fd, this.name, this.log);
+    this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.log });
+    this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
+    this.rx.ring = null;
+    this.rx.mem = this.session.mem;
+    this.wantRx = false;
+    conn.start();
+    this.log(`${this.name}: front-end connected`);
+  }
+
+  close(): void {
+    this.session?.close();
+  }
+
+  // ---- SessionDevice ----
+
+  onKick(ring: SplitRing): void {
+    if (ring.index & 1) this.processTx(ring);
+    else if (ring === this.rx.ring && this.index >= 0) this.sw.resourcesAvailable(this.index);
+  }
+
+  onRingState(ring: SplitRing): void {
+    const s = this.session;
+    if (!s) return;
+    if (ring.broken !== null) this.counters.brokenRings++;
+    this.hdrLen = s.hdrLen;
+    this.rx.hdrLen = s.hdrLen;
+    this.rx.mrg = s.hasFeature(VirtioFeature.NET_F_MRG_RXBUF);
+    this.rxOffload =
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_CSUM) ? RX_CSUM : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO4) ? RX_TSO4 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO6) ? RX_TSO6 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_GUEST_ECN) ? RX_ECN : 0);
+    this.txOffload =
+      (s.hasFeature(VirtioFeature.NET_F_CSUM) ? RX_CSUM : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO4) ? RX_TSO4 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO6) ? RX_TSO6 : 0) |
+      (s.hasFeature(VirtioFeature.NET_F_HOST_ECN) ? RX_ECN : 0);
+    // The RX ring used is the lowest-numbered one that is enabled and set up: one ring keeps the
+    // frames of one destination in order.
+    let rx: SplitRing | null = null;
+    for (let i = 0; i < s.rings.length; i += 2) {
+      const r = s.rings[i];
+      if (r.enabled && r.ready) {
+        rx = r;
+        break;
+      }
+    }
+    if (rx !== this.rx.ring) {
+      // used entries of the old ring go out now (its copies first)
+      copies.run();
+      this.rx.flush(writeEventfd);
+      this.rx.ring = rx;
+    }
+    if (rx && this.wantRx) rx.enableNotify();
+    if (this.rx.usable()) this.scheduleRxCheck();
+    if (ring.index & 1) {
+      if (ring.started && ring.enabled && ring.ready) {
+        // A TX ring (re)started: frames may already be waiting in it.
+        this.txPending[ring.index] = true;
+        this.scheduleTx();
+      } else {
+        this.stopPolling(ring);
+      }
+    }
+  }
+
+  onRarp(mac: Uint8Array): void {
+    if (this.index < 0) return;
+    // RARP "reverse request" broadcast from mac, as QEMU's own announce does after migration.
+    const f = this.rarp;
+    f.fill(0);
+    const e = ENGINE_HDR_LEN;
+    f.fill(0xff, e, e + 6);
+    f.set(mac, e + 6);
+    f[e + 12] = 0x80;
+    f[e + 13] = 0x35;
+    const a = e + 14;
+    f[a + 1] = 1; // htype Ethernet
+    f[a + 2] = 0x08; // ptype IPv4
+    f[a + 4] = 6;
+    f[a + 5] = 4;
+    f[a + 7] = 3; // reverse request
+    f.set(mac, a + 8);
+    f.set(mac, a + 18);
+    if (this.rarpArea === 0) this.rarpArea = copies.register(this.rarp);
+    this.rarpFrame.setBytes(this.rarpArea, f, 0, f.length);
+    this.sw.input(this.index, this.rarpFrame);
+    this.sw.flush();
+  }
+
+  onDisconnect(reason: string | null): void {
+    for (let i = 0; i < this.txPollers.length; i++) {
+      const p = this.txPollers[i];
+      if (p) this.pollLoop?.drop(p);
+      this.txPollers[i] = null;
+    }
+    if (this.index >= 0) this.sw.detach(this.index);
+    this.index = -1;
+    this.session = null;
+    this.rx.ring = null;
+    this.rx.mem = null;
+    this.onSessionEnd(reason);
+  }
+
+  // ---- TX: guest → engine ----
+
+  private scheduleTx(): void {
+    if (this.txScheduled) return;
+    this.txScheduled = true;
+    setImmediate(this.txResume);
+  }
+
+  private txUsable(ring: SplitRing): boolean {
+    return this.session !== null && this.index >= 0 && ring.started && ring.enabled && ring.ready;
+  }
+
+  /** One batch from ring: frames into the engine, its copies run, TX and RX used entries published. */
+  private txBatch(ring: SplitRing): number {
+    const s = this.session as Session;
+    const n = this.tx.take(ring, s.mem, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET);
+    if (n > 0 || ring.broken !== null) {
+      this.sw.flush();
+      ring.publish();
+      ring.signal(writeEventfd);
+    }
+    if (ring.broken !== null) s.ringBroken(ring);
+    return n;
+  }
+
+  private processTx(ring: SplitRing): void {
+    if (!this.txUsable(ring)) return;
+    ring.disableNotify();
+    const n = this.txBatch(ring);
+    if (ring.broken !== null) return;
+    if (this.pollLoop !== null) {
+      // keep polling it; notifications stay off until the poll loop gives up on it
+      if (n > 0 || ring.availCount() > 0) {
+        this.pollLoop.keep(this.txPoller(ring));
+        return;
+      }
+    } else if (n === TX_BUDGET) {
+      // budget used up: yield, then go on (notifications stay off meanwhile)
+      this.txPending[ring.index] = true;
+      this.scheduleTx();
+      return;
+    }
+    this.endPollTx(ring);
+  }
+
+  private txPoller(ring: SplitRing): TxPoller {
+    let p = this.txPollers[ring.index];
+    if (!p || p.ring !== ring) {
+      p = new TxPoller(this, ring);
+      this.txPollers[ring.index] = p;
+    }
+    return p;
+  }
+
+  private stopPolling(ring: SplitRing): void {
+    const p = this.txPollers[ring.index];
+    if (p && this.pollLoop) this.pollLoop.drop(p);
+  }
+
+  /** poll loop: one batch; true when there was work */
+  pollTx(ring: SplitRing): boolean {
+    if (!this.txUsable(ring)) return false;
+    try {
+      const n = this.txBatch(ring);
+      return n > 0 && ring.broken === null;
+    } catch (e) {
+      this.session?.internalError('TX processing', e);
+      return false;
+    }
+  }
+
+  /** Re-enable kicks; if a chain came in before the guest saw the flag, take it (true: keep polling). */
+  endPollTx(ring: SplitRing): boolean {
+    if (!this.txUsable(ring)) return false;
+    ring.enableNotify();
+    if (ring.availCount() === 0) return false;
+    ring.disableNotify();
+    if (this.pollLoop !== null) return true;
+    this.txPending[ring.index] = true;
+    this.scheduleTx();
+    return false;
+  }
+
+  // ---- RX: engine → guest ----
+
+  deliver(frame: Frame): boolean {
+    const rx = this.rx;
+    if (this.session === null || !rx.usable()) return false;
+    const need = offloadNeeds(frame.hdr, frame.hdrOff) & ~this.rxOffload;
+    if (need !== 0) {
+      const r = this.fallback.deliver(this, frame, need);
+      return r === FALLBACK_DROPPED ? true : this.result(r);
+    }
+    let r = rx.begin();
+    if (r === RES_OK) r = rx.reserve(frame.ethLen);
+    if (r !== RES_OK) return this.result(r);
+    // The header this guest gets is rebuilt from the sender's: only what the frame really uses,
+    // and DATA_VALID only for a guest that negotiated GUEST_CSUM.
+    const h = this.rxHdr;
+    const s = frame.hdr;
+    const o = frame.hdrOff;
+    const flags = s[o + HDR_FLAGS] & ((this.rxOffload & RX_CSUM) !== 0 ? VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID : 0);
+    const gso = s[o + HDR_GSO_TYPE];
+    h[HDR_FLAGS] = flags;
+    h[HDR_GSO_TYPE] = gso;
+    const g = gso !== VIRTIO_NET_HDR_GSO_NONE;
+    h[HDR_HDR_LEN] = g ? s[o + HDR_HDR_LEN] : 0;
+    h[HDR_HDR_LEN + 1] = g ? s[o + HDR_HDR_LEN + 1] : 0;
+    h[HDR_GSO_SIZE] = g ? s[o + HDR_GSO_SIZE] : 0;
+    h[HDR_GSO_SIZE + 1] = g ? s[o + HDR_GSO_SIZE + 1] : 0;
+    const c = (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    h[HDR_CSUM_START] = c ? s[o + HDR_CSUM_START] : 0;
+    h[HDR_CSUM_START + 1] = c ? s[o + HDR_CSUM_START + 1] : 0;
+    h[HDR_CSUM_OFFSET] = c ? s[o + HDR_CSUM_OFFSET] : 0;
+    h[HDR_CSUM_OFFSET + 1] = c ? s[o + HDR_CSUM_OFFSET + 1] : 0;
+    if (!rx.write(0, h, 0, frame, this.pieces.reset().frame(0, frame.ethLen))) this.counters.rxBadRange++;
+    return true;
+  }
+
+  // PacketSink, for the offload fallback
+  begin(): number {
+    return this.rx.begin();
+  }
+  reserve(ethLen: number): number {
+    return this.rx.reserve(ethLen);
+  }
+  write(p: number, hdr: Uint8Array, hdrOff: number, frame: Frame | null, pieces: Pieces): boolean {
+    const ok = this.rx.write(p, hdr, hdrOff, frame, pieces);
+    if (!ok) this.counters.rxBadRange++;
+    return ok;
+  }
+
+  /** deliver()'s answer for a reservation result other than RES_OK (chains given back first). */
+  private result(r: number): boolean {
+    const s = this.session as Session;
+    const ring = this.rx.ring as SplitRing;
+    if (r === RES_OK) return true;
+    if (r === RES_BAD) return true; // counted where it happened; the chains went back empty
+    if (r === RES_BROKEN) {
+      s.ringBroken(ring);
+      return false;
+    }
+    const some = this.rx.segs.chains > 0;
+    this.rx.abort();
+    if (r === RES_TOO_BIG) {
+      // This frame can never fit this guest's buffers: drop it, keep the buffers.
+      this.counters.rxTooBig++;
+      return true;
+    }
+    // RES_SHORT
+    this.counters.rxNoBuffers++;
+    // Some buffers but not enough (mergeable, or segments): the engine keeps waiting, so ask for a
+    // kick on the next buffers posted, and look again ourselves if they came in meanwhile.
+    if (some && this.wantRx && ring.enableNotifyBeyond()) this.scheduleRxCheck();
+    return false;
+  }
+
+  flush(): void {
+    this.rx.flush(writeEventfd);
+  }
+
+  wantResources(want: boolean): void {
+    this.wantRx = want;
+    const r = this.rx.ring;
+    if (r === null) return;
+    if (want) {
+      r.enableNotify();
+      // Buffers posted between the failed deliver() and now would not be kicked for: look again.
+      if (r.availCount() > 0) this.scheduleRxCheck();
+    } else {
+      r.disableNotify();
+    }
+  }
+
+  private scheduleRxCheck(): void {
+    if (this.rxCheckScheduled) return;
+    this.rxCheckScheduled = true;
+    setImmediate(this.rxCheck);
+  }
+}
+
+export { RES_SHORT, RES_TOO_BIG };

@@ -1,0 +1,237 @@
+// The RX side of a vhost-user port: engine frames into the guest's RX virtqueue, one copy each.
+//
+//   begin() ─► reserve(len) per packet (RX chains popped into segs; all or nothing)
+//           ─► write(packet, header, pieces): the virtio-net header is written here, the bytes are
+//              recorded in the copy list (frame ranges or staged bytes → RX buffers); used entries
+//              are added but not published
+//   flush()  (after the batch's copies ran) ─► used index published once, call signalled once
+//
+// A packet's content is a list of pieces: ranges of the frame (where it lies) and staged bytes
+// (checksums, rebuilt headers). The plain fast path is one piece, the whole Ethernet frame.
+import { copies } from '../../datapath/copy-list';
+import type { Frame } from '../../datapath/frame';
+import { ENGINE_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
+import { GuestMemory } from '../../memory/guest-memory';
+import { Segments, MAX_CHAINS } from '../../virtio/chain';
+import { SplitRing, BROKEN } from '../../virtio/split-ring';
+
+export const RES_OK = 0;
+/** too few RX buffers now: give back what was taken, try again later */
+export const RES_SHORT = 1;
+/** can never fit this guest's buffers: drop */
+export const RES_TOO_BIG = 2;
+export const RES_BROKEN = 3;
+/** a range was outside its area (a bug or a hostile layout): drop */
+export const RES_BAD = 4;
+
+const PIECE_FRAME = 0;
+const PIECE_AREA = 1;
+const MAX_PIECES = 8;
+
+/** What one packet is made of, in order. */
+export class Pieces {
+  count = 0;
+  readonly kind = new Uint8Array(MAX_PIECES);
+  readonly area = new Int32Array(MAX_PIECES);
+  readonly off = new Int32Array(MAX_PIECES);
+  readonly len = new Int32Array(MAX_PIECES);
+  /** bytes in all pieces */
+  total = 0;
+
+  reset(): this {
+    this.count = 0;
+    this.total = 0;
+    return this;
+  }
+
+  /** Ethernet bytes [from, from+n) of the frame */
+  frame(from: number, n: number): this {
+    return this.add(PIECE_FRAME, 0, from, n);
+  }
+
+  /** bytes [off, off+n) of a registered area (staging) */
+  bytes(area: number, off: number, n: number): this {
+    return this.add(PIECE_AREA, area, off, n);
+  }
+
+  private add(kind: number, area: number, off: number, n: number): this {
+    const c = this.count;
+    if (n <= 0 || c >= MAX_PIECES) return this;
+    this.kind[c] = kind;
+    this.area[c] = area;
+    this.off[c] = off;
+    this.len[c] = n;
+    this.count = c + 1;
+    this.total += n;
+    return this;
+  }
+}
+
+export interface RxCounters {
+  rxFrames: number;
+  rxBytes: number;
+  rxTooBig: number;
+  rxNoBuffers: number;
+}
+
+export class VhostRx {
+  ring: SplitRing | null = null;
+  mem: GuestMemory | null = null;
+  hdrLen = 12;
+  mrg = false;
+  readonly segs = new Segments();
+  /** per packet of this reservation: index one past its last chain in segs */
+  private readonly packetEnd = new Int32Array(MAX_CHAINS);
+  packets = 0;
+  private avail = 0;
+  /** used entries added since the last flush() */
+  private unpublished = false;
+  // piece cursor of write()
+  private piece = 0;
+  private pieceAt = 0;
+  private pieceLeft = 0;
+
+  constructor(private readonly counters: RxCounters) {}
+
+  usable(): boolean {
+    const r = this.ring;
+    return r !== null && r.started && r.enabled && r.ready;
+  }
+
+  /** Starts a reservation. RES_OK, RES_SHORT (nothing posted) or RES_BROKEN (ring broken now). */
+  begin(): number {
+    this.segs.reset();
+    this.packets = 0;
+    const n = (this.ring as SplitRing).availCount();
+    if (n <= 0) return n < 0 ? RES_BROKEN : RES_SHORT;
+    this.avail = n;
+    return RES_OK;
+  }
+
+  /**
+   * Takes RX chains for one more packet of ethLen Ethernet bytes (plus this guest's header): as
+   * many as it takes when mergeable, else exactly one that must hold it all.
+   */
+  reserve(ethLen: number): number {
+    const ring = this.ring as SplitRing;
+    const mem = this.mem as GuestMemory;
+    const segs = this.segs;
+    const need = ethLen + this.hdrLen;
+    if (this.packets >= MAX_CHAINS) return RES_TOO_BIG;
+    if (this.mrg) {
+      let got = 0;
+      while (got < need) {
+        if (this.avail === 0) return RES_SHORT;
+        if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
+        this.avail--;
+        if (ring.popChain(mem, segs, true) === BROKEN) return RES_BROKEN;
+        got += segs.chainCap[segs.chains - 1];
+      }
+    } else {
+      if (this.avail === 0) return RES_SHORT;
+      if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
+      this.avail--;
+      if (ring.popChain(mem, segs, true) === BROKEN) return RES_BROKEN;
+      if (segs.chainCap[segs.chains - 1] < need) return RES_TOO_BIG;
+    }
+    this.packetEnd[this.packets++] = segs.chains;
+    return RES_OK;
+  }
+
+  /** Gives back every chain of this reservation: the guest sees nothing. */
+  abort(): void {
+    (this.ring as SplitRing).unpop(this.segs.chains);
+    this.segs.reset();
+    this.packets = 0;
+  }
+
+  /**
+   * Writes packet p of the reservation: hdr[hdrOff, +10) then num_buffers as the virtio-net
+   * header, then the pieces. Adds its chains to the used ring (published by flush()). Returns
+   * false when a range was refused (the chains are then used with length 0: the guest gets them
+   * back empty, as a dropped packet).
+   */
+  write(p: number, hdr: Uint8Array, hdrOff: number, frame: Frame | null, pieces: Pieces): boolean {
+    const ring = this.ring as SplitRing;
+    const segs = this.segs;
+    const firstChain = p === 0 ? 0 : this.packetEnd[p - 1];
+    const endChain = this.packetEnd[p];
+    const nb = this.mrg ? endChain - firstChain : 1;
+    const hl = this.hdrLen;
+    // header bytes: hdr[0..10) then num_buffers (12-byte form only)
+    let hLeft = hl;
+    let hAt = 0;
+    this.piece = 0;
+    this.pieceAt = pieces.count > 0 ? pieces.off[0] : 0;
+    this.pieceLeft = pieces.count > 0 ? pieces.len[0] : 0;
+    if (frame !== null && pieces.count > 0 && pieces.kind[0] === PIECE_FRAME) frame.seek(pieces.off[0]);
+    let ok = true;
+    let seg = firstChain === 0 ? 0 : segs.chainEnd[firstChain - 1];
+    for (let c = firstChain; c < endChain; c++) {
+      const end = segs.chainEnd[c];
+      let written = 0;
+      for (; seg < end; seg++) {
+        const buf = segs.buf[seg];
+        let dAt = segs.off[seg];
+        let dLeft = segs.len[seg];
+        while (hLeft > 0 && dLeft > 0) {
+          buf[dAt++] = hAt < HDR_NUM_BUFFERS ? hdr[hdrOff + hAt] : hAt === HDR_NUM_BUFFERS ? nb & 0xff : nb >>> 8;
+          hAt++;
+          hLeft--;
+          dLeft--;
+          written++;
+        }
+        if (dLeft > 0 && ok) {
+          const k = this.fill(frame, pieces, segs.area[seg], dAt, dLeft);
+          if (k < 0) ok = false;
+          else written += k;
+        }
+      }
+      ring.pushUsed(segs.chainHead[c], ok ? written : 0);
+    }
+    this.unpublished = true;
+    if (ok) {
+      this.counters.rxFrames++;
+      this.counters.rxBytes += pieces.total;
+    }
+    return ok;
+  }
+
+  /** Records copies of up to room bytes of the pieces to area[at…]; returns bytes, -1 on a refused range. */
+  private fill(frame: Frame | null, pieces: Pieces, area: number, at: number, room: number): number {
+    let done = 0;
+    while (room > 0) {
+      if (this.pieceLeft === 0) {
+        if (++this.piece >= pieces.count) break;
+        this.pieceAt = pieces.off[this.piece];
+        this.pieceLeft = pieces.len[this.piece];
+        if (pieces.kind[this.piece] === PIECE_FRAME) (frame as Frame).seek(this.pieceAt);
+      }
+      const k = room < this.pieceLeft ? room : this.pieceLeft;
+      const p = this.piece;
+      const ok = pieces.kind[p] === PIECE_FRAME
+        ? (frame as Frame).copyOut(k, area, at)
+        : copies.record(pieces.area[p], this.pieceAt, area, at, k);
+      if (!ok) return -1;
+      this.pieceAt += k;
+      this.pieceLeft -= k;
+      at += k;
+      room -= k;
+      done += k;
+    }
+    return done;
+  }
+
+  /** Publishes the used entries added since the last call and signals the guest if it asks. */
+  flush(write: (fd: number) => void): void {
+    const r = this.ring;
+    if (r === null) return;
+    if (this.unpublished) {
+      this.unpublished = false;
+      r.publish();
+    }
+    r.signal(write);
+  }
+}
+
+export { ENGINE_HDR_LEN };
