@@ -232,6 +232,8 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     '-c',
     String(BE_CPU),
     process.execPath,
+    // BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof": profile the back-end
+    ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : []),
     cli,
     ...socks.flatMap((s, i) => ['--socket', `${s},mac=${MAC[i]},name=p${i}`]),
     '--stats-file',

@@ -8,6 +8,10 @@ import { VhostUserPort } from '../ports/vhost-user/port';
 import { TapPort } from '../ports/tap-port';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, OFFLOAD_FEATURES } from '../vhost-user/session';
+import { PollLoop } from '../ports/poll-loop';
+
+/** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
+export const DEFAULT_POLL_US = 0;
 
 export interface PortSpec {
   path: string;
@@ -77,6 +81,7 @@ export function buildProgram(): Command {
     }, 0o600)
     .option('--stats-file <path>', 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)')
     .option('--stats-interval <ms>', 'period of --stats-file writes and of the log line with counters (0: none)', positiveInt, 1000)
+    .option('--poll-us <us>', `adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)`, positiveInt, DEFAULT_POLL_US)
     .option('-q, --quiet', 'log only errors and connection events');
 }
 
@@ -108,6 +113,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     macAgeMs: o.macAgeS * 1000,
     log,
   });
+  const pollLoop = o.pollUs > 0 ? new PollLoop(o.pollUs) : null;
   const ports: VhostUserPort[] = [];
   const endpoints: Endpoint[] = [];
   let tap: TapPort | null = null;
@@ -143,6 +149,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         log,
         staticMac: spec.mac,
         shareLimit: spec.share,
+        pollLoop,
         session: { maxQueuePairs: o.queues, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
       });
       ports.push(port);

@@ -87,6 +87,10 @@ export class Region {
     const room = w.length - off;
     const left = this.desc.memorySize - rel;
     out.len = Math.min(len, room, left);
+    // the guest-physical range this window serves contiguously, for callers that cache it
+    out.winGpa = this.desc.guestPhysAddr + (k * STEP - this.delta);
+    out.winStart = this.desc.guestPhysAddr + Math.max(0, k * STEP - this.delta);
+    out.winEnd = this.desc.guestPhysAddr + rel + Math.min(room, left);
   }
 
   unmap(): void {
@@ -125,6 +129,12 @@ export class Translation {
   off = 0;
   /** contiguous bytes available at buf[off]: at most the length asked for */
   len = 0;
+  /** guest-physical address of buf[0] (it may lie before the region: see winEnd) and the end of
+   *  of the region range it holds */
+  winGpa = 0;
+  /** [winStart, winEnd): the guest-physical range buf holds (inside the region) */
+  winStart = 0;
+  winEnd = 0;
 }
 const EMPTY = new Uint8Array(0);
 const EMPTY32 = new Uint32Array(0);

@@ -61,6 +61,13 @@ export class SplitRing {
   private availEventIdx = 0;
 
   private readonly t = new Translation();
+  // the window the last descriptor was found in: most buffers of a ring lie in one window, so
+  // translation is two compares and a subtraction (reset whenever the memory table changes)
+  private cBuf: Uint8Array = new Uint8Array(0);
+  private cArea = 0;
+  private cGpa = 0;
+  private cStart = 0;
+  private cEnd = 0;
 
   constructor(readonly index: number, readonly name: string) {}
 
@@ -71,6 +78,7 @@ export class SplitRing {
   /** Translates the ring addresses against the memory table (SET_VRING_ADDR, or after the table changed). */
   setup(mem: GuestMemory): void {
     const num = this.num;
+    this.forgetWindow();
     this.desc32 = new Uint32Array(0);
     if (!this.addrSet || num === 0) return;
     const d = mem.translateUva(this.descAddr, 16 * num);
@@ -108,8 +116,17 @@ export class SplitRing {
     this.signalledUsed = base & 0xffff;
   }
 
+  private forgetWindow(): void {
+    this.cBuf = new Uint8Array(0);
+    this.cArea = 0;
+    this.cGpa = 0;
+    this.cStart = 0;
+    this.cEnd = 0;
+  }
+
   /** Drops the views (memory going away, ring reset). */
   detachViews(): void {
+    this.forgetWindow();
     this.desc32 = new Uint32Array(0);
     this.desc16 = new Uint16Array(0);
     this.avail = new Uint16Array(0);
@@ -175,6 +192,17 @@ export class SplitRing {
         return this.fail(`descriptor chain from head ${head}: ${writable ? 'device-readable descriptor in an RX' : 'device-writable descriptor in a TX'} chain`);
       }
       cap += len;
+      if (len > 0 && addr >= this.cStart && addr + len <= this.cEnd) {
+        // the window of the last buffer holds this one too
+        const n = segs.count;
+        if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
+        segs.buf[n] = this.cBuf;
+        segs.area[n] = this.cArea;
+        segs.off[n] = addr - this.cGpa;
+        segs.len[n] = len;
+        segs.count = n + 1;
+        len = 0;
+      }
       while (len > 0) {
         if (!mem.translateGpa(addr, len, t)) {
           return this.fail(`descriptor chain from head ${head}: buffer at 0x${addr.toString(16)} length ${len} is outside guest memory`);
@@ -186,6 +214,11 @@ export class SplitRing {
         segs.off[n] = t.off;
         segs.len[n] = t.len;
         segs.count = n + 1;
+        this.cBuf = t.buf;
+        this.cArea = t.area;
+        this.cGpa = t.winGpa;
+        this.cStart = t.winStart;
+        this.cEnd = t.winEnd;
         addr += t.len;
         len -= t.len;
       }

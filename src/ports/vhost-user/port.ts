@@ -9,7 +9,7 @@
 import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
 import type { Frame } from '../../datapath/frame';
-import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN } from '../../datapath/layout';
+import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection, Log } from '../../vhost-user/connection';
 import { VirtioFeature } from '../../vhost-user/features';
@@ -370,20 +370,24 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     const h = this.rxHdr;
     const s = frame.hdr;
     const o = frame.hdrOff;
-    const flags = s[o + HDR_FLAGS] & ((this.rxOffload & RX_CSUM) !== 0 ? VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID : 0);
-    const gso = s[o + HDR_GSO_TYPE];
-    h[HDR_FLAGS] = flags;
-    h[HDR_GSO_TYPE] = gso;
-    const g = gso !== VIRTIO_NET_HDR_GSO_NONE;
-    h[HDR_HDR_LEN] = g ? s[o + HDR_HDR_LEN] : 0;
-    h[HDR_HDR_LEN + 1] = g ? s[o + HDR_HDR_LEN + 1] : 0;
-    h[HDR_GSO_SIZE] = g ? s[o + HDR_GSO_SIZE] : 0;
-    h[HDR_GSO_SIZE + 1] = g ? s[o + HDR_GSO_SIZE + 1] : 0;
-    const c = (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
-    h[HDR_CSUM_START] = c ? s[o + HDR_CSUM_START] : 0;
-    h[HDR_CSUM_START + 1] = c ? s[o + HDR_CSUM_START + 1] : 0;
-    h[HDR_CSUM_OFFSET] = c ? s[o + HDR_CSUM_OFFSET] : 0;
-    h[HDR_CSUM_OFFSET + 1] = c ? s[o + HDR_CSUM_OFFSET + 1] : 0;
+    if ((s[o + HDR_FLAGS] | s[o + HDR_GSO_TYPE]) === 0) {
+      for (let k = 0; k < HDR_NUM_BUFFERS; k++) h[k] = 0;
+    } else {
+      const flags = s[o + HDR_FLAGS] & ((this.rxOffload & RX_CSUM) !== 0 ? VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID : 0);
+      const gso = s[o + HDR_GSO_TYPE];
+      h[HDR_FLAGS] = flags;
+      h[HDR_GSO_TYPE] = gso;
+      const g = gso !== VIRTIO_NET_HDR_GSO_NONE;
+      h[HDR_HDR_LEN] = g ? s[o + HDR_HDR_LEN] : 0;
+      h[HDR_HDR_LEN + 1] = g ? s[o + HDR_HDR_LEN + 1] : 0;
+      h[HDR_GSO_SIZE] = g ? s[o + HDR_GSO_SIZE] : 0;
+      h[HDR_GSO_SIZE + 1] = g ? s[o + HDR_GSO_SIZE + 1] : 0;
+      const c = (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+      h[HDR_CSUM_START] = c ? s[o + HDR_CSUM_START] : 0;
+      h[HDR_CSUM_START + 1] = c ? s[o + HDR_CSUM_START + 1] : 0;
+      h[HDR_CSUM_OFFSET] = c ? s[o + HDR_CSUM_OFFSET] : 0;
+      h[HDR_CSUM_OFFSET + 1] = c ? s[o + HDR_CSUM_OFFSET + 1] : 0;
+    }
     if (!rx.write(0, h, 0, frame, this.pieces.reset().frame(0, frame.ethLen))) this.counters.rxBadRange++;
     return true;
   }

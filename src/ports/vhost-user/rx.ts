@@ -167,27 +167,40 @@ export class VhostRx {
     if (frame !== null && pieces.count > 0 && pieces.kind[0] === PIECE_FRAME) frame.seek(pieces.off[0]);
     let ok = true;
     let seg = firstChain === 0 ? 0 : segs.chainEnd[firstChain - 1];
-    for (let c = firstChain; c < endChain; c++) {
-      const end = segs.chainEnd[c];
-      let written = 0;
-      for (; seg < end; seg++) {
-        const buf = segs.buf[seg];
-        let dAt = segs.off[seg];
-        let dLeft = segs.len[seg];
-        while (hLeft > 0 && dLeft > 0) {
-          buf[dAt++] = hAt < HDR_NUM_BUFFERS ? hdr[hdrOff + hAt] : hAt === HDR_NUM_BUFFERS ? nb & 0xff : nb >>> 8;
-          hAt++;
-          hLeft--;
-          dLeft--;
-          written++;
-        }
-        if (dLeft > 0 && ok) {
-          const k = this.fill(frame, pieces, segs.area[seg], dAt, dLeft);
-          if (k < 0) ok = false;
-          else written += k;
-        }
+    if (endChain - firstChain === 1 && segs.chainEnd[firstChain] - seg === 1 && pieces.count === 1 && frame !== null && pieces.kind[0] === PIECE_FRAME && segs.len[seg] >= hl + pieces.total) {
+      // the usual case: one buffer holds header and frame
+      const buf = segs.buf[seg];
+      const d = segs.off[seg];
+      for (let k = 0; k < HDR_NUM_BUFFERS; k++) buf[d + k] = hdr[hdrOff + k];
+      if (hl > HDR_NUM_BUFFERS) {
+        buf[d + HDR_NUM_BUFFERS] = 1;
+        buf[d + HDR_NUM_BUFFERS + 1] = 0;
       }
-      ring.pushUsed(segs.chainHead[c], ok ? written : 0);
+      ok = frame.copyOut(pieces.total, segs.area[seg], d + hl);
+      ring.pushUsed(segs.chainHead[firstChain], ok ? hl + pieces.total : 0);
+    } else {
+      for (let c = firstChain; c < endChain; c++) {
+        const end = segs.chainEnd[c];
+        let written = 0;
+        for (; seg < end; seg++) {
+          const buf = segs.buf[seg];
+          let dAt = segs.off[seg];
+          let dLeft = segs.len[seg];
+          while (hLeft > 0 && dLeft > 0) {
+            buf[dAt++] = hAt < HDR_NUM_BUFFERS ? hdr[hdrOff + hAt] : hAt === HDR_NUM_BUFFERS ? nb & 0xff : nb >>> 8;
+            hAt++;
+            hLeft--;
+            dLeft--;
+            written++;
+          }
+          if (dLeft > 0 && ok) {
+            const k = this.fill(frame, pieces, segs.area[seg], dAt, dLeft);
+            if (k < 0) ok = false;
+            else written += k;
+          }
+        }
+        ring.pushUsed(segs.chainHead[c], ok ? written : 0);
+      }
     }
     this.unpublished = true;
     if (ok) {

@@ -76,16 +76,24 @@ export class VhostTx {
     const segs = this.segs;
     const f = this.frame;
     const h = this.hdr;
-    // header: the first hdrLen bytes, wherever they are
     let seg = 0;
     let at = 0;
-    for (let k = 0; k < hdrLen; k++) {
-      while (at >= segs.len[seg]) {
-        seg++;
-        at = 0;
+    if (segs.len[0] >= hdrLen) {
+      // the usual layout: the header at the start of the first buffer
+      const b = segs.buf[0];
+      const o = segs.off[0];
+      for (let k = 0; k < hdrLen; k++) h[k] = b[o + k];
+      at = hdrLen;
+    } else {
+      // the header split over buffers: gather it
+      for (let k = 0; k < hdrLen; k++) {
+        while (at >= segs.len[seg]) {
+          seg++;
+          at = 0;
+        }
+        h[k] = segs.buf[seg][segs.off[seg] + at];
+        at++;
       }
-      h[k] = segs.buf[seg][segs.off[seg] + at];
-      at++;
     }
     while (seg < segs.count && at >= segs.len[seg]) {
       seg++;
