@@ -41,8 +41,14 @@ export class CopyList {
   };
 
   constructor() {
-    native.setCopyList(this.list);
+    this.attach();
     this.stagingArea = this.register(this.staging);
+  }
+
+  /** Makes this the list the addon runs (the constructor does; tests that drive the addon directly
+   * call it again afterwards). */
+  attach(): void {
+    native.setCopyList(this.list);
   }
 
   /** Registers the bytes of view (a Uint8Array over a mapping, the store, a scratch buffer). */
