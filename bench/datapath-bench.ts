@@ -26,7 +26,7 @@
 //           uv_poll handlers on those call eventfds (their "interrupts"). One batch per loop turn.
 //           (Not setImmediate: a setImmediate per turn allocates ~345 bytes; a uv_poll callback
 //           through the addon ~56.)
-//   direct  no event loop: the guest loop calls port.onKick(ring) itself, the method the session's
+//   direct  no event loop: the guest loop calls port.kick(ring) itself, the method the session's
 //           kick handler calls after reading the kick eventfd; only the kick eventfd write/read and
 //           the uv_poll wake-ups are left out (the back-end still writes the call eventfds).
 // Paths:
@@ -414,13 +414,13 @@ export class Rig {
   private kickTx(drive: Drive): void {
     if (!this.tx.needsKick()) return;
     if (drive === 'kick') native.eventfdWrite(this.tx.kickFd, 1);
-    else this.portA.onKick(this.txRing);
+    else this.portA.kick(this.txRing);
   }
 
   private kickRx(drive: Drive): void {
     if (!this.rx.needsKick()) return;
     if (drive === 'kick') native.eventfdWrite(this.rx.kickFd, 1);
-    else this.portB.onKick(this.rxRing);
+    else this.portB.kick(this.rxRing);
   }
 
   /** the fast path posts no more frames (to let the last batch land) */

@@ -3,7 +3,8 @@
 import { native, Poller } from '../native';
 import { GuestMemory, Region } from '../memory/guest-memory';
 import { SplitRing } from '../virtio/split-ring';
-import { netHeaderLength } from '../virtio/net-header';
+import type { Virtqueue } from '../virtio/virtqueue';
+import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
 import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
 import {
@@ -25,16 +26,27 @@ import {
   vringStatePayload,
 } from './message';
 
-/** What a device behind the session is told. */
+/**
+ * What a device behind the session is told: one-way events. The device never reads the session's
+ * rings or feature bits; what it needs comes with the events.
+ */
 export interface SessionDevice {
-  /** a kick arrived on ring (the first one also starts the ring) */
-  onKick(ring: SplitRing): void;
-  /** a ring was stopped, started, enabled, disabled, reset or re-translated */
-  onRingState(ring: SplitRing): void;
+  /** SET_FEATURES: the net configuration derived once from the negotiated bits */
+  featuresNegotiated(cfg: NetConfig): void;
+  /** the memory table changed (the rings are translated again, events follow for each) */
+  memoryChanged(mem: GuestMemory): void;
+  /** q became usable: started, enabled and set up (after a kick, SET_VRING_ENABLE, a new table…) */
+  ringStarted(q: Virtqueue): void;
+  /** q is no longer usable: stopped (GET_VRING_BASE), disabled, reset, broken or its memory gone */
+  ringStopped(q: Virtqueue): void;
+  /** q was found broken (logged, err eventfd signalled); ringStopped follows */
+  ringBroken(q: Virtqueue, reason: string): void;
+  /** a kick arrived on a usable q (or polling mode looked at it) */
+  kick(q: Virtqueue): void;
   /** SEND_RARP: announce mac on behalf of the guest (after migration) */
-  onRarp(mac: Uint8Array): void;
+  rarp(mac: Uint8Array): void;
   /** the session ended (connection closed by either side) */
-  onDisconnect(reason: string | null): void;
+  disconnected(reason: string | null): void;
 }
 
 /**
@@ -101,7 +113,10 @@ export class Session {
   owner = false;
   mtu = 0;
   status = 0;
-  hdrLen = 12;
+  /** the net configuration of the negotiated features (tests and logs; the device gets it as an event) */
+  netConfig: NetConfig | null = null;
+  /** per ring: usable as last told to the device */
+  private readonly told: boolean[] = [];
   private readonly log: Log;
   private closed = false;
   /** checks rings that have no kick fd (the front-end asked for polling with the "no fd" bit) */
@@ -116,6 +131,7 @@ export class Session {
     this.maxMemSlots = opts.maxMemSlots ?? 32;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
       this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
+      this.told.push(false);
       this.kickPollers.push(null);
     }
     conn.onMessage = (m) => this.handle(m);
@@ -134,8 +150,28 @@ export class Session {
     return has(this.protocolFeatures, n);
   }
 
-  /** A ring the guest broke: log it once, tell the front-end through the err eventfd, stop using it. */
-  ringBroken(ring: SplitRing): void {
+  /** Tells the device what changed about q's usability (the one place ring events come from). */
+  private sync(q: SplitRing): void {
+    const u = q.usable;
+    if (u === this.told[q.index]) return;
+    this.told[q.index] = u;
+    if (u) this.device.ringStarted(q);
+    else this.device.ringStopped(q);
+  }
+
+  private syncAll(): void {
+    for (const r of this.rings) this.sync(r);
+  }
+
+  get hdrLen(): number {
+    return this.netConfig?.hdrLen ?? 12;
+  }
+
+  /** A ring the guest broke (the data path found it): log it once, tell the front-end through the
+   * err eventfd, tell the device, stop using it. */
+  ringBroken(ring: Virtqueue): void {
+    const r = this.rings[ring.index];
+    if (r !== ring) return;
     const prefix = `${ring.name}: `;
     const why = ring.broken ?? 'broken';
     this.log(`${prefix}error: ${why.startsWith(prefix) ? why.slice(prefix.length) : why}; ring marked broken`);
@@ -146,7 +182,8 @@ export class Session {
         /* front-end gone */
       }
     }
-    this.device.onRingState(ring);
+    this.device.ringBroken(r, why);
+    this.sync(r);
   }
 
   private handle(m: Message): void {
@@ -161,14 +198,15 @@ export class Session {
         if (f & ~this.offeredFeatures) throw new Error(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
         this.features = f;
         this.featuresSet = true;
-        this.hdrLen = netHeaderLength(f);
+        this.netConfig = netConfigOf(f);
         const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
         for (const r of this.rings) {
-          r.eventIdx = has(f, VirtioFeature.RING_F_EVENT_IDX);
-          r.indirectAllowed = has(f, VirtioFeature.RING_F_INDIRECT_DESC);
-          if (defaultEnabled) r.enabled = true;
+          r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
+          if (defaultEnabled) r.enable(true);
         }
         this.log(`${this.name}: features ${virtioFeatureNames(f)}`);
+        this.device.featuresNegotiated(this.netConfig);
+        this.syncAll();
         break;
       }
       case Req.GET_PROTOCOL_FEATURES:
@@ -253,19 +291,15 @@ export class Session {
           } catch {
             r.detachViews();
           }
-          this.device.onRingState(r);
         }
+        this.sync(r);
         break;
       }
       case Req.SET_VRING_ADDR: {
         const r = this.ring(p.getUint32(0, true));
-        r.descAddr = getU64(p, 8);
-        r.usedAddr = getU64(p, 16);
-        r.availAddr = getU64(p, 24);
-        r.addrSet = true;
-        r.broken = null;
+        r.setAddresses(getU64(p, 8), getU64(p, 16), getU64(p, 24));
         if (this.mem.size > 0) r.setup(this.mem);
-        this.device.onRingState(r);
+        this.sync(r);
         break;
       }
       case Req.SET_VRING_BASE: {
@@ -290,14 +324,14 @@ export class Session {
         const r = this.ring(p.getUint32(0, true));
         const on = p.getUint32(4, true);
         if (on > 1) throw new Error(`${r.name}: enable value ${on} is neither 0 nor 1`);
-        r.enabled = on === 1;
-        this.device.onRingState(r);
+        r.enable(on === 1);
+        this.sync(r);
         break;
       }
       case Req.SEND_RARP: {
         const mac = new Uint8Array(6);
         for (let i = 0; i < 6; i++) mac[i] = p.getUint8(i);
-        this.device.onRarp(mac);
+        this.device.rarp(mac);
         break;
       }
       case Req.NET_SET_MTU: {
@@ -374,17 +408,18 @@ export class Session {
   }
 
   private resetupRings(): void {
+    this.device.memoryChanged(this.mem);
     for (const r of this.rings) {
       if (!r.addrSet) continue;
       try {
         r.setup(this.mem);
       } catch (e) {
         r.detachViews();
-        r.broken = (e as Error).message;
+        r.markBroken((e as Error).message);
         this.ringBroken(r);
         continue;
       }
-      this.device.onRingState(r);
+      this.sync(r);
     }
   }
 
@@ -396,20 +431,17 @@ export class Session {
     if (!nofd && m.fds.length !== 1) throw new Error(`${r.name}: expected 1 file descriptor, got ${m.fds.length}`);
     const fd = nofd ? -1 : m.fds.pop()!;
     if (m.request === Req.SET_VRING_CALL) {
-      safeClose(r.callFd);
-      r.callFd = fd;
+      safeClose(r.setCallFd(fd));
     } else if (m.request === Req.SET_VRING_ERR) {
-      safeClose(r.errFd);
-      r.errFd = fd;
+      safeClose(r.setErrFd(fd));
     } else {
       this.stopKick(r);
-      r.kickFd = fd;
-      r.broken = null;
+      r.setKickFd(fd);
       if (fd < 0) {
         // Polling mode: no kicks will come; the ring counts as started now and is looked at
         // every POLL_MS as if it had been kicked.
-        r.started = true;
-        this.device.onRingState(r);
+        r.start();
+        this.sync(r);
         this.startPolling();
         return;
       }
@@ -418,10 +450,10 @@ export class Session {
         try {
           native.eventfdRead(fd);
           if (!r.started) {
-            r.started = true;
-            this.device.onRingState(r);
+            r.start();
+            this.sync(r);
           }
-          this.device.onKick(r);
+          if (r.usable) this.device.kick(r);
         } catch (e) {
           this.internalError(`kick on ${r.name}`, e);
         }
@@ -448,7 +480,7 @@ export class Session {
         for (const r of this.rings) {
           if (r.kickFd >= 0 || !r.started) continue;
           polled++;
-          if (r.ready) this.device.onKick(r);
+          if (r.usable) this.device.kick(r);
         }
       } catch (e) {
         this.internalError('ring polling', e);
@@ -467,33 +499,26 @@ export class Session {
     const p = this.kickPollers[r.index];
     if (p) p.close();
     this.kickPollers[r.index] = null;
-    safeClose(r.kickFd);
-    r.kickFd = -1;
+    safeClose(r.setKickFd(-1));
   }
 
   /** GET_VRING_BASE: the ring stops until the front-end sets it up and kicks again. */
   private stopRing(r: SplitRing): void {
     this.stopKick(r);
-    r.started = false;
-    this.device.onRingState(r);
+    r.stop();
+    this.sync(r);
   }
 
   private reset(): void {
     for (const r of this.rings) {
       this.stopKick(r);
-      safeClose(r.callFd);
-      safeClose(r.errFd);
-      r.callFd = r.errFd = -1;
-      r.started = false;
-      r.enabled = false;
-      r.addrSet = false;
-      r.broken = null;
-      r.num = 0;
-      r.detachViews();
-      r.setBase(0);
-      this.device.onRingState(r);
+      safeClose(r.setCallFd(-1));
+      safeClose(r.setErrFd(-1));
+      r.reset();
+      this.sync(r);
     }
     this.features = 0n;
+    this.netConfig = null;
     this.featuresSet = false;
     // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
     // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
@@ -509,15 +534,15 @@ export class Session {
     this.stopPolling();
     for (const r of this.rings) {
       this.stopKick(r);
-      safeClose(r.callFd);
-      safeClose(r.errFd);
-      r.callFd = r.errFd = -1;
-      r.started = false;
+      safeClose(r.setCallFd(-1));
+      safeClose(r.setErrFd(-1));
+      r.stop();
       r.detachViews();
+      this.told[r.index] = false;
     }
     this.mem.clear();
     this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`);
-    this.device.onDisconnect(reason);
+    this.device.disconnected(reason);
   }
 }
 

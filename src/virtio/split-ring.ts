@@ -10,6 +10,7 @@
 // index, and the index before we read the guest's used_event for notification suppression.
 import { GuestMemory, Translation } from '../memory/guest-memory';
 import { Segments, MAX_CHAINS, MAX_SEGMENTS } from './chain';
+import type { Virtqueue } from './virtqueue';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -24,31 +25,35 @@ export const BROKEN = -2;
 
 const TWO32 = 0x100000000;
 
-export class SplitRing {
-  num = 0;
+/**
+ * A split virtqueue. Its state (size, addresses, indices, enable/start, broken) changes only through
+ * its methods, each checking what it is given; the session configures it and the data path uses it.
+ */
+export class SplitRing implements Virtqueue {
+  private _num = 0;
   private mask = 0;
-  descAddr = 0;
-  availAddr = 0;
-  usedAddr = 0;
+  private _descAddr = 0;
+  private _availAddr = 0;
+  private _usedAddr = 0;
   /** addresses set by SET_VRING_ADDR, not yet translated */
-  addrSet = false;
+  private _addrSet = false;
 
   /** SET_VRING_ENABLE state; starts disabled when PROTOCOL_FEATURES is negotiated */
-  enabled = false;
+  private _enabled = false;
   /** started on the first kick after SET_VRING_KICK, stopped by GET_VRING_BASE */
-  started = false;
+  private _started = false;
   /** set when the front-end or guest broke the ring; nothing more is done on it until reset */
-  broken: string | null = null;
+  private _broken: string | null = null;
 
-  lastAvail = 0;
-  usedIdx = 0;
+  private _lastAvail = 0;
+  private _usedIdx = 0;
   private signalledUsed = 0;
-  eventIdx = false;
-  indirectAllowed = true;
+  private _eventIdx = false;
+  private indirectAllowed = true;
 
-  kickFd = -1;
-  callFd = -1;
-  errFd = -1;
+  private _kickFd = -1;
+  private _callFd = -1;
+  private _errFd = -1;
 
   // views, made at setup()
   private desc32: Uint32Array = new Uint32Array(0);
@@ -71,26 +76,139 @@ export class SplitRing {
 
   constructor(readonly index: number, readonly name: string) {}
 
+  get num(): number {
+    return this._num;
+  }
+  get descAddr(): number {
+    return this._descAddr;
+  }
+  get availAddr(): number {
+    return this._availAddr;
+  }
+  get usedAddr(): number {
+    return this._usedAddr;
+  }
+  get addrSet(): boolean {
+    return this._addrSet;
+  }
+  get enabled(): boolean {
+    return this._enabled;
+  }
+  get started(): boolean {
+    return this._started;
+  }
+  get broken(): string | null {
+    return this._broken;
+  }
+  get lastAvail(): number {
+    return this._lastAvail;
+  }
+  get usedIdx(): number {
+    return this._usedIdx;
+  }
+  get kickFd(): number {
+    return this._kickFd;
+  }
+  get callFd(): number {
+    return this._callFd;
+  }
+  get errFd(): number {
+    return this._errFd;
+  }
+  /** EVENT_IDX negotiated: notifications through used_event / avail_event */
+  get eventIdx(): boolean {
+    return this._eventIdx;
+  }
+  /** started, enabled and set up: the data path may use it */
+  get usable(): boolean {
+    return this._started && this._enabled && this.ready;
+  }
+
+  /** SET_FEATURES: how the ring is driven */
+  setFeatures(eventIdx: boolean, indirect: boolean): void {
+    this._eventIdx = eventIdx;
+    this.indirectAllowed = indirect;
+  }
+
+  /** SET_VRING_ADDR (front-end virtual addresses); a broken ring gets a fresh start */
+  setAddresses(desc: number, used: number, avail: number): void {
+    this._descAddr = desc;
+    this._usedAddr = used;
+    this._availAddr = avail;
+    this._addrSet = true;
+    this._broken = null;
+  }
+
+  enable(on: boolean): void {
+    this._enabled = on;
+  }
+
+  /** first kick (or polling mode) */
+  start(): void {
+    this._started = true;
+  }
+
+  /** GET_VRING_BASE: nothing is written to the ring until it starts again */
+  stop(): void {
+    this._started = false;
+  }
+
+  /** The front-end or guest broke the ring: nothing more is done on it until it is set up again. */
+  markBroken(reason: string): void {
+    if (this._broken === null) this._broken = reason;
+  }
+
+  /** the fds: each setter returns the one it replaces (the caller closes it) */
+  setKickFd(fd: number): number {
+    const old = this._kickFd;
+    this._kickFd = fd;
+    this._broken = null; // a new kick fd is a fresh start (QEMU sends one after fixing a ring)
+    return old;
+  }
+  setCallFd(fd: number): number {
+    const old = this._callFd;
+    this._callFd = fd;
+    return old;
+  }
+  setErrFd(fd: number): number {
+    const old = this._errFd;
+    this._errFd = fd;
+    return old;
+  }
+
+  /** RESET_OWNER / RESET_DEVICE: back to the state before any message (fds are the caller's to close first) */
+  reset(): void {
+    this._started = false;
+    this._enabled = false;
+    this._addrSet = false;
+    this._broken = null;
+    this._num = 0;
+    this.mask = 0;
+    this._kickFd = this._callFd = this._errFd = -1;
+    this.detachViews();
+    this.setBase(0);
+  }
+
   get ready(): boolean {
-    return this.num > 0 && this.addrSet && this.desc32.length > 0 && this.broken === null;
+    return this._num > 0 && this._addrSet && this.desc32.length > 0 && this._broken === null;
   }
 
   /** Translates the ring addresses against the memory table (SET_VRING_ADDR, or after the table changed). */
   setup(mem: GuestMemory): void {
-    const num = this.num;
+    const num = this._num;
     this.forgetWindow();
     this.desc32 = new Uint32Array(0);
-    if (!this.addrSet || num === 0) return;
-    const d = mem.translateUva(this.descAddr, 16 * num);
-    const a = mem.translateUva(this.availAddr, 6 + 2 * num);
-    const u = mem.translateUva(this.usedAddr, 6 + 8 * num);
+    if (!this._addrSet || num === 0) return;
+    const d = mem.translateUva(this._descAddr, 16 * num);
+    const a = mem.translateUva(this._availAddr, 6 + 2 * num);
+    const u = mem.translateUva(this._usedAddr, 6 + 8 * num);
     if (!d || !a || !u) {
       const which = !d ? 'descriptor table' : !a ? 'avail ring' : 'used ring';
-      const addr = !d ? this.descAddr : !a ? this.availAddr : this.usedAddr;
+      const addr = !d ? this._descAddr : !a ? this._availAddr : this._usedAddr;
       throw new Error(`${this.name}: ${which} at 0x${addr.toString(16)} (ring size ${num}) is not inside guest memory`);
     }
     if (d.off % 16 || a.off % 2 || u.off % 4) {
-      throw new Error(`${this.name}: misaligned ring (desc 0x${this.descAddr.toString(16)}, avail 0x${this.availAddr.toString(16)}, used 0x${this.usedAddr.toString(16)})`);
+      throw new Error(`${this.name}: misaligned ring (desc 0x${this._descAddr.toString(16)}, avail 0x${this._availAddr.toString(16)}, used 0x${this._usedAddr.toString(16)})`);
     }
     this.desc32 = d.u32;
     this.desc16 = d.u16;
@@ -106,13 +224,13 @@ export class SplitRing {
     if (num === 0 || num > MAX_RING_SIZE || (num & (num - 1)) !== 0) {
       throw new Error(`${this.name}: ring size ${num} is not a power of 2 in [1, ${MAX_RING_SIZE}]`);
     }
-    this.num = num;
+    this._num = num;
     this.mask = num - 1;
   }
 
   setBase(base: number): void {
-    this.lastAvail = base & 0xffff;
-    this.usedIdx = base & 0xffff;
+    this._lastAvail = base & 0xffff;
+    this._usedIdx = base & 0xffff;
     this.signalledUsed = base & 0xffff;
   }
 
@@ -136,10 +254,10 @@ export class SplitRing {
 
   /** Number of chains the guest made available that we have not taken yet; -1 when broken. */
   availCount(): number {
-    if (this.desc32.length === 0 || this.broken !== null) return 0;
-    const n = (Atomics.load(this.avail, 1) - this.lastAvail) & 0xffff;
-    if (n > this.num) {
-      this.broken = `avail index jumped by ${n}, more than the ring size ${this.num}`;
+    if (this.desc32.length === 0 || this._broken !== null) return 0;
+    const n = (Atomics.load(this.avail, 1) - this._lastAvail) & 0xffff;
+    if (n > this._num) {
+      this._broken = `avail index jumped by ${n}, more than the ring size ${this._num}`;
       return -1;
     }
     return n;
@@ -148,18 +266,18 @@ export class SplitRing {
   /**
    * Takes the next available chain and appends its buffers to segs (as a new chain entry).
    * writable: the chain must consist of device-writable buffers (RX) or device-readable ones (TX).
-   * Returns the head index, NONE when nothing is available, BROKEN (and sets this.broken) on a bad chain.
+   * Returns the head index, NONE when nothing is available, BROKEN (and sets this._broken) on a bad chain.
    * Call availCount() first; this does not re-check it.
    */
   popChain(mem: GuestMemory, segs: Segments, writable: boolean): number {
-    const head = this.avail[2 + (this.lastAvail & this.mask)];
-    if (head >= this.num) return this.fail(`avail ring entry ${this.lastAvail} names descriptor ${head}, beyond the ring size ${this.num}`);
+    const head = this.avail[2 + (this._lastAvail & this.mask)];
+    if (head >= this._num) return this.fail(`avail ring entry ${this._lastAvail} names descriptor ${head}, beyond the ring size ${this._num}`);
     if (segs.chains >= MAX_CHAINS) return this.fail('too many chains in one gather');
     let t32 = this.desc32;
     let t16 = this.desc16;
     let b32 = this.desc32Base;
     let b16 = this.desc16Base;
-    let size = this.num;
+    let size = this._num;
     let i = head;
     let count = 0;
     let indirect = false;
@@ -232,46 +350,46 @@ export class SplitRing {
     segs.chainCap[c] = cap;
     segs.chains = c + 1;
     segs.total += cap;
-    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this._lastAvail = (this._lastAvail + 1) & 0xffff;
     return head;
   }
 
   /** Gives back the last n chains taken with popChain (not yet used): they will be taken again. */
   unpop(n: number): void {
-    this.lastAvail = (this.lastAvail - n) & 0xffff;
+    this._lastAvail = (this._lastAvail - n) & 0xffff;
   }
 
   /** Adds a used element; visible to the guest only after publish(). */
   pushUsed(head: number, len: number): void {
-    const o = 1 + 2 * (this.usedIdx & this.mask);
+    const o = 1 + 2 * (this._usedIdx & this.mask);
     this.used32[o] = head;
     this.used32[o + 1] = len;
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this._usedIdx = (this._usedIdx + 1) & 0xffff;
   }
 
   publish(): void {
-    Atomics.store(this.usedFlags, 1, this.usedIdx);
+    Atomics.store(this.usedFlags, 1, this._usedIdx);
   }
 
   /** Signals the guest through the call eventfd if it asked to be (used_event / NO_INTERRUPT). */
   signal(write: (fd: number) => void): void {
-    if (this.usedIdx === this.signalledUsed || this.callFd < 0 || this.desc32.length === 0) return;
+    if (this._usedIdx === this.signalledUsed || this._callFd < 0 || this.desc32.length === 0) return;
     let need: boolean;
-    if (this.eventIdx) {
-      const ev = this.avail[2 + this.num];
-      const nw = this.usedIdx;
+    if (this._eventIdx) {
+      const ev = this.avail[2 + this._num];
+      const nw = this._usedIdx;
       need = ((nw - ev - 1) & 0xffff) < ((nw - this.signalledUsed) & 0xffff);
     } else {
       need = (this.avail[0] & VRING_AVAIL_F_NO_INTERRUPT) === 0;
     }
-    this.signalledUsed = this.usedIdx;
-    if (need) write(this.callFd);
+    this.signalledUsed = this._usedIdx;
+    if (need) write(this._callFd);
   }
 
   /** Ask the guest to kick when it makes more buffers available. */
   enableNotify(): void {
     if (this.desc32.length === 0) return;
-    if (this.eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, this.lastAvail);
+    if (this._eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, this._lastAvail);
     else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
   }
 
@@ -283,7 +401,7 @@ export class SplitRing {
   enableNotifyBeyond(): boolean {
     if (this.desc32.length === 0) return false;
     const seen = Atomics.load(this.avail, 1);
-    if (this.eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, seen);
+    if (this._eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, seen);
     else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
     return Atomics.load(this.avail, 1) !== seen;
   }
@@ -292,11 +410,11 @@ export class SplitRing {
   disableNotify(): void {
     if (this.desc32.length === 0) return;
     // With EVENT_IDX leaving avail_event behind suppresses further kicks by itself.
-    if (!this.eventIdx) Atomics.store(this.usedFlags, 0, this.usedFlags[0] | VRING_USED_F_NO_NOTIFY);
+    if (!this._eventIdx) Atomics.store(this.usedFlags, 0, this.usedFlags[0] | VRING_USED_F_NO_NOTIFY);
   }
 
   private fail(reason: string): number {
-    this.broken = reason;
+    this.markBroken(reason);
     return BROKEN;
   }
 }

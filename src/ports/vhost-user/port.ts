@@ -12,10 +12,11 @@ import type { Frame } from '../../datapath/frame';
 import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection, Log } from '../../vhost-user/connection';
-import { VirtioFeature } from '../../vhost-user/features';
-import { SplitRing } from '../../virtio/split-ring';
+import type { Virtqueue } from '../../virtio/virtqueue';
+import { DEFAULT_NET_CONFIG, NetConfig } from '../../virtio/net-config';
+import type { GuestMemory } from '../../memory/guest-memory';
 import { VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header';
-import { offloadNeeds, RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from '../../virtio/offload';
+import { offloadNeeds, RX_CSUM } from '../../virtio/offload';
 import { EngineApi, PortAttachOptions } from '../engine-api';
 import { OffloadFallback, FALLBACK_DROPPED, PacketSink } from '../offload-fallback';
 import { PollLoop, Pollable } from '../poll-loop';
@@ -66,7 +67,7 @@ const writeEventfd = (fd: number): void => {
 
 /** One TX ring as something the poll loop can poll. */
 class TxPoller implements Pollable {
-  constructor(private readonly port: VhostUserPort, readonly ring: SplitRing) {}
+  constructor(private readonly port: VhostUserPort, readonly ring: Virtqueue) {}
   pollOnce(): boolean {
     return this.port.pollTx(this.ring);
   }
@@ -112,10 +113,14 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private readonly txPending: boolean[] = [];
   private txScheduled = false;
   private readonly txPollers: (TxPoller | null)[] = [];
+  /** the usable queues by index, as the session's events say */
+  private readonly queues: (Virtqueue | null)[] = new Array<Virtqueue | null>(64).fill(null);
+  private cfg: NetConfig = DEFAULT_NET_CONFIG;
+  private mem: GuestMemory | null = null;
   private readonly pollLoop: PollLoop | null;
   private readonly log: Log;
   /** SEND_RARP's frame (control path) */
-  private readonly rarp = new Uint8Array(ENGINE_HDR_LEN + 60);
+  private readonly rarpBytes = new Uint8Array(ENGINE_HDR_LEN + 60);
   private rarpArea = 0;
   private readonly rarpFrame = new RarpFrame();
   /** called when the session ends (server/client code uses it to accept or reconnect) */
@@ -135,10 +140,11 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     const s = this.session;
     if (!s) return;
     try {
-      for (let i = 1; i < s.rings.length; i += 2) {
+      for (let i = 1; i < this.queues.length; i += 2) {
+        const q = this.queues[i];
         if (this.txPending[i]) {
           this.txPending[i] = false;
-          this.processTx(s.rings[i]);
+          if (q) this.processTx(q);
         }
       }
     } catch (e) {
@@ -168,7 +174,6 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.log });
     this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
     this.rx.ring = null;
-    this.rx.mem = this.session.mem;
     this.wantRx = false;
     conn.start();
     this.log(`${this.name}: front-end connected`);
@@ -178,63 +183,73 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.session?.close();
   }
 
-  // ---- SessionDevice ----
+  // ---- SessionDevice: the session's one-way events ----
 
-  onKick(ring: SplitRing): void {
-    if (ring.index & 1) this.processTx(ring);
-    else if (ring === this.rx.ring && this.index >= 0) this.sw.resourcesAvailable(this.index);
+  featuresNegotiated(cfg: NetConfig): void {
+    this.cfg = cfg;
+    this.hdrLen = cfg.hdrLen;
+    this.rx.hdrLen = cfg.hdrLen;
+    this.rx.mrg = cfg.mergeableRx;
+    this.rxOffload = cfg.rxOffload;
+    this.txOffload = cfg.txOffload;
   }
 
-  onRingState(ring: SplitRing): void {
-    const s = this.session;
-    if (!s) return;
-    if (ring.broken !== null) this.counters.brokenRings++;
-    this.hdrLen = s.hdrLen;
-    this.rx.hdrLen = s.hdrLen;
-    this.rx.mrg = s.hasFeature(VirtioFeature.NET_F_MRG_RXBUF);
-    this.rxOffload =
-      (s.hasFeature(VirtioFeature.NET_F_GUEST_CSUM) ? RX_CSUM : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO4) ? RX_TSO4 : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_GUEST_TSO6) ? RX_TSO6 : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_GUEST_ECN) ? RX_ECN : 0);
-    this.txOffload =
-      (s.hasFeature(VirtioFeature.NET_F_CSUM) ? RX_CSUM : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO4) ? RX_TSO4 : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_HOST_TSO6) ? RX_TSO6 : 0) |
-      (s.hasFeature(VirtioFeature.NET_F_HOST_ECN) ? RX_ECN : 0);
-    // The RX ring used is the lowest-numbered one that is enabled and set up: one ring keeps the
-    // frames of one destination in order.
-    let rx: SplitRing | null = null;
-    for (let i = 0; i < s.rings.length; i += 2) {
-      const r = s.rings[i];
-      if (r.enabled && r.ready) {
-        rx = r;
+  memoryChanged(mem: GuestMemory): void {
+    this.mem = mem;
+    this.rx.mem = mem;
+  }
+
+  ringStarted(q: Virtqueue): void {
+    this.queues[q.index] = q;
+    if (q.index & 1) {
+      // A TX ring (re)started: frames may already be waiting in it.
+      this.txPending[q.index] = true;
+      this.scheduleTx();
+    } else {
+      this.chooseRx();
+    }
+  }
+
+  ringStopped(q: Virtqueue): void {
+    this.queues[q.index] = null;
+    if (q.index & 1) this.stopPolling(q);
+    else this.chooseRx();
+  }
+
+  ringBroken(_q: Virtqueue, _reason: string): void {
+    this.counters.brokenRings++;
+  }
+
+  kick(q: Virtqueue): void {
+    if (q.index & 1) this.processTx(q);
+    else if (q === this.rx.ring && this.index >= 0) this.sw.resourcesAvailable(this.index);
+  }
+
+  /** The RX ring used is the lowest-numbered usable one: one ring keeps the frames of one
+   * destination in order. */
+  private chooseRx(): void {
+    let rx: Virtqueue | null = null;
+    for (let i = 0; i < this.queues.length; i += 2) {
+      const q = this.queues[i];
+      if (q && q.usable) {
+        rx = q;
         break;
       }
     }
     if (rx !== this.rx.ring) {
-      // used entries of the old ring go out now (its copies first)
+      // used entries of the old ring go out now (their copies first)
       copies.run();
       this.rx.flush(writeEventfd);
       this.rx.ring = rx;
     }
     if (rx && this.wantRx) rx.enableNotify();
     if (this.rx.usable()) this.scheduleRxCheck();
-    if (ring.index & 1) {
-      if (ring.started && ring.enabled && ring.ready) {
-        // A TX ring (re)started: frames may already be waiting in it.
-        this.txPending[ring.index] = true;
-        this.scheduleTx();
-      } else {
-        this.stopPolling(ring);
-      }
-    }
   }
 
-  onRarp(mac: Uint8Array): void {
+  rarp(mac: Uint8Array): void {
     if (this.index < 0) return;
     // RARP "reverse request" broadcast from mac, as QEMU's own announce does after migration.
-    const f = this.rarp;
+    const f = this.rarpBytes;
     f.fill(0);
     const e = ENGINE_HDR_LEN;
     f.fill(0xff, e, e + 6);
@@ -249,13 +264,13 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     f[a + 7] = 3; // reverse request
     f.set(mac, a + 8);
     f.set(mac, a + 18);
-    if (this.rarpArea === 0) this.rarpArea = copies.register(this.rarp);
+    if (this.rarpArea === 0) this.rarpArea = copies.register(f);
     this.rarpFrame.setBytes(this.rarpArea, f, 0, f.length);
     this.sw.input(this.index, this.rarpFrame);
     this.sw.flush();
   }
 
-  onDisconnect(reason: string | null): void {
+  disconnected(reason: string | null): void {
     for (let i = 0; i < this.txPollers.length; i++) {
       const p = this.txPollers[i];
       if (p) this.pollLoop?.drop(p);
@@ -266,6 +281,8 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.session = null;
     this.rx.ring = null;
     this.rx.mem = null;
+    this.mem = null;
+    this.queues.fill(null);
     this.onSessionEnd(reason);
   }
 
@@ -277,14 +294,14 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     setImmediate(this.txResume);
   }
 
-  private txUsable(ring: SplitRing): boolean {
-    return this.session !== null && this.index >= 0 && ring.started && ring.enabled && ring.ready;
+  private txUsable(ring: Virtqueue): boolean {
+    return this.session !== null && this.index >= 0 && this.mem !== null && ring.usable;
   }
 
   /** One batch from ring: frames into the engine, its copies run, TX and RX used entries published. */
-  private txBatch(ring: SplitRing): number {
+  private txBatch(ring: Virtqueue): number {
     const s = this.session as Session;
-    const n = this.tx.take(ring, s.mem, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET);
+    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET);
     if (n > 0 || ring.broken !== null) {
       this.sw.flush();
       ring.publish();
@@ -294,7 +311,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     return n;
   }
 
-  private processTx(ring: SplitRing): void {
+  private processTx(ring: Virtqueue): void {
     if (!this.txUsable(ring)) return;
     ring.disableNotify();
     const n = this.txBatch(ring);
@@ -314,7 +331,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.endPollTx(ring);
   }
 
-  private txPoller(ring: SplitRing): TxPoller {
+  private txPoller(ring: Virtqueue): TxPoller {
     let p = this.txPollers[ring.index];
     if (!p || p.ring !== ring) {
       p = new TxPoller(this, ring);
@@ -323,13 +340,13 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     return p;
   }
 
-  private stopPolling(ring: SplitRing): void {
+  private stopPolling(ring: Virtqueue): void {
     const p = this.txPollers[ring.index];
     if (p && this.pollLoop) this.pollLoop.drop(p);
   }
 
   /** poll loop: one batch; true when there was work */
-  pollTx(ring: SplitRing): boolean {
+  pollTx(ring: Virtqueue): boolean {
     if (!this.txUsable(ring)) return false;
     try {
       const n = this.txBatch(ring);
@@ -341,7 +358,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   }
 
   /** Re-enable kicks; if a chain came in before the guest saw the flag, take it (true: keep polling). */
-  endPollTx(ring: SplitRing): boolean {
+  endPollTx(ring: Virtqueue): boolean {
     if (!this.txUsable(ring)) return false;
     ring.enableNotify();
     if (ring.availCount() === 0) return false;
@@ -408,7 +425,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** deliver()'s answer for a reservation result other than RES_OK (chains given back first). */
   private result(r: number): boolean {
     const s = this.session as Session;
-    const ring = this.rx.ring as SplitRing;
+    const ring = this.rx.ring as Virtqueue;
     if (r === RES_OK) return true;
     if (r === RES_BAD) return true; // counted where it happened; the chains went back empty
     if (r === RES_BROKEN) {

@@ -13,7 +13,8 @@ import type { Frame } from '../../datapath/frame';
 import { ENGINE_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { GuestMemory } from '../../memory/guest-memory';
 import { Segments, MAX_CHAINS } from '../../virtio/chain';
-import { SplitRing, BROKEN } from '../../virtio/split-ring';
+import { BROKEN } from '../../virtio/split-ring';
+import type { Virtqueue } from '../../virtio/virtqueue';
 
 export const RES_OK = 0;
 /** too few RX buffers now: give back what was taken, try again later */
@@ -75,7 +76,7 @@ export interface RxCounters {
 }
 
 export class VhostRx {
-  ring: SplitRing | null = null;
+  ring: Virtqueue | null = null;
   mem: GuestMemory | null = null;
   hdrLen = 12;
   mrg = false;
@@ -95,14 +96,14 @@ export class VhostRx {
 
   usable(): boolean {
     const r = this.ring;
-    return r !== null && r.started && r.enabled && r.ready;
+    return r !== null && this.mem !== null && r.usable;
   }
 
   /** Starts a reservation. RES_OK, RES_SHORT (nothing posted) or RES_BROKEN (ring broken now). */
   begin(): number {
     this.segs.reset();
     this.packets = 0;
-    const n = (this.ring as SplitRing).availCount();
+    const n = (this.ring as Virtqueue).availCount();
     if (n <= 0) return n < 0 ? RES_BROKEN : RES_SHORT;
     this.avail = n;
     return RES_OK;
@@ -113,7 +114,7 @@ export class VhostRx {
    * many as it takes when mergeable, else exactly one that must hold it all.
    */
   reserve(ethLen: number): number {
-    const ring = this.ring as SplitRing;
+    const ring = this.ring as Virtqueue;
     const mem = this.mem as GuestMemory;
     const segs = this.segs;
     const need = ethLen + this.hdrLen;
@@ -140,7 +141,7 @@ export class VhostRx {
 
   /** Gives back every chain of this reservation: the guest sees nothing. */
   abort(): void {
-    (this.ring as SplitRing).unpop(this.segs.chains);
+    (this.ring as Virtqueue).unpop(this.segs.chains);
     this.segs.reset();
     this.packets = 0;
   }
@@ -152,7 +153,7 @@ export class VhostRx {
    * back empty, as a dropped packet).
    */
   write(p: number, hdr: Uint8Array, hdrOff: number, frame: Frame | null, pieces: Pieces): boolean {
-    const ring = this.ring as SplitRing;
+    const ring = this.ring as Virtqueue;
     const segs = this.segs;
     const firstChain = p === 0 ? 0 : this.packetEnd[p - 1];
     const endChain = this.packetEnd[p];

@@ -9,7 +9,8 @@ import { Frame, PEEK_MIN } from '../../datapath/frame';
 import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_NUM_BUFFERS, MAX_ETH_LEN, ETH_HDR_LEN } from '../../datapath/layout';
 import { GuestMemory } from '../../memory/guest-memory';
 import { Segments } from '../../virtio/chain';
-import { SplitRing, BROKEN } from '../../virtio/split-ring';
+import { BROKEN } from '../../virtio/split-ring';
+import type { Virtqueue } from '../../virtio/virtqueue';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header';
 import { checkSenderHeader, newGsoInfo, OFFLOAD_OK } from '../../virtio/offload';
 import { EngineApi } from '../engine-api';
@@ -48,7 +49,7 @@ export class VhostTx {
    * Takes up to budget chains from ring into the engine (as connection src). Returns the number
    * taken; stops early when the ring breaks (ring.broken set) or has nothing more.
    */
-  take(ring: SplitRing, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number): number {
+  take(ring: Virtqueue, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number): number {
     const segs = this.segs;
     let done = 0;
     let n = ring.availCount();
