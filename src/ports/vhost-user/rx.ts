@@ -76,7 +76,7 @@ export interface RxCounters {
 }
 
 export class VhostRx {
-  ring: Virtqueue | null = null;
+  private _ring: Virtqueue | null = null;
   mem: GuestMemory | null = null;
   hdrLen = 12;
   mrg = false;
@@ -94,6 +94,14 @@ export class VhostRx {
 
   constructor(private readonly counters: RxCounters) {}
 
+  get ring(): Virtqueue | null {
+    return this._ring;
+  }
+  set ring(q: Virtqueue | null) {
+    this._ring = q;
+    this.avail = 0;
+  }
+
   usable(): boolean {
     const r = this.ring;
     return r !== null && this.mem !== null && r.usable;
@@ -103,10 +111,25 @@ export class VhostRx {
   begin(): number {
     this.segs.reset();
     this.packets = 0;
-    const n = (this.ring as Virtqueue).availCount();
-    if (n <= 0) return n < 0 ? RES_BROKEN : RES_SHORT;
-    this.avail = n;
+    // the avail index is read again only when what it last showed is used up (an atomic load per
+    // batch rather than per frame)
+    if (this.avail === 0) {
+      const n = (this.ring as Virtqueue).availCount();
+      if (n <= 0) return n < 0 ? RES_BROKEN : RES_SHORT;
+      this.avail = n;
+    }
     return RES_OK;
+  }
+
+  /** one more avail entry for this reservation: true, or false when the guest has posted no more */
+  private take(): boolean {
+    if (this.avail === 0) {
+      const n = (this.ring as Virtqueue).availCount();
+      if (n <= 0) return false;
+      this.avail = n;
+    }
+    this.avail--;
+    return true;
   }
 
   /**
@@ -122,16 +145,14 @@ export class VhostRx {
     if (this.mrg) {
       let got = 0;
       while (got < need) {
-        if (this.avail === 0) return RES_SHORT;
         if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
-        this.avail--;
+        if (!this.take()) return ring.broken !== null ? RES_BROKEN : RES_SHORT;
         if (ring.popChain(mem, segs, true) === BROKEN) return RES_BROKEN;
         got += segs.chainCap[segs.chains - 1];
       }
     } else {
-      if (this.avail === 0) return RES_SHORT;
       if (segs.chains >= MAX_CHAINS) return RES_TOO_BIG;
-      this.avail--;
+      if (!this.take()) return ring.broken !== null ? RES_BROKEN : RES_SHORT;
       if (ring.popChain(mem, segs, true) === BROKEN) return RES_BROKEN;
       if (segs.chainCap[segs.chains - 1] < need) return RES_TOO_BIG;
     }
@@ -142,6 +163,7 @@ export class VhostRx {
   /** Gives back every chain of this reservation: the guest sees nothing. */
   abort(): void {
     (this.ring as Virtqueue).unpop(this.segs.chains);
+    this.avail += this.segs.chains;
     this.segs.reset();
     this.packets = 0;
   }
@@ -239,6 +261,7 @@ export class VhostRx {
   /** Publishes the used entries added since the last call and signals the guest if it asks. */
   flush(write: (fd: number) => void): void {
     const r = this.ring;
+    this.avail = 0;
     if (r === null) return;
     if (this.unpublished) {
       this.unpublished = false;
