@@ -11,15 +11,36 @@ import { native } from '../native';
 export interface Pollable {
   /** one batch; true when it found work */
   pollOnce(): boolean;
+  /** work is waiting (a cheap look: the avail index) */
+  hasWork(): boolean;
   /** polling ends: re-enable notifications and look again; true when work appeared (keep polling) */
   pollEnd(): boolean;
 }
+
+/**
+ * A turn that found no work looks again for up to this long before it gives the turn back: each
+ * turn costs an epoll_wait and a callback into JavaScript, which are most of a turn when a batch is
+ * one or two frames. The event loop still runs at least this often (and after every batch).
+ */
+export const SPIN_US = 20;
 
 /** the loops polling now: one idle callback per thread serves them all */
 const active: PollLoop[] = [];
 let idleSet = false;
 function turn(): void {
-  for (let i = active.length - 1; i >= 0; i--) active[i].turn();
+  let work = false;
+  for (let i = active.length - 1; i >= 0; i--) if (active[i].turn()) work = true;
+  if (work || active.length === 0) return;
+  // nothing this turn: look again for a little while before handing the turn back
+  const until = performance.now() + SPIN_US / 1000;
+  do {
+    for (let i = active.length - 1; i >= 0; i--) {
+      if (active[i].waiting()) {
+        active[i].turn();
+        return;
+      }
+    }
+  } while (performance.now() < until);
 }
 
 export class PollLoop {
@@ -28,9 +49,17 @@ export class PollLoop {
   private count = 0;
   private running = false;
 
-  /** one turn of the event loop: one batch per polled ring (called by the idle spinner) */
-  turn(): void {
+  /** true when one of the polled rings has work waiting */
+  waiting(): boolean {
+    for (let i = 0; i < this.count; i++) if (this.items[i].hasWork()) return true;
+    return false;
+  }
+
+  /** one turn of the event loop: one batch per polled ring (called by the idle spinner); true
+   * when a ring had work */
+  turn(): boolean {
     const now = performance.now();
+    let work = false;
     const limit = this.pollUs / 1000;
     for (let i = 0; i < this.count; ) {
       const p = this.items[i];
@@ -39,6 +68,7 @@ export class PollLoop {
         if (p.pollOnce()) {
           this.last[i] = now;
           keep = true;
+          work = true;
         } else if (now - this.last[i] < limit) {
           keep = true;
         } else {
@@ -58,6 +88,7 @@ export class PollLoop {
       }
     }
     if (this.count === 0) this.stop();
+    return work;
   }
 
   constructor(readonly pollUs: number) {

@@ -67,12 +67,19 @@ const writeEventfd = (fd: number): void => {
 
 /** One TX ring as something the poll loop can poll. */
 class TxPoller implements Pollable {
+  /** in the poll loop now: the loop, not kicks, decides when notifications come back */
+  polled = false;
   constructor(private readonly port: VhostUserPort, readonly ring: Virtqueue) {}
   pollOnce(): boolean {
     return this.port.pollTx(this.ring);
   }
+  hasWork(): boolean {
+    return this.ring.usable && this.ring.availCount() !== 0;
+  }
   pollEnd(): boolean {
-    return this.port.endPollTx(this.ring);
+    const keep = this.port.endPollTx(this.ring);
+    if (!keep) this.polled = false;
+    return keep;
   }
 }
 
@@ -318,8 +325,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     if (ring.broken !== null) return;
     if (this.pollLoop !== null) {
       // keep polling it; notifications stay off until the poll loop gives up on it
-      if (n > 0 || ring.availCount() > 0) {
-        this.pollLoop.keep(this.txPoller(ring));
+      const p = this.txPoller(ring);
+      if (n > 0 || p.polled || ring.availCount() > 0) {
+        p.polled = true;
+        this.pollLoop.keep(p);
         return;
       }
     } else if (n === TX_BUDGET) {
@@ -343,6 +352,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private stopPolling(ring: Virtqueue): void {
     const p = this.txPollers[ring.index];
     if (p && this.pollLoop) this.pollLoop.drop(p);
+    if (p) p.polled = false;
   }
 
   /** poll loop: one batch; true when there was work */
