@@ -11,6 +11,14 @@ import { macForIndex } from './args';
 import { GuestVM, ensureGuestImages, killAll, parseKeyValues } from './launcher';
 import { SwitchProcess } from './switch-process';
 
+/** utime + stime of a process in seconds (/proc/PID/stat; clock ticks of 100 Hz) */
+function processCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100;
+}
+
 function say(s: string): void {
   process.stdout.write(`${s}\n`);
 }
@@ -50,9 +58,13 @@ async function main(): Promise<number> {
     say('iperf3 TCP A -> B, 10 s ...');
     const srv = b.spawn('iperf3 -s -1 -p 5201 --forceflush');
     await srv.waitForLine(/Server listening/, 10_000);
+    const cpu0 = processCpuSeconds(sw.pid);
     const t = await a.exec('iperf3 -c 10.0.0.2 -p 5201 -t 10 -J', { timeoutMs: 60_000 });
+    const cpu1 = processCpuSeconds(sw.pid);
     const tj = JSON.parse(t.output);
     rows.push(['iperf3 TCP A->B', `${(tj.end.sum_received.bits_per_second / 1e6).toFixed(1)} Mbit/s`]);
+    const gb = tj.end.sum_received.bytes / 1e9;
+    rows.push(['switch CPU during it', `${(cpu1 - cpu0).toFixed(2)} s for ${gb.toFixed(2)} GB: ${((cpu1 - cpu0) / gb).toFixed(2)} CPU s per GB`]);
     await srv.done;
 
     say('iperf3 UDP B -> A, 10 Mbit/s, 5 s ...');

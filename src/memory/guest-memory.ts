@@ -7,8 +7,15 @@
 // WINDOW - STEP bytes lies inside a single window; longer ranges are handed out piecewise.
 import * as fs from 'node:fs';
 import { native } from '../native';
-import { MemRegion } from '../vhost-user/message';
 import { copies } from '../datapath/copy-list';
+
+/** One region of guest memory as the front-end describes it (VhostUserMemoryRegion). */
+export interface MemRegion {
+  guestPhysAddr: number;
+  memorySize: number;
+  userspaceAddr: number;
+  mmapOffset: number;
+}
 
 const GiB = 1024 * 1024 * 1024;
 export const WINDOW = 2 * GiB;

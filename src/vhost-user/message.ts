@@ -144,12 +144,9 @@ export interface Message {
   fds: number[];
 }
 
-export interface MemRegion {
-  guestPhysAddr: number;
-  memorySize: number;
-  userspaceAddr: number;
-  mmapOffset: number;
-}
+// The region description belongs to the memory layer; the message codec reads and writes it.
+import type { MemRegion } from '../memory/guest-memory';
+export type { MemRegion };
 
 /** u64 as a JS number; throws beyond 2^53 (no guest address or size legitimately gets there). */
 export function getU64(v: DataView, off: number): number {

@@ -1,6 +1,6 @@
 // What a virtio-net device needs to know of the negotiated features, derived once when the
 // front-end sets them: the session hands it to the device, which never looks at feature bits.
-import { has, VirtioFeature } from '../vhost-user/features';
+import { has, VirtioFeature } from './features';
 import { netHeaderLength } from './net-header';
 import { RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from './offload';
 

@@ -2,7 +2,7 @@
 //   u8 flags, u8 gso_type, le16 hdr_len, le16 gso_size, le16 csum_start, le16 csum_offset,
 //   le16 num_buffers (12-byte form only).
 // The 12-byte form is used when VIRTIO_F_VERSION_1 or VIRTIO_NET_F_MRG_RXBUF is negotiated.
-import { has, VirtioFeature } from '../vhost-user/features';
+import { has, VirtioFeature } from './features';
 
 export const NET_HDR_LEGACY = 10;
 export const NET_HDR_V1 = 12;

@@ -1,0 +1,42 @@
+// virtio and virtio-net feature bits (virtio 1.x, 5.1.3 and 6), and bit-mask helpers.
+/** virtio and virtio-net device feature bits this back-end knows by name. */
+export const VirtioFeature = {
+  NET_F_CSUM: 0,
+  NET_F_GUEST_CSUM: 1,
+  NET_F_CTRL_GUEST_OFFLOADS: 2,
+  NET_F_MTU: 3,
+  NET_F_MAC: 5,
+  NET_F_GUEST_TSO4: 7,
+  NET_F_GUEST_TSO6: 8,
+  NET_F_GUEST_ECN: 9,
+  NET_F_GUEST_UFO: 10,
+  NET_F_HOST_TSO4: 11,
+  NET_F_HOST_TSO6: 12,
+  NET_F_HOST_ECN: 13,
+  NET_F_HOST_UFO: 14,
+  NET_F_MRG_RXBUF: 15,
+  NET_F_STATUS: 16,
+  NET_F_CTRL_VQ: 17,
+  NET_F_CTRL_RX: 18,
+  NET_F_CTRL_VLAN: 19,
+  NET_F_GUEST_ANNOUNCE: 21,
+  NET_F_MQ: 22,
+  F_NOTIFY_ON_EMPTY: 24,
+  LOG_ALL: 26,
+  F_ANY_LAYOUT: 27,
+  RING_F_INDIRECT_DESC: 28,
+  RING_F_EVENT_IDX: 29,
+  USER_F_PROTOCOL_FEATURES: 30,
+  F_VERSION_1: 32,
+  F_ACCESS_PLATFORM: 33,
+  F_RING_PACKED: 34,
+} as const;
+
+export function bit(n: number): bigint {
+  return 1n << BigInt(n);
+}
+
+export function has(mask: bigint, n: number): boolean {
+  return (mask & bit(n)) !== 0n;
+}
+
