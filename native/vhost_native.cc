@@ -252,7 +252,9 @@ void Munmap(const Napi::CallbackInfo& info) {
 
 Napi::Value EventFd(const Napi::CallbackInfo& info) {
   double init = info[0].IsUndefined() ? 0 : GetInteger(info, 0, "eventfd", "initval", 0, UINT32_MAX);
-  int fd = ::eventfd(static_cast<unsigned int>(init), EFD_NONBLOCK | EFD_CLOEXEC);
+  // eventfd(init, true): a blocking one, as some front-ends hand over (tests of our non-blocking writes)
+  bool blocking = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  int fd = ::eventfd(static_cast<unsigned int>(init), (blocking ? 0 : EFD_NONBLOCK) | EFD_CLOEXEC);
   if (fd < 0) ThrowErrno(info.Env(), "eventfd", errno);
   return Napi::Number::New(info.Env(), fd);
 }
@@ -282,6 +284,14 @@ void EventFdWrite(const Napi::CallbackInfo& info) {
     if (r < 0 && errno == EINTR) continue;
     ThrowErrno(info.Env(), "eventfdWrite", r < 0 ? errno : EIO);
   }
+}
+
+// setNonBlocking(fd): O_NONBLOCK on the open file (a front-end's call/err eventfd: a counter it
+// filled to the maximum must make our write fail with EAGAIN, not block the event loop)
+void SetNonBlocking(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "setNonBlocking");
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) ThrowErrno(info.Env(), "fcntl O_NONBLOCK", errno);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1064,6 +1074,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New<EventFd>(env, "eventfd"));
   exports.Set("eventfdRead", Napi::Function::New<EventFdRead>(env, "eventfdRead"));
   exports.Set("eventfdWrite", Napi::Function::New<EventFdWrite>(env, "eventfdWrite"));
+  exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
   exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
   exports.Set("unixAccept", Napi::Function::New<UnixAccept>(env, "unixAccept"));

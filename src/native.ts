@@ -33,12 +33,15 @@ export interface NativeAddon {
   /** unmaps now and detaches the ArrayBuffer (byteLength becomes 0) */
   munmap(buf: ArrayBuffer): void;
 
-  /** eventfd(initval, EFD_NONBLOCK | EFD_CLOEXEC) */
-  eventfd(initval: number): number;
+  /** eventfd(initval, EFD_NONBLOCK | EFD_CLOEXEC); blocking: without EFD_NONBLOCK (tests) */
+  eventfd(initval: number, blocking?: boolean): number;
   /** reads the counter; returns 0 when it was zero (EAGAIN), never allocates */
   eventfdRead(fd: number): number;
   /** adds value (default 1) to the counter */
   eventfdWrite(fd: number, value?: number): void;
+
+  /** fcntl(F_SETFL, O_NONBLOCK) on the fd's open file */
+  setNonBlocking(fd: number): void;
 
   /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size): for the test front-end's guest memory */
   memfdCreate(name: string, size: number): number;

@@ -1,7 +1,8 @@
 // The back-end state machine of one vhost-user connection: features, memory table, rings.
 // It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
+import * as fs from 'node:fs';
 import { native, Poller } from '../native';
-import { GuestMemory, Region } from '../memory/guest-memory';
+import { GuestMemory, MemRegion, Region } from '../memory/guest-memory';
 import { SplitRing } from '../virtio/split-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
@@ -96,6 +97,15 @@ export interface SessionOptions {
   maxQueuePairs?: number;
   /** memory slots offered through GET_MAX_MEM_SLOTS */
   maxMemSlots?: number;
+}
+
+/** what an fd is, as /proc/self/fd shows it ("anon_inode:[eventfd]", "pipe:[…]", a path) */
+function fdKind(fd: number): string {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return 'unknown';
+  }
 }
 
 export class Session {
@@ -237,8 +247,8 @@ export class Session {
         break;
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
+        const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
         const fd = m.fds.pop()!;
-        const d = readRegion(p, 8);
         const same = this.mem.find(d);
         if (same) {
           // another vhost device of the same NIC (one per queue pair) adding the same region
@@ -381,10 +391,14 @@ export class Session {
     if (n === 0 || n > MAX_TABLE_REGIONS) throw new Error(`${n} regions (1 to ${MAX_TABLE_REGIONS} allowed)`);
     if (m.size !== 8 + n * MEM_REGION_SIZE) throw new Error(`payload size ${m.size} does not match ${n} regions`);
     if (m.fds.length !== n) throw new Error(`${n} regions but ${m.fds.length} file descriptors`);
+    // every field first (a value beyond 2^53 throws here, while the fds are still the message's and
+    // are closed with it), then the regions, each taking its fd over
+    const descs: MemRegion[] = [];
+    for (let i = 0; i < n; i++) descs.push(readRegion(p, 8 + i * MEM_REGION_SIZE));
     const fds = m.fds.splice(0);
     const regions: Region[] = [];
     try {
-      for (let i = 0; i < n; i++) regions.push(new Region(readRegion(p, 8 + i * MEM_REGION_SIZE), fds[i]));
+      for (let i = 0; i < n; i++) regions.push(new Region(descs[i], fds[i]));
     } catch (e) {
       for (const r of regions) r.unmap();
       for (let i = regions.length + 1; i < n; i++) safeClose(fds[i]);
@@ -429,6 +443,13 @@ export class Session {
     const nofd = (v & VRING_NOFD_MASK) !== 0;
     if (nofd && m.fds.length !== 0) throw new Error(`${r.name}: "no fd" flag set but a file descriptor was sent`);
     if (!nofd && m.fds.length !== 1) throw new Error(`${r.name}: expected 1 file descriptor, got ${m.fds.length}`);
+    if (!nofd) {
+      // Only eventfds: anything else (a pipe, a socket) could block or fail our writes and reads
+      // for every port; written non-blocking, so a counter filled to the maximum cannot block us.
+      const kind = fdKind(m.fds[0]);
+      if (kind !== 'anon_inode:[eventfd]') throw new Error(`${r.name}: ${requestName(m.request)} fd is not an eventfd (${kind})`);
+      native.setNonBlocking(m.fds[0]);
+    }
     const fd = nofd ? -1 : m.fds.pop()!;
     if (m.request === Req.SET_VRING_CALL) {
       safeClose(r.setCallFd(fd));

@@ -18,6 +18,8 @@ export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
 export const MAX_RING_SIZE = 32768;
+/** longest single buffer taken (1 GiB): lengths stay far from the Int32 segment fields' limit */
+export const MAX_DESC_LEN = 1 << 30;
 
 /** popChain results other than a head index */
 export const NONE = -1;
@@ -306,6 +308,9 @@ export class SplitRing implements Virtqueue {
         indirect = true;
         continue;
       }
+      // as QEMU and libvhost-user: a chain of empty buffers would cost a walk and give nothing
+      if (len === 0) return this.fail(`descriptor chain from head ${head}: zero-length buffer (zero sized buffers are not allowed)`);
+      if (len > MAX_DESC_LEN) return this.fail(`descriptor chain from head ${head}: buffer length ${len} beyond ${MAX_DESC_LEN}`);
       if (((flags & VRING_DESC_F_WRITE) !== 0) !== writable) {
         return this.fail(`descriptor chain from head ${head}: ${writable ? 'device-readable descriptor in an RX' : 'device-writable descriptor in a TX'} chain`);
       }

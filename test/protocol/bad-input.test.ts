@@ -414,3 +414,93 @@ hostileTest('more file descriptors than any request carries', false, async (s) =
   for (const fd of fds) closeFd(fd);
   await expectClosed(s, /peer sent more file descriptors than any request carries \(control message truncated\)/);
 });
+
+// ---- tenant isolation (each failed before its fix) ----
+
+/** A region payload whose field at byte `field` of region 0 is 2^53 + 1 (not a safe integer). */
+function hugeField(payload: Uint8Array, regionStart: number, field: number): Uint8Array {
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  v.setUint32(regionStart + field, 1, true);
+  v.setUint32(regionStart + field + 4, 0x200000, true);
+  return payload;
+}
+
+for (const [field, name] of [
+  [0, 'guest address'],
+  [8, 'size'],
+  [24, 'mmap offset'],
+] as const) {
+  hostileTest(`SET_MEM_TABLE with a region ${name} beyond 2^53: refused, and every fd it carried is closed`, false, async (s) => {
+    const ram = new GuestRam([
+      { gpa: 0, size: 1 << 20 },
+      { gpa: 1 << 20, size: 1 << 20 },
+    ]);
+    const payload = hugeField(memTablePayload(ram.regions.map(GuestRam.describe)), 8 + 32, field);
+    s.fe.send(Req.SET_MEM_TABLE, VERSION, payload, ram.regions.map((r) => r.fd));
+    await expectClosed(s, /VHOST_USER_SET_MEM_TABLE: 64-bit value 0x200000.* is beyond 2\^53/);
+    ram.close(); // finish() checks no fd of ours stays open in the back-end
+  });
+}
+
+hostileTest('ADD_MEM_REG with a region size beyond 2^53: refused, its fd closed', true, async (s) => {
+  const fd = native.memfdCreate('huge', 1 << 20);
+  const payload = hugeField(singleRegionPayload({ guestPhysAddr: 0x100000000, memorySize: 1 << 20, userspaceAddr: 0x7e0000000000, mmapOffset: 0 }), 8, 8);
+  s.fe.send(Req.ADD_MEM_REG, VERSION, payload, [fd]);
+  closeFd(fd);
+  await expectClosed(s, /VHOST_USER_ADD_MEM_REG: 64-bit value 0x200000.* is beyond 2\^53/);
+});
+
+for (const req of [Req.SET_VRING_CALL, Req.SET_VRING_ERR, Req.SET_VRING_KICK] as const) {
+  hostileTest(`${req === Req.SET_VRING_CALL ? 'SET_VRING_CALL' : req === Req.SET_VRING_ERR ? 'SET_VRING_ERR' : 'SET_VRING_KICK'} with a socket instead of an eventfd is refused (a full socket would block every port)`, false, async (s) => {
+    const [a, b] = native.socketpair();
+    s.fe.send(req, VERSION, u64Payload(0), [a]);
+    closeFd(a);
+    await expectClosed(s, /: bad RX ring 0: VHOST_USER_SET_VRING_(CALL|ERR|KICK) fd is not an eventfd \(socket:\[\d+\]\)/);
+    closeFd(b);
+  });
+}
+
+test('a call eventfd whose counter the front-end filled to the maximum does not block the back-end', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log);
+  const b = await startGuest(hub, 'vmB', log);
+  try {
+    // B's call fd: a blocking eventfd at 0xfffffffffffffffe, where a blocking write of 1 waits for ever
+    const fd = native.eventfd(0, true);
+    const max = new Uint8Array(8);
+    new DataView(max.buffer).setBigUint64(0, 0xfffffffffffffffen, true);
+    assert.equal(native.write(fd, max, 0, 8), 8);
+    await b.fe.setVringCall(0, fd);
+    native.close(fd);
+    b.rx.setUsedEvent(b.rx.usedIdx); // B asks for a call on the next packet
+    const t0 = Date.now();
+    await sendPacket(a, packet(netHdr(12), ethFrame(80, 7)));
+    const [p] = await receiveN(b, 1);
+    assert.equal(seqOf(p.frame), 7);
+    assert.ok(Date.now() - t0 < 1000, 'delivered without blocking');
+    await sendPacket(b, packet(netHdr(12), ethFrame(80, 8)));
+    assert.equal(seqOf((await receiveN(a, 1))[0].frame), 8, 'and the process goes on');
+  } finally {
+    await closeGuest(a);
+    await closeGuest(b);
+  }
+  await assertNoFdLeak(before);
+});
+
+hostileTest('RX chain of zero-length descriptors: refused (zero sized buffers are not allowed), ring broken', true, async (s) => {
+  const g = s.guest!;
+  await g.fe.getVringBase(0);
+  const buf = g.fe.ram!.alloc(64);
+  for (let i = 0; i < 8; i++) g.rx.writeDesc(i, buf, 0, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, i + 1);
+  g.rx.writeDesc(8, buf, 2048, VRING_DESC_F_WRITE, 0);
+  g.rx.setAvailIdx(0);
+  g.rx.makeAvailable(0);
+  await g.fe.setupRing(g.rx, 0);
+  g.rx.kick();
+  await waitFor(() => s.port.session!.rings[0].started);
+  await sendPacket(s.c, packet(netHdr(12), ethFrame(100, seq++))); // flooded to the victim too
+  await expectRingBroken(s, 0, /^bad RX ring 0: error: descriptor chain from head 0: zero-length buffer \(zero sized buffers are not allowed\)/);
+  await receiveN(s.d, 1);
+});

@@ -118,6 +118,14 @@ test('a 30 000-byte TSO frame: as is to a GUEST_TSO4 guest, segmented and checks
     assert.equal(c.port.counters.rxFrames, n);
     assert.equal(d.port.counters.rxSegmented, 1);
     assert.equal(b.port.counters.rxSegmented, 0);
+
+    // hdr_len as the guest claims it is not passed on: the receiver gets the real headers' length
+    await sendPacket(a, packet(netHdr(12, { ...TSO_HDR, hdrLen: 0xffff }), frame), { split: [12, 54] });
+    const [pb2] = await receiveN(b, 1);
+    assert.deepEqual(pb2.header, netHdr(12, { ...TSO_HDR, numBuffers: pb2.buffers }), 'B: hdr_len 54, as the headers are');
+    assert.deepEqual(pb2.frame, frame);
+    await receiveN(c, n);
+    await receiveN(d, n);
     assert.equal(a.port.counters.txBadOffload, 0);
 
     // a checksum-only frame: completed for C and D, as is for B

@@ -6,13 +6,13 @@
 //
 // So a TX descriptor goes back to the guest only after its frame was copied or stored.
 import { Frame, PEEK_MIN } from '../../datapath/frame';
-import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_NUM_BUFFERS, MAX_ETH_LEN, ETH_HDR_LEN } from '../../datapath/layout';
+import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS, MAX_ETH_LEN, ETH_HDR_LEN } from '../../datapath/layout';
 import { GuestMemory } from '../../memory/guest-memory';
 import { Segments } from '../../virtio/chain';
 import { BROKEN } from '../../virtio/split-ring';
 import type { Virtqueue } from '../../virtio/virtqueue';
-import { VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../virtio/net-header';
-import { checkSenderHeader, newGsoInfo, OFFLOAD_OK } from '../../virtio/offload';
+import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header';
+import { checkSenderHeader, GSO_HDRS, newGsoInfo, OFFLOAD_OK } from '../../virtio/offload';
 import { EngineApi } from '../engine-api';
 
 export interface TxCounters {
@@ -137,7 +137,15 @@ export class VhostTx {
     for (let k = 0; k < ENGINE_HDR_LEN; k++) head[k] = h[k];
     const n = f.ethLen < OFFLOAD_HEAD ? f.ethLen : OFFLOAD_HEAD;
     f.read(0, n, head, ENGINE_HDR_LEN);
-    if (checkSenderHeader(head, 0, f.len, txOffload, this.gso) === OFFLOAD_OK) return true;
+    if (checkSenderHeader(head, 0, f.len, txOffload, this.gso) === OFFLOAD_OK) {
+      if (h[HDR_GSO_TYPE] !== VIRTIO_NET_HDR_GSO_NONE) {
+        // hdr_len as the headers really are (checkSenderHeader parsed them), not as the guest said
+        const hl = this.gso[GSO_HDRS];
+        h[HDR_HDR_LEN] = hl & 0xff;
+        h[HDR_HDR_LEN + 1] = hl >>> 8;
+      }
+      return true;
+    }
     this.counters.txBadOffload++;
     this.counters.txDropped++;
     return false;
