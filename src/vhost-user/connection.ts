@@ -17,6 +17,8 @@ export class Connection {
   private poller: Poller | null = null;
   private outQueue: { bytes: Uint8Array; fds: number[] }[] = [];
   private closed = false;
+  /** reading paused because replies wait for the peer to read them (logged once per connection) */
+  private pausedLogged = false;
   /** dispatch of one message; throwing from it fails the connection with that error */
   onMessage: (msg: Message) => void = () => {};
   onClose: (reason: string | null) => void = () => {};
@@ -39,9 +41,23 @@ export class Connection {
     if (events & native.POLL_READABLE) this.readAll();
   }
 
+  /** replies waiting for the peer to read (diagnostics, tests) */
+  get queuedReplies(): number {
+    return this.outQueue.length;
+  }
+
   private readAll(): void {
-    // Read until EAGAIN: several messages may be waiting.
+    // Read until EAGAIN: several messages may be waiting. While replies wait for the peer to read
+    // them, nothing more is read: a front-end that never reads cannot make us queue without bound
+    // (its own socket buffer fills and it has to wait, as with any back-end).
     while (!this.closed) {
+      if (this.outQueue.length > 0) {
+        if (!this.pausedLogged) {
+          this.pausedLogged = true;
+          this.log(`${this.name}: the front-end is not reading its replies: reading from it paused until it does`);
+        }
+        return;
+      }
       const want = this.have < HDR_SIZE ? HDR_SIZE - this.have : HDR_SIZE + this.view.getUint32(8, true) - this.have;
       let r;
       try {
@@ -90,12 +106,15 @@ export class Connection {
 
   send(bytes: Uint8Array, fds: number[] = []): void {
     if (this.closed) return;
-    if (this.outQueue.length === 0 && this.trySend(bytes, fds)) return;
+    if (this.outQueue.length === 0) {
+      this.trySend(bytes, fds); // what it could not send it queued itself
+      return;
+    }
     this.outQueue.push({ bytes, fds });
-    this.poller?.start(native.POLL_READABLE | native.POLL_WRITABLE);
   }
 
-  /** true when fully sent; a partial send leaves the rest in the queue head */
+  /** true when fully sent; a partial send leaves the rest in the queue head and waits for writable
+   * (only: see readAll) */
   private trySend(bytes: Uint8Array, fds: number[]): boolean {
     let n: number;
     try {
@@ -107,6 +126,7 @@ export class Connection {
     if (n === bytes.length) return true;
     if (n > 0) this.outQueue.unshift({ bytes: bytes.subarray(n), fds: [] });
     else this.outQueue.unshift({ bytes, fds });
+    this.poller?.start(native.POLL_WRITABLE);
     return false;
   }
 
@@ -115,7 +135,9 @@ export class Connection {
       const m = this.outQueue.shift()!;
       if (!this.trySend(m.bytes, m.fds)) return;
     }
-    if (!this.closed) this.poller?.start(native.POLL_READABLE);
+    if (this.closed) return;
+    this.poller?.start(native.POLL_READABLE);
+    this.readAll(); // what arrived while reading was paused
   }
 
   /** The one path for a broken peer: log, close this connection only. */

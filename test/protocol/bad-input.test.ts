@@ -504,3 +504,71 @@ hostileTest('RX chain of zero-length descriptors: refused (zero sized buffers ar
   await expectRingBroken(s, 0, /^bad RX ring 0: error: descriptor chain from head 0: zero-length buffer \(zero sized buffers are not allowed\)/);
   await receiveN(s.d, 1);
 });
+
+test('a front-end that never reads its replies: reading from it pauses, its queue stays bounded, the others go on, every reply arrives once it reads', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const c = await startGuest(hub, 'good-c', log);
+  const d = await startGuest(hub, 'good-d', log);
+  const port = makePort(hub, 'lazy', log);
+  const [feFd, beFd] = native.socketpair();
+  port.bind(beFd);
+  const msg = encode(Req.GET_FEATURES, VERSION);
+  let sent = 0;
+  let full = 0;
+  for (let round = 0; round < 400 && full < 20; round++) {
+    for (let k = 0; k < 500; k++) {
+      const n = native.sendmsg(feFd, msg, 0, msg.length, []);
+      if (n !== msg.length) {
+        assert.ok(n <= 0, 'whole 12-byte messages or nothing');
+        full++;
+        break;
+      }
+      sent++;
+    }
+    await sleep(1);
+  }
+  assert.ok(full >= 20, 'the front-end had to wait: the back-end stopped reading it');
+  const conn = port.session!.conn;
+  assert.ok(conn.queuedReplies <= 1, `${conn.queuedReplies} replies queued in the back-end`);
+  await log.waitLine(/^lazy: the front-end is not reading its replies: reading from it paused until it does$/);
+  // the others are not affected
+  const n = seq++;
+  await sendPacket(c, packet(netHdr(12), ethFrame(100, n)));
+  assert.deepEqual((await receiveN(d, 1)).map((p) => seqOf(p.frame)), [n]);
+  // it reads now: every request is answered, in order, exactly once
+  const buf = new Uint8Array(1 << 16);
+  let got = 0;
+  let carry = 0;
+  for (let waited = 0; got < sent && waited < 5000; ) {
+    const r = native.recvmsg(feFd, buf, carry, buf.length - carry, 4);
+    if (r.bytes <= 0) {
+      await sleep(1);
+      waited++;
+      continue;
+    }
+    const have = carry + r.bytes;
+    const whole = have - (have % 20); // a GET_FEATURES reply is 12 + 8 bytes
+    for (let at = 0; at < whole; at += 20) {
+      assert.equal(new DataView(buf.buffer, at).getUint32(0, true), Req.GET_FEATURES);
+      got++;
+    }
+    carry = have - whole;
+    buf.copyWithin(0, whole, have);
+  }
+  assert.equal(got, sent);
+  closeFd(feFd);
+  await waitFor(() => !port.connected);
+  await closeGuest(c);
+  await closeGuest(d);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+});
+
+hostileTest('TX descriptor of 2 GiB: refused by its length, ring broken', true, async (s) => {
+  const g = s.guest!;
+  postRawTx(g, [[0, 0x80000000, 0, 0]]);
+  await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: buffer length 2147483648 beyond 1073741824/);
+  await victimRxStillWorks(s);
+});
