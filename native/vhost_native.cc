@@ -301,7 +301,8 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = GetString(info, 0, "memfdCreate", "name");
   double size = GetInteger(info, 1, "memfdCreate", "size", 0, kMaxSafeInteger);
-  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC);
+  bool sealable = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) ThrowErrno(env, "memfd_create", errno);
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
@@ -309,6 +310,28 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
     ThrowErrno(env, "ftruncate", err);
   }
   return Napi::Number::New(env, fd);
+}
+
+// Seals (memfd): a guest memory file that cannot shrink cannot make our mapping of it SIGBUS.
+// sealShrink(fd) -> 1 when F_SEAL_SHRINK is now in place (added, or there already), 0 when the file
+// cannot be sealed (not a memfd, or created without MFD_ALLOW_SEALING and not sealed)
+Napi::Value SealShrink(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "sealShrink");
+  int ok = 0;
+  if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0) {
+    ok = 1;
+  } else {
+    int seals = ::fcntl(fd, F_GET_SEALS);
+    ok = (seals >= 0 && (seals & F_SEAL_SHRINK) != 0) ? 1 : 0;
+  }
+  return Napi::Number::New(info.Env(), ok);
+}
+
+// ftruncate(fd, size): tests (a front-end shrinking its memory file)
+void Ftruncate(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "ftruncate");
+  double size = GetInteger(info, 1, "ftruncate", "size", 0, kMaxSafeInteger);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) ThrowErrno(info.Env(), "ftruncate", errno);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1075,6 +1098,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdRead", Napi::Function::New<EventFdRead>(env, "eventfdRead"));
   exports.Set("eventfdWrite", Napi::Function::New<EventFdWrite>(env, "eventfdWrite"));
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));
+  exports.Set("sealShrink", Napi::Function::New<SealShrink>(env, "sealShrink"));
+  exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
   exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
   exports.Set("unixAccept", Napi::Function::New<UnixAccept>(env, "unixAccept"));

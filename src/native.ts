@@ -43,8 +43,12 @@ export interface NativeAddon {
   /** fcntl(F_SETFL, O_NONBLOCK) on the fd's open file */
   setNonBlocking(fd: number): void;
 
-  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size): for the test front-end's guest memory */
-  memfdCreate(name: string, size: number): number;
+  /** memfd_create(name, MFD_CLOEXEC [| MFD_ALLOW_SEALING]) + ftruncate(size): for the test front-end's guest memory */
+  memfdCreate(name: string, size: number, sealable?: boolean): number;
+  /** F_SEAL_SHRINK on a memfd: 1 when it is in place (added now or before), 0 when the file cannot be sealed */
+  sealShrink(fd: number): number;
+  /** ftruncate (tests) */
+  ftruncate(fd: number, size: number): void;
 
   /** socket(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC) + bind + listen; mode applied to the socket file */
   unixListen(path: string, backlog: number, mode: number): number;

@@ -38,6 +38,8 @@ export class Region {
    * the same regions; the region goes away with the last removal.
    */
   refs = 1;
+  /** the file cannot shrink under our mapping (F_SEAL_SHRINK in place) */
+  sealed = false;
 
   /** Takes ownership of fd: it is closed by unmap(), or at once if the region cannot be mapped. */
   constructor(readonly desc: MemRegion, readonly fd: number) {
@@ -55,6 +57,9 @@ export class Region {
       if (st.isFile() && mmapOffset + memorySize > st.size) {
         throw new Error(`memory region [offset ${mmapOffset}, +${memorySize}) extends past the end of its fd (size ${st.size})`);
       }
+      // ...and make sure it stays so: a memfd is sealed against shrinking where the front-end made
+      // it sealable (QEMU's memfd backend seals it itself); other files are trusted not to shrink
+      this.sealed = st.isFile() && native.sealShrink(fd) === 1;
       const total = this.delta + memorySize;
       for (let at = 0; ; at += STEP) {
         const len = Math.min(WINDOW, total - at);

@@ -125,6 +125,7 @@ export class Session {
   status = 0;
   /** the net configuration of the negotiated features (tests and logs; the device gets it as an event) */
   netConfig: NetConfig | null = null;
+  private unsealedNoted = false;
   /** per ring: usable as last told to the device */
   private readonly told: boolean[] = [];
   private readonly log: Log;
@@ -267,6 +268,7 @@ export class Session {
           region.unmap();
           throw e;
         }
+        this.noteSeal(region);
         this.resetupRings();
         break;
       }
@@ -411,6 +413,7 @@ export class Session {
       for (const r of regions) r.unmap();
       throw e;
     }
+    for (const r of regions) this.noteSeal(r);
     // Rings move to the new mappings first; only then are the old ones unmapped.
     this.resetupRings();
     for (const r of old) r.unmap();
@@ -419,6 +422,13 @@ export class Session {
         .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
         .join(', ')}`,
     );
+  }
+
+  /** A region whose file could shrink under us is the one trust assumption left: say so, once. */
+  private noteSeal(r: Region): void {
+    if (r.sealed || this.unsealedNoted) return;
+    this.unsealedNoted = true;
+    this.log(`${this.name}: memory region at 0x${r.desc.guestPhysAddr.toString(16)} cannot be sealed against shrinking (not a sealable memfd): the front-end is trusted not to truncate it`);
   }
 
   private resetupRings(): void {

@@ -572,3 +572,27 @@ hostileTest('TX descriptor of 2 GiB: refused by its length, ring broken', true, 
   await expectRingBroken(s, 1, /^bad TX ring 1: error: descriptor chain from head 0: buffer length 2147483648 beyond 1073741824/);
   await victimRxStillWorks(s);
 });
+
+test('guest memory in a sealable memfd is sealed against shrinking: a front-end cannot truncate it under the back-end (SIGBUS)', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const port = makePort(hub, 'sealed', log);
+  const fe = bindPair(port);
+  await fe.start({ ram: [{ gpa: 0, size: 4 << 20, sealable: true }] });
+  await waitFor(() => port.session!.rings[0].started);
+  const fd = fe.ram!.regions[0].fd;
+  let shrunk = false;
+  try {
+    native.ftruncate(fd, 1 << 20);
+    shrunk = true;
+    native.ftruncate(fd, 4 << 20); // put it back before anything touches the missing pages
+  } catch (e) {
+    assert.equal((e as { code?: string }).code, 'EPERM');
+  }
+  assert.equal(shrunk, false, 'the front-end could shrink the memory the back-end maps');
+  assert.ok(!log.lines.some((l) => /cannot be sealed/.test(l)));
+  fe.close();
+  await waitFor(() => !port.connected);
+  await assertNoFdLeak(before);
+});

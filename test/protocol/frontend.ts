@@ -53,6 +53,8 @@ export interface RamRegionSpec {
   uva?: number;
   /** where in the memfd the region starts (default 0); the memfd is sized offset + size */
   mmapOffset?: number;
+  /** memfd created with MFD_ALLOW_SEALING (as QEMU's memory-backend-memfd) */
+  sealable?: boolean;
 }
 
 export interface RamRegion {
@@ -77,7 +79,7 @@ export class GuestRam {
 
   addRegion(s: RamRegionSpec): RamRegion {
     const mmapOffset = s.mmapOffset ?? 0;
-    const fd = native.memfdCreate(`guest-ram-${s.gpa.toString(16)}`, mmapOffset + s.size);
+    const fd = native.memfdCreate(`guest-ram-${s.gpa.toString(16)}`, mmapOffset + s.size, s.sealable ?? false);
     const mapStart = Math.floor(mmapOffset / PAGE) * PAGE;
     const ab = native.mmap(fd, mmapOffset - mapStart + s.size, mapStart);
     const r: RamRegion = {
