@@ -7,7 +7,9 @@ import { Switch } from '../engine/switch';
 import { VhostUserPort } from '../ports/vhost-user/port';
 import { TapPort } from '../ports/tap-port';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
-import { DEFAULT_FEATURES, OFFLOAD_FEATURES } from '../vhost-user/session';
+import { DEFAULT_FEATURES, DEFAULT_MAX_MAPPED, DEFAULT_MAX_TOTAL_MAPPED, OFFLOAD_FEATURES } from '../vhost-user/session';
+
+const GiB = 1024 * 1024 * 1024;
 import { PollLoop } from '../ports/poll-loop';
 
 /** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
@@ -81,6 +83,8 @@ export function buildProgram(): Command {
     }, 0o600)
     .option('--stats-file <path>', 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)')
     .option('--stats-interval <ms>', 'period of --stats-file writes and of the log line with counters (0: none)', positiveInt, 1000)
+    .option('--max-guest-mem-gb <n>', 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)', positiveInt, DEFAULT_MAX_MAPPED / GiB)
+    .option('--max-total-mem-gb <n>', 'most guest memory all connections may map together, in GiB', positiveInt, DEFAULT_MAX_TOTAL_MAPPED / GiB)
     .option('--poll-us <us>', `adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)`, positiveInt, DEFAULT_POLL_US)
     .option('-q, --quiet', 'log only errors and connection events');
 }
@@ -150,7 +154,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         staticMac: spec.mac,
         shareLimit: spec.share,
         pollLoop,
-        session: { maxQueuePairs: o.queues, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
+        session: { maxQueuePairs: o.queues, maxMappedBytes: o.maxGuestMemGb * GiB, maxTotalMappedBytes: o.maxTotalMemGb * GiB, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
       });
       ports.push(port);
       const acceptor = (fd: number): boolean => {

@@ -97,6 +97,10 @@ export interface SessionOptions {
   maxQueuePairs?: number;
   /** memory slots offered through GET_MAX_MEM_SLOTS */
   maxMemSlots?: number;
+  /** most guest memory bytes this connection may map (default DEFAULT_MAX_MAPPED) */
+  maxMappedBytes?: number;
+  /** most guest memory bytes all connections of the process may map together (default DEFAULT_MAX_TOTAL_MAPPED) */
+  maxTotalMappedBytes?: number;
 }
 
 /** what an fd is, as /proc/self/fd shows it ("anon_inode:[eventfd]", "pipe:[…]", a path) */
@@ -108,6 +112,22 @@ function fdKind(fd: number): string {
   }
 }
 
+const GiB = 1024 * 1024 * 1024;
+/** per connection: 512 GiB of guest memory (a larger VM needs --max-guest-mem-gb) */
+export const DEFAULT_MAX_MAPPED = 512 * GiB;
+/** all connections together: 4 TiB */
+export const DEFAULT_MAX_TOTAL_MAPPED = 4096 * GiB;
+
+/** bytes of guest memory mapped by every session of this process */
+let totalMapped = 0;
+export function mappedBytesTotal(): number {
+  return totalMapped;
+}
+
+function fmtBytes(n: number): string {
+  return n >= GiB ? `${(n / GiB).toFixed(n % GiB === 0 ? 0 : 1)} GiB` : `${(n / (1024 * 1024)).toFixed(n % (1024 * 1024) === 0 ? 0 : 1)} MiB`;
+}
+
 export class Session {
   readonly name: string;
   readonly mem = new GuestMemory();
@@ -117,6 +137,10 @@ export class Session {
   readonly offeredProtocol: bigint;
   readonly maxQueuePairs: number;
   readonly maxMemSlots: number;
+  private readonly maxMapped: number;
+  private readonly maxTotalMapped: number;
+  /** bytes of guest memory this connection has mapped */
+  private mapped = 0;
   features = 0n;
   protocolFeatures = 0n;
   featuresSet = false;
@@ -140,6 +164,8 @@ export class Session {
     this.offeredProtocol = opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES;
     this.maxQueuePairs = opts.maxQueuePairs ?? 8;
     this.maxMemSlots = opts.maxMemSlots ?? 32;
+    this.maxMapped = opts.maxMappedBytes ?? DEFAULT_MAX_MAPPED;
+    this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
       this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
       this.told.push(false);
@@ -249,6 +275,8 @@ export class Session {
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
         const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
+        const same0 = this.mem.find(d);
+        if (!same0) this.checkMapping(this.mapped + d.memorySize, d.memorySize);
         const fd = m.fds.pop()!;
         const same = this.mem.find(d);
         if (same) {
@@ -269,6 +297,7 @@ export class Session {
           throw e;
         }
         this.noteSeal(region);
+        this.account(this.mapped + d.memorySize);
         this.resetupRings();
         break;
       }
@@ -280,6 +309,7 @@ export class Session {
         if (r.refs > 0) break; // still added by another vhost device
         this.resetupRings();
         r.unmap();
+        this.account(this.mapped - r.desc.memorySize);
         break;
       }
       case Req.SET_LOG_BASE:
@@ -397,6 +427,10 @@ export class Session {
     // are closed with it), then the regions, each taking its fd over
     const descs: MemRegion[] = [];
     for (let i = 0; i < n; i++) descs.push(readRegion(p, 8 + i * MEM_REGION_SIZE));
+    let bytes = 0;
+    for (const d of descs) bytes += d.memorySize;
+    // the new table replaces the old one: it is checked on its own (the old one goes away)
+    this.checkMapping(bytes, bytes - this.mapped);
     const fds = m.fds.splice(0);
     const regions: Region[] = [];
     try {
@@ -414,6 +448,7 @@ export class Session {
       throw e;
     }
     for (const r of regions) this.noteSeal(r);
+    this.account(bytes);
     // Rings move to the new mappings first; only then are the old ones unmapped.
     this.resetupRings();
     for (const r of old) r.unmap();
@@ -422,6 +457,25 @@ export class Session {
         .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
         .join(', ')}`,
     );
+  }
+
+  /**
+   * Refuses, before anything is mapped, a table that would take this connection to `mine` bytes,
+   * or the process `more` bytes beyond what it maps now: one front-end cannot exhaust the mappings
+   * (vm.max_map_count, address space) of all the others.
+   */
+  private checkMapping(mine: number, more: number): void {
+    if (mine > this.maxMapped) {
+      throw new Error(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
+    }
+    if (totalMapped + more > this.maxTotalMapped) {
+      throw new Error(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
+    }
+  }
+
+  private account(mine: number): void {
+    totalMapped += mine - this.mapped;
+    this.mapped = mine;
   }
 
   /** A region whose file could shrink under us is the one trust assumption left: say so, once. */
@@ -572,6 +626,7 @@ export class Session {
       this.told[r.index] = false;
     }
     this.mem.clear();
+    this.account(0);
     this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`);
     this.device.disconnected(reason);
   }

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { native } from '../../src/native';
 import { encode, FLAG_NEED_REPLY, MemRegion, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
-import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
+import { DEFAULT_FEATURES, mappedBytesTotal } from '../../src/vhost-user/session';
 import { VhostUserPort } from '../../src/ports/vhost-user/port';
 import { closeFd, FrontEnd, GuestRam, memTablePayload, singleRegionPayload, sleep, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, waitEventfd, waitFor } from './frontend';
 import {
@@ -594,5 +594,47 @@ test('guest memory in a sealable memfd is sealed against shrinking: a front-end 
   assert.ok(!log.lines.some((l) => /cannot be sealed/.test(l)));
   fe.close();
   await waitFor(() => !port.connected);
+  await assertNoFdLeak(before);
+});
+
+test('memory-table caps: a table beyond what one connection may map, or beyond the process total, is refused before anything is mapped', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const c = await startGuest(hub, 'good-c', log);
+  const MiB = 1 << 20;
+  try {
+    // per connection: 8 MiB allowed, 16 MiB asked (a sparse memfd: nothing is allocated)
+    const big = makePort(hub, 'bad', log, { session: { maxMappedBytes: 8 * MiB } });
+    const fe1 = bindPair(big, 'hostile');
+    const ram = new GuestRam([{ gpa: 0, size: 16 * MiB }]);
+    fe1.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram.regions.map(GuestRam.describe)), ram.regions.map((r) => r.fd));
+    await fe1.waitClosed();
+    assert.match(await log.waitLine(/^bad: error: VHOST_USER_SET_MEM_TABLE: memory table of 16 MiB/), /is beyond the 8 MiB one connection may map \(--max-guest-mem-gb\); closing connection$/);
+    ram.close();
+    fe1.close();
+    // process total: what is mapped now + 6 MiB allowed; 4 MiB fits, then 4 MiB more does not
+    const total = mappedBytesTotal() + 6 * MiB;
+    const p2 = makePort(hub, 'ok2', log, { session: { maxTotalMappedBytes: total } });
+    const fe2 = bindPair(p2);
+    await fe2.start();
+    const p3 = makePort(hub, 'bad3', log, { session: { maxTotalMappedBytes: total } });
+    const fe3 = bindPair(p3, 'hostile3');
+    const ram3 = new GuestRam([{ gpa: 0, size: 4 * MiB }]);
+    fe3.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram3.regions.map(GuestRam.describe)), ram3.regions.map((r) => r.fd));
+    await fe3.waitClosed();
+    assert.match(await log.waitLine(/^bad3: error: /), /beyond .* \(--max-total-mem-gb\); closing connection$/);
+    ram3.close();
+    fe3.close();
+    // and once ok2 goes, its memory is given back
+    const held = mappedBytesTotal();
+    fe2.close();
+    await waitFor(() => !p2.connected);
+    assert.equal(mappedBytesTotal(), held - 4 * MiB);
+    // the healthy guest never noticed
+    await sendPacket(c, packet(netHdr(12), ethFrame(80, 1)));
+  } finally {
+    await closeGuest(c);
+  }
   await assertNoFdLeak(before);
 });
