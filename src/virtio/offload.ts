@@ -12,13 +12,9 @@ import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GS
 /** gso_type bit: the TCP stream uses ECN, CWR may be set on the super-frame (NET_F_HOST_ECN / GUEST_ECN) */
 export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
-// virtio_net_hdr field offsets
-export const HDR_FLAGS = 0;
-export const HDR_GSO_TYPE = 1;
-export const HDR_HDR_LEN = 2;
-export const HDR_GSO_SIZE = 4;
-export const HDR_CSUM_START = 6;
-export const HDR_CSUM_OFFSET = 8;
+// virtio_net_hdr field offsets (defined once, in datapath/layout.ts)
+import { HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN } from '../datapath/layout';
+export { HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN };
 
 // error results (negative); segment counts and OFFLOAD_OK are >= 0
 export const OFFLOAD_OK = 0;
