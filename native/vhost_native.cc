@@ -173,9 +173,13 @@ void InvalidateAreas(AddonData* d, const uint8_t* addr, size_t len);
 // ---------------------------------------------------------------------------------------------
 // mmap / munmap
 
+// Every mapping sits between two PROT_NONE guard pages: a read or write one byte before or after a
+// guest window faults at once (a bug found, in tests) instead of touching whatever lies next to it.
 struct Mapping {
-  void* addr;
+  void* addr;     // the file's bytes
   size_t len;
+  void* base;     // the reservation: guard page, the pages of addr, guard page
+  size_t total;
   bool unmapped;
 };
 
@@ -190,7 +194,7 @@ void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
     auto it = g_mappings.find(m->addr);
     if (it != g_mappings.end() && it->second == m) g_mappings.erase(it);
     if (!m->unmapped) {
-      ::munmap(m->addr, m->len);
+      ::munmap(m->base, m->total);
       m->unmapped = true;
     }
   }
@@ -203,9 +207,19 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   double len = GetInteger(info, 1, "mmap", "length", 1, static_cast<double>(kMaxWindow));
   double off = GetInteger(info, 2, "mmap", "offset", 0, kMaxSafeInteger);
   size_t n = static_cast<size_t>(len);
-  void* addr = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(off));
-  if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
-  Mapping* m = new Mapping{addr, n, false};
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t pages = (n + page - 1) / page * page;
+  const size_t total = pages + 2 * page;
+  void* base = ::mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) ThrowErrno(env, "mmap (reservation)", errno);
+  void* want = static_cast<uint8_t*>(base) + page;
+  void* addr = ::mmap(want, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(off));
+  if (addr == MAP_FAILED) {
+    int err = errno;
+    ::munmap(base, total);
+    ThrowErrno(env, "mmap", err);
+  }
+  Mapping* m = new Mapping{addr, n, base, total, false};
   {
     std::lock_guard<std::mutex> lock(g_map_mutex);
     g_mappings[addr] = m;
@@ -238,7 +252,7 @@ void Munmap(const Napi::CallbackInfo& info) {
       ThrowType(env, "munmap: buf is not an ArrayBuffer returned by mmap()");
     }
     Mapping* m = it->second;
-    if (::munmap(m->addr, m->len) != 0) ThrowErrno(env, "munmap", errno);
+    if (::munmap(m->base, m->total) != 0) ThrowErrno(env, "munmap", errno);
     m->unmapped = true;  // the finalizer (which still runs later) now only frees m
     g_mappings.erase(it);
   }

@@ -638,3 +638,51 @@ test('memory-table caps: a table beyond what one connection may map, or beyond t
   }
   await assertNoFdLeak(before);
 });
+
+// ---- guard pages: every mapping (the back-end's windows, the test front-end's RAM) sits between
+// PROT_NONE pages, so a byte read or written just outside a region would kill this test process ----
+
+test('buffers and frames that end exactly at the end of guest memory: used to the last byte, nothing outside touched', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const a = await startGuest(hub, 'vmA', log);
+  const b = await startGuest(hub, 'vmB', log, { kickRx: false });
+  try {
+    const end = 4 << 20; // each guest's one region is [0, 4 MiB)
+    // B: its RX ring gets one buffer, the last 1514 + 12 bytes of its memory
+    await b.fe.getVringBase(0);
+    b.rx.writeDesc(0, end - 1526, 1526, VRING_DESC_F_WRITE, 0);
+    b.rx.setAvailIdx(0);
+    b.rx.makeAvailable(0);
+    await b.fe.setupRing(b.rx, 0);
+    b.rx.kick();
+    await waitFor(() => b.port.session!.rings[0].started);
+    // A: one full-size frame whose bytes are the last 1514 bytes of its memory, header just before
+    const frame = ethFrame(1514, 77);
+    const ram = a.fe.ram!.regions[0].bytes;
+    ram.set(netHdr(12), end - 1526);
+    ram.set(frame, end - 1514);
+    a.tx.writeDesc(0, end - 1526, 12, VRING_DESC_F_NEXT, 1);
+    a.tx.writeDesc(1, end - 1514, 1514, 0, 0);
+    a.tx.makeAvailable(0);
+    a.tx.kick();
+    await waitFor(() => b.rx.usedIdx === 1, 2000, 'B to get the frame');
+    assert.deepEqual(b.rx.peekUsed(), [{ id: 0, len: 1526 }]);
+    const got = b.fe.ram!.regions[0].bytes.slice(end - 1526, end);
+    assert.equal(got[10] | (got[11] << 8), 1, 'num_buffers');
+    assert.deepEqual(got.subarray(12), frame, 'byte-identical to the last byte');
+    // one byte more would cross the end: refused, the ring broken, nothing touched
+    const hdr = a.fe.ram!.alloc(12);
+    a.tx.writeDesc(2, hdr, 12, VRING_DESC_F_NEXT, 3);
+    a.tx.writeDesc(3, end - 1513, 1514, 0, 0);
+    a.tx.makeAvailable(2);
+    a.tx.kick();
+    await waitFor(() => a.port.session!.rings[1].broken !== null);
+    assert.match(a.port.session!.rings[1].broken!, /buffer at 0x3ffa17 length 1 is outside guest memory|outside guest memory/);
+  } finally {
+    await closeGuest(a);
+    await closeGuest(b);
+  }
+  await assertNoFdLeak(before);
+});

@@ -499,6 +499,7 @@ export class Virtqueue {
       const first = this.readChain(used[k].id, used[k].len);
       const numBuffers = hdrLen === 12 ? first[10] | (first[11] << 8) : 1;
       const n = mergeable ? numBuffers : 1;
+      if (n === 0) throw new Error('packet claims 0 buffers');
       if (k + n > used.length) throw new Error(`packet claims ${n} buffers, only ${used.length - k} used`);
       const parts = [first];
       for (let j = 1; j < n; j++) parts.push(this.readChain(used[k + j].id, used[k + j].len));
