@@ -11,6 +11,7 @@ import { DEFAULT_FEATURES, DEFAULT_MAX_MAPPED, DEFAULT_MAX_TOTAL_MAPPED, OFFLOAD
 
 const GiB = 1024 * 1024 * 1024;
 import { PollLoop } from '../ports/poll-loop';
+import { native } from '../native';
 
 /** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
 export const DEFAULT_POLL_US = 0;
@@ -58,6 +59,13 @@ function positiveInt(v: string): number {
   return n;
 }
 
+/** a whole number of at least 1 (0 makes no sense for this option) */
+function atLeastOne(v: string): number {
+  const n = positiveInt(v);
+  if (n === 0) throw new InvalidArgumentError('0 makes no sense here: give 1 or more');
+  return n;
+}
+
 function timestamp(): string {
   return new Date().toISOString();
 }
@@ -69,22 +77,29 @@ export function buildProgram(): Command {
     .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME]', collect(parsePortSpec), [])
     .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), [])
     .option('-t, --tap <name>', 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself')
-    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB (32 MiB = 16384 blocks of 2 KiB)', positiveInt, 32)
-    .option('--block-size <bytes>', 'local data store block size (multiple of 8, >= 128)', positiveInt, 2048)
-    .option('--share-limit <blocks>', 'default most blocks one port may hold queued (default: half the pool)', positiveInt)
+    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB (32 MiB = 16384 blocks of 2 KiB)', atLeastOne, 32)
+    .option('--block-size <bytes>', 'local data store block size (multiple of 8, >= 128)', atLeastOne, 2048)
+    .option('--share-limit <blocks>', 'default most blocks one port may hold queued (default: half the pool)', atLeastOne)
     .option('--hold-ms <ms>', 'how long frames to an unknown MAC are held before the unknown policy applies', positiveInt, 250)
     .addOption(new Option('--unknown <policy>', 'what happens to held frames past the hold time').choices(['flood', 'drop']).default('flood'))
-    .option('--mac-age-s <s>', 'forget learned MACs unused for this long', positiveInt, 300)
-    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM)', positiveInt, 8)
+    .option('--mac-age-s <s>', 'forget learned MACs unused for this long', atLeastOne, 300)
+    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM)', atLeastOne, 8)
     .option('--no-offload', 'offer no checksum/TSO offloads to guests and the TAP uplink (guests then send MTU-sized, checksummed frames)')
-    .option('--socket-mode <octal>', 'mode of the socket files created', (v) => {
-      if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
-      return parseInt(v, 8);
-    }, 0o600)
+    .addOption(
+      new Option('--socket-mode <octal>', 'mode of the socket files created (octal)')
+        .argParser((v) => {
+          if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
+          return parseInt(v, 8);
+        })
+        .default(0o600, '0600'),
+    )
+    .option('--socket-path <path>', 'one vhost-user port in server mode, as QEMU\'s own back-ends take it (vhost-user.rst, "Backend program conventions"); same as --socket PATH')
+    .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', positiveInt)
+    .option('--print-capabilities', 'print the back-end capabilities as JSON ({"type": "net"}) and exit')
     .option('--stats-file <path>', 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)')
     .option('--stats-interval <ms>', 'period of --stats-file writes and of the log line with counters (0: none)', positiveInt, 1000)
-    .option('--max-guest-mem-gb <n>', 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)', positiveInt, DEFAULT_MAX_MAPPED / GiB)
-    .option('--max-total-mem-gb <n>', 'most guest memory all connections may map together, in GiB', positiveInt, DEFAULT_MAX_TOTAL_MAPPED / GiB)
+    .option('--max-guest-mem-gb <n>', 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)', atLeastOne, DEFAULT_MAX_MAPPED / GiB)
+    .option('--max-total-mem-gb <n>', 'most guest memory all connections may map together, in GiB', atLeastOne, DEFAULT_MAX_TOTAL_MAPPED / GiB)
     .option('--poll-us <us>', `adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)`, positiveInt, DEFAULT_POLL_US)
     .option('-q, --quiet', 'log only errors and connection events');
 }
@@ -105,8 +120,12 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     ...(o.socket as PortSpec[]).map((spec) => ({ spec, client: false })),
     ...(o.client as PortSpec[]).map((spec) => ({ spec, client: true })),
   ];
-  if (specs.length === 0 && !o.tap) {
-    program.error('give at least one --socket, --client or --tap');
+  if (o.socketPath !== undefined) {
+    if (o.fd !== undefined) program.error('--socket-path and --fd exclude each other');
+    specs.push({ spec: { path: o.socketPath, name: 'vhost-user' }, client: false });
+  }
+  if (specs.length === 0 && !o.tap && o.fd === undefined) {
+    program.error('give at least one --socket, --client, --socket-path, --fd or --tap');
   }
   const sw = new Switch({
     poolBytes: o.poolMb * 1024 * 1024,
@@ -170,6 +189,23 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode));
       }
     }
+    if (o.fd !== undefined) {
+      // an inherited, connected socket: one session; when it ends, so does the process
+      const port = new VhostUserPort(sw, {
+        name: `fd${o.fd}`,
+        log,
+        pollLoop,
+        session: { maxQueuePairs: o.queues, maxMappedBytes: o.maxGuestMemGb * GiB, maxTotalMappedBytes: o.maxTotalMemGb * GiB, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
+      });
+      ports.push(port);
+      native.setNonBlocking(o.fd);
+      port.onSessionEnd = (reason) => {
+        log(`fd ${o.fd}: session ended${reason ? ` (${reason})` : ''}: exiting`);
+        close();
+        process.exit(reason ? 1 : 0);
+      };
+      port.bind(o.fd);
+    }
     if (o.tap) tap = new TapPort(sw, o.tap, log, {}, o.offload as boolean);
   } catch (e) {
     close();
@@ -194,7 +230,14 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
   return { sw, ports, tap, stats, close };
 }
 
+/** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
+export const CAPABILITIES = { type: 'net' };
+
 function main(): void {
+  if (process.argv.includes('--print-capabilities')) {
+    process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
+    process.exit(0);
+  }
   let running: RunningSwitch;
   try {
     running = start(process.argv);
