@@ -79,7 +79,9 @@ export class TapPort implements EnginePort {
   private onReady(status: number, events: number): void {
     if (this.closed) return;
     if (status < 0) {
-      this.log(`${this.name}: poll error ${status}`);
+      // the TAP device was deleted under us (or its fd broke): the uplink is gone, the rest goes on
+      this.log(`${this.name}: error: the TAP device is gone (poll status ${status}); uplink detached, its queued frames dropped`);
+      this.close();
       return;
     }
     try {
