@@ -82,18 +82,26 @@ export function killAll(): number {
   return n;
 }
 
-function installHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  process.on('exit', () => {
-    killAll();
-  });
+/**
+ * Runs cleanup when this process exits, and on SIGINT/SIGTERM/SIGHUP before dying of the signal:
+ * every launcher here (QEMU guests, dpdk-testpmd) kills what it started this way.
+ */
+export function cleanupOnExit(cleanup: () => void): void {
+  process.on('exit', cleanup);
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
-      killAll();
+      cleanup();
       process.kill(process.pid, sig);
     });
   }
+}
+
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  cleanupOnExit(() => {
+    killAll();
+  });
 }
 
 let setprivPath: string | null | undefined;

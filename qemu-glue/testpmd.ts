@@ -33,6 +33,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { cleanupOnExit } from './launcher';
 
 // ------------------------------------------------------------------ process registry
 
@@ -58,15 +59,9 @@ export function killAllTestPmd(): number {
 function installHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
-  process.on('exit', () => {
+  cleanupOnExit(() => {
     killAllTestPmd();
   });
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
-      killAllTestPmd();
-      process.kill(process.pid, sig);
-    });
-  }
 }
 
 function removeRuntimeDir(dir: string): void {

@@ -137,6 +137,12 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     log,
   });
   const pollLoop = o.pollUs > 0 ? new PollLoop(o.pollUs) : null;
+  const sessionOptions = {
+    maxQueuePairs: o.queues,
+    maxMappedBytes: o.maxGuestMemGb * GiB,
+    maxTotalMappedBytes: o.maxTotalMemGb * GiB,
+    ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }),
+  };
   const ports: VhostUserPort[] = [];
   const endpoints: Endpoint[] = [];
   let tap: TapPort | null = null;
@@ -173,7 +179,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         staticMac: spec.mac,
         shareLimit: spec.share,
         pollLoop,
-        session: { maxQueuePairs: o.queues, maxMappedBytes: o.maxGuestMemGb * GiB, maxTotalMappedBytes: o.maxTotalMemGb * GiB, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
+        session: sessionOptions,
       });
       ports.push(port);
       const acceptor = (fd: number): boolean => {
@@ -195,7 +201,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         name: `fd${o.fd}`,
         log,
         pollLoop,
-        session: { maxQueuePairs: o.queues, maxMappedBytes: o.maxGuestMemGb * GiB, maxTotalMappedBytes: o.maxTotalMemGb * GiB, ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }) },
+        session: sessionOptions,
       });
       ports.push(port);
       native.setNonBlocking(o.fd);

@@ -31,7 +31,7 @@ export class CopyList {
   /** length in bytes of each live area, by id (0: no such area) */
   private areaLen = new Float64Array(1024);
   /** copies run / refused by the addon (refusals mean a TypeScript bounds check is missing) */
-  readonly tally = new Float64Array(3);
+  readonly tally = new Float64Array(2);
   readonly staging = new Uint8Array(STAGING_BYTES);
   readonly stagingArea: number;
   private stagingUsed = 0;

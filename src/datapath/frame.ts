@@ -95,17 +95,23 @@ export class Frame {
     this.curLeft = i < this.segEnd ? left : 0;
   }
 
+  /** Moves the cursor to the next segment with bytes; false past the last one. */
+  private nextSegment(): boolean {
+    do {
+      if (++this.curSeg >= this.segEnd) return false;
+      this.curAt = this.segOff[this.curSeg];
+      this.curLeft = this.segLen[this.curSeg];
+    } while (this.curLeft === 0);
+    return true;
+  }
+
   /**
    * Records copies of the next n bytes at the cursor to dstArea[dstOff, +n) and advances. Returns
    * false when the frame has fewer bytes or a range is outside its area (nothing more recorded).
    */
   copyOut(n: number, dstArea: number, dstOff: number): boolean {
     while (n > 0) {
-      while (this.curLeft === 0) {
-        if (++this.curSeg >= this.segEnd) return false;
-        this.curAt = this.segOff[this.curSeg];
-        this.curLeft = this.segLen[this.curSeg];
-      }
+      if (this.curLeft === 0 && !this.nextSegment()) return false;
       const k = n < this.curLeft ? n : this.curLeft;
       if (!copies.record(this.segArea[this.curSeg], this.curAt, dstArea, dstOff, k)) return false;
       this.curAt += k;
@@ -124,11 +130,7 @@ export class Frame {
   read(from: number, n: number, dst: Uint8Array, dstOff: number): void {
     this.seek(from);
     while (n > 0) {
-      while (this.curLeft === 0) {
-        if (++this.curSeg >= this.segEnd) return;
-        this.curAt = this.segOff[this.curSeg];
-        this.curLeft = this.segLen[this.curSeg];
-      }
+      if (this.curLeft === 0 && !this.nextSegment()) return;
       const k = n < this.curLeft ? n : this.curLeft;
       const b = this.segBuf[this.curSeg];
       for (let j = 0; j < k; j++) dst[dstOff + j] = b[this.curAt + j];
@@ -149,11 +151,7 @@ export class Frame {
     let n = to - from;
     let odd = false;
     while (n > 0) {
-      while (this.curLeft === 0) {
-        if (++this.curSeg >= this.segEnd) return s;
-        this.curAt = this.segOff[this.curSeg];
-        this.curLeft = this.segLen[this.curSeg];
-      }
+      if (this.curLeft === 0 && !this.nextSegment()) return s;
       const k = n < this.curLeft ? n : this.curLeft;
       const b = this.segBuf[this.curSeg];
       let i = this.curAt;

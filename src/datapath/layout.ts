@@ -26,5 +26,7 @@ export const ETH_HDR_LEN = 14;
 export const MAX_ETH_LEN = 65536 + 18;
 /** largest engine frame: header + MAX_ETH_LEN */
 export const MAX_FRAME = ENGINE_HDR_LEN + MAX_ETH_LEN;
+/** the headers offload code reads contiguously: Ethernet + VLAN + IPv4/6 with options + TCP with options */
+export const MAX_HEADERS = 192;
 /** smallest engine frame: header + an Ethernet header */
 export const MIN_FRAME = ENGINE_HDR_LEN + ETH_HDR_LEN;

@@ -19,8 +19,6 @@ import { ENGINE_HDR_LEN, MAX_ETH_LEN } from '../datapath/layout';
 import type { Frame } from '../datapath/frame';
 
 const NIL = -1;
-/** the largest Ethernet frame a block chain must hold (MAX_ETH_LEN, see datapath/layout.ts) */
-const MAX_ETH_BYTES = MAX_ETH_LEN;
 
 export class ElasticFifo {
   readonly blockSize: number;
@@ -160,7 +158,7 @@ export class ElasticFifo {
 
   /** most blocks one frame can take: the capacity a Frame needs for describe() */
   get maxFrameBlocks(): number {
-    return Math.ceil(MAX_ETH_BYTES / this.blockSize) + 1;
+    return Math.ceil(MAX_ETH_LEN / this.blockSize) + 1;
   }
 
   /**

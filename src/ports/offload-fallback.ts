@@ -10,7 +10,7 @@
 // kernel does it) does not use it.
 import { copies } from '../datapath/copy-list';
 import type { Frame } from '../datapath/frame';
-import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, MAX_ETH_LEN } from '../datapath/layout';
+import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, MAX_ETH_LEN, MAX_HEADERS } from '../datapath/layout';
 import {
   foldComplement,
   GSO_HDRS,
@@ -49,8 +49,6 @@ export interface FallbackCounters {
 /** result of deliver(): RES_OK (written), FALLBACK_DROPPED (counted), or the sink's failure code */
 export const FALLBACK_DROPPED = -1;
 
-/** headers the fallback reads contiguously: Ethernet + VLAN + IPv4/6 with options + TCP with options */
-const HEAD = 192;
 
 export class OffloadFallback {
   private readonly pieces = new Pieces();
@@ -94,11 +92,11 @@ export class OffloadFallback {
     const h = frame.hdr;
     for (let k = 0; k < ENGINE_HDR_LEN; k++) head[k] = h[frame.hdrOff + k];
     const eth = frame.ethLen;
-    frame.read(0, eth < HEAD ? eth : HEAD, head, ENGINE_HDR_LEN);
+    frame.read(0, eth < MAX_HEADERS ? eth : MAX_HEADERS, head, ENGINE_HDR_LEN);
     const info = this.info;
     const nseg = parseTcpGso(head, 0, frame.len, info);
     // more segments than the ring has entries could never be delivered
-    if (nseg < 0 || info[GSO_HDRS] > HEAD || nseg > sink.maxPackets || nseg > MAX_CHAINS) return this.dropped();
+    if (nseg < 0 || info[GSO_HDRS] > MAX_HEADERS || nseg > sink.maxPackets || nseg > MAX_CHAINS) return this.dropped();
     let r = sink.begin();
     for (let i = 0; i < nseg && r === RES_OK; i++) r = sink.reserve(segmentLength(info, i) - ENGINE_HDR_LEN);
     if (r !== RES_OK) return r;

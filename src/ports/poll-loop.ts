@@ -78,14 +78,8 @@ export class PollLoop {
       } catch {
         keep = false; // the port reports its own errors; a throwing pollable is not polled again
       }
-      if (keep) {
-        i++;
-      } else {
-        this.count--;
-        this.items[i] = this.items[this.count];
-        this.last[i] = this.last[this.count];
-        this.items.length = this.count;
-      }
+      if (keep) i++;
+      else this.removeAt(i);
     }
     if (this.count === 0) this.stop();
     return work;
@@ -127,14 +121,19 @@ export class PollLoop {
   drop(p: Pollable): void {
     for (let i = 0; i < this.count; i++) {
       if (this.items[i] === p) {
-        this.count--;
-        this.items[i] = this.items[this.count];
-        this.last[i] = this.last[this.count];
-        this.items.length = this.count;
+        this.removeAt(i);
         break;
       }
     }
     if (this.count === 0) this.stop();
+  }
+
+  /** swap-remove entry i (order does not matter: each gets one batch a turn) */
+  private removeAt(i: number): void {
+    this.count--;
+    this.items[i] = this.items[this.count];
+    this.last[i] = this.last[this.count];
+    this.items.length = this.count;
   }
 
   get polling(): number {

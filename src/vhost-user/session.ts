@@ -275,10 +275,9 @@ export class Session {
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
         const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
-        const same0 = this.mem.find(d);
-        if (!same0) this.checkMapping(this.mapped + d.memorySize, d.memorySize);
-        const fd = m.fds.pop()!;
         const same = this.mem.find(d);
+        if (!same) this.checkMapping(this.mapped + d.memorySize, d.memorySize);
+        const fd = m.fds.pop()!;
         if (same) {
           // another vhost device of the same NIC (one per queue pair) adding the same region
           safeClose(fd);

@@ -8,7 +8,7 @@
 // Neither side calls back into the port; scheduling (budget, polling, RX re-checks) is here.
 import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
-import type { Frame } from '../../datapath/frame';
+import { Frame } from '../../datapath/frame';
 import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection, Log } from '../../vhost-user/connection';
@@ -20,9 +20,8 @@ import { offloadNeeds, RX_CSUM } from '../../virtio/offload';
 import { EngineApi, PortAttachOptions } from '../engine-api';
 import { OffloadFallback, FALLBACK_DROPPED, PacketSink } from '../offload-fallback';
 import { PollLoop, Pollable } from '../poll-loop';
-import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG, VhostRx } from './rx';
+import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_TOO_BIG, VhostRx } from './rx';
 import { VhostTx } from './tx';
-import { Frame as RarpFrame } from '../../datapath/frame';
 import { copies } from '../../datapath/copy-list';
 
 /** TX chains processed per batch before yielding to the event loop. */
@@ -129,7 +128,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** SEND_RARP's frame (control path) */
   private readonly rarpBytes = new Uint8Array(ENGINE_HDR_LEN + 60);
   private rarpArea = 0;
-  private readonly rarpFrame = new RarpFrame();
+  private readonly rarpFrame = new Frame();
   /** called when the session ends (server/client code uses it to accept or reconnect) */
   onSessionEnd: (reason: string | null) => void = () => {};
 
@@ -481,4 +480,3 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   }
 }
 
-export { RES_SHORT, RES_TOO_BIG };

@@ -271,4 +271,3 @@ export class VhostRx {
   }
 }
 
-export { ENGINE_HDR_LEN };

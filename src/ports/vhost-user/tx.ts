@@ -6,7 +6,7 @@
 //
 // So a TX descriptor goes back to the guest only after its frame was copied or stored.
 import { Frame, PEEK_MIN } from '../../datapath/frame';
-import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS, MAX_ETH_LEN, ETH_HDR_LEN } from '../../datapath/layout';
+import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS, MAX_ETH_LEN, MAX_HEADERS, ETH_HDR_LEN } from '../../datapath/layout';
 import { GuestMemory } from '../../memory/guest-memory';
 import { Segments } from '../../virtio/chain';
 import { BROKEN } from '../../virtio/split-ring';
@@ -22,8 +22,6 @@ export interface TxCounters {
   txBadOffload: number;
 }
 
-/** header bytes gathered for checking a sender's offload header: Ethernet + VLAN + IPv4/6 + TCP at most */
-const OFFLOAD_HEAD = 192;
 
 export class VhostTx {
   private readonly segs = new Segments();
@@ -62,10 +60,13 @@ export class VhostTx {
       const total = segs.total;
       if (total < hdrLen + ETH_HDR_LEN || total - hdrLen > MAX_ETH_LEN) {
         this.counters.txDropped++;
-      } else if (this.describe(hdrLen, total) && this.checkOffload(txOffload)) {
-        this.counters.txFrames++;
-        this.counters.txBytes += total - hdrLen;
-        sw.input(src, this.frame);
+      } else {
+        this.describe(hdrLen, total);
+        if (this.checkOffload(txOffload)) {
+          this.counters.txFrames++;
+          this.counters.txBytes += total - hdrLen;
+          sw.input(src, this.frame);
+        }
       }
       ring.pushUsed(head, 0);
     }
@@ -73,7 +74,7 @@ export class VhostTx {
   }
 
   /** Points the frame at the chain in segs: header into this.hdr, Ethernet bytes where they lie. */
-  private describe(hdrLen: number, total: number): boolean {
+  private describe(hdrLen: number, total: number): void {
     const segs = this.segs;
     const f = this.frame;
     const h = this.hdr;
@@ -125,7 +126,6 @@ export class VhostTx {
       f.ethOff = 0;
       f.ethPeek = want;
     }
-    return true;
   }
 
   /** A sender's offload header must be one it negotiated, with sane fields (else dropped, counted). */
@@ -135,7 +135,7 @@ export class VhostTx {
     const f = this.frame;
     const head = this.head;
     for (let k = 0; k < ENGINE_HDR_LEN; k++) head[k] = h[k];
-    const n = f.ethLen < OFFLOAD_HEAD ? f.ethLen : OFFLOAD_HEAD;
+    const n = f.ethLen < MAX_HEADERS ? f.ethLen : MAX_HEADERS;
     f.read(0, n, head, ENGINE_HDR_LEN);
     if (checkSenderHeader(head, 0, f.len, txOffload, this.gso) === OFFLOAD_OK) {
       if (h[HDR_GSO_TYPE] !== VIRTIO_NET_HDR_GSO_NONE) {
