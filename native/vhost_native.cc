@@ -207,19 +207,32 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   double len = GetInteger(info, 1, "mmap", "length", 1, static_cast<double>(kMaxWindow));
   double off = GetInteger(info, 2, "mmap", "offset", 0, kMaxSafeInteger);
   size_t n = static_cast<size_t>(len);
-  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  const size_t pages = (n + page - 1) / page * page;
-  const size_t total = pages + 2 * page;
-  void* base = ::mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) ThrowErrno(env, "mmap (reservation)", errno);
-  void* want = static_cast<uint8_t*>(base) + page;
-  void* addr = ::mmap(want, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(off));
-  if (addr == MAP_FAILED) {
-    int err = errno;
-    ::munmap(base, total);
-    ThrowErrno(env, "mmap", err);
+  // Guards as large as the file's pages: a hugetlbfs file (QEMU's memory-backend-file on
+  // /dev/hugepages, DPDK's hugepage memory) maps only at addresses aligned to its page size.
+  size_t align = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  struct stat fst;
+  if (::fstat(fd, &fst) == 0 && fst.st_blksize > 0) {
+    size_t b = static_cast<size_t>(fst.st_blksize);
+    if ((b & (b - 1)) == 0 && b > align && b <= (size_t{1} << 30)) align = b;
   }
-  Mapping* m = new Mapping{addr, n, base, total, false};
+  const size_t body = (n + align - 1) / align * align;
+  const size_t total = body + 3 * align;  // one align of slack to place the body on a boundary
+  void* base = ::mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* addr = MAP_FAILED;
+  if (base != MAP_FAILED) {
+    uintptr_t at = (reinterpret_cast<uintptr_t>(base) + align + align - 1) / align * align;
+    addr = ::mmap(reinterpret_cast<void*>(at), n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(off));
+    if (addr == MAP_FAILED) ::munmap(base, total);
+  }
+  size_t mapped_total = total;
+  if (addr == MAP_FAILED) {
+    // no room for guards (or a file that refuses a fixed address): map it plainly, as before
+    addr = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(off));
+    if (addr == MAP_FAILED) ThrowErrno(env, "mmap", errno);
+    base = addr;
+    mapped_total = n;
+  }
+  Mapping* m = new Mapping{addr, n, base, mapped_total, false};
   {
     std::lock_guard<std::mutex> lock(g_map_mutex);
     g_mappings[addr] = m;
