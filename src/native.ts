@@ -47,6 +47,10 @@ export interface NativeAddon {
   memfdCreate(name: string, size: number, sealable?: boolean): number;
   /** F_SEAL_SHRINK on a memfd: 1 when it is in place (added now or before), 0 when the file cannot be sealed */
   sealShrink(fd: number): number;
+  /** a Uint32Array over the addon's count of contained SIGBUS faults in guest mappings ([0]; call once) */
+  guestFaultWord(): Uint32Array;
+  /** faults contained in this mmap() ArrayBuffer (its file shrank under it: zero pages now stand in) */
+  mappingFaults(buf: ArrayBuffer): number;
   /** ftruncate (tests) */
   ftruncate(fd: number, size: number): void;
 

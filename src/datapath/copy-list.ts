@@ -40,6 +40,9 @@ export class CopyList {
     process.emitWarning(`elastic-vhost: the native copy runner refused ${count} out-of-range copies`);
   };
 
+  /** called after every run (the memory layer looks for contained guest-memory faults) */
+  afterRun: () => void = () => {};
+
   constructor() {
     this.attach();
     this.stagingArea = this.register(this.staging);
@@ -133,6 +136,7 @@ export class CopyList {
       this.tally[1] += refused;
       this.onRefused(refused);
     }
+    this.afterRun();
   }
 
   /** Same as run(): named for the callers that need memory to be up to date before they read it. */

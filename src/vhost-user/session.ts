@@ -2,7 +2,7 @@
 // It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
-import { GuestMemory, MemRegion, Region } from '../memory/guest-memory';
+import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
 import { SplitRing } from '../virtio/split-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
@@ -85,6 +85,9 @@ export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.RARP) |
   bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
+/** a memory table of at most this many windows is mapped at once, a larger one in slices */
+const MAP_AT_ONCE_WINDOWS = 4;
+
 /** how often rings without a kick fd are looked at */
 const POLL_MS = 1;
 
@@ -150,6 +153,8 @@ export class Session {
   /** the net configuration of the negotiated features (tests and logs; the device gets it as an event) */
   netConfig: NetConfig | null = null;
   private unsealedNoted = false;
+  /** a memory table (or region) being mapped in slices; messages wait until it is in place */
+  private mapping: { cancel(): void; regions: Region[]; bytes: number } | null = null;
   /** per ring: usable as last told to the device */
   private readonly told: boolean[] = [];
   private readonly log: Log;
@@ -271,7 +276,7 @@ export class Session {
         break;
       case Req.SET_MEM_TABLE:
         this.setMemTable(m);
-        break;
+        return; // acknowledged once the table is in place
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
         const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
@@ -288,17 +293,19 @@ export class Session {
           safeClose(fd);
           throw new Error(`more than ${this.maxMemSlots} memory slots`);
         }
-        const region = new Region(d, fd);
-        try {
-          this.mem.add(region);
-        } catch (e) {
-          region.unmap();
-          throw e;
-        }
-        this.noteSeal(region);
-        this.account(this.mapped + d.memorySize);
-        this.resetupRings();
-        break;
+        const region = this.newRegion(d, fd);
+        this.whenMapped([region], d.memorySize, m, () => {
+          try {
+            this.mem.add(region);
+          } catch (e) {
+            region.unmap();
+            throw e;
+          }
+          this.noteSeal(region);
+          this.account(this.mapped + d.memorySize);
+          this.resetupRings();
+        });
+        return;
       }
       case Req.REM_MEM_REG: {
         for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
@@ -433,28 +440,92 @@ export class Session {
     const fds = m.fds.splice(0);
     const regions: Region[] = [];
     try {
-      for (let i = 0; i < n; i++) regions.push(new Region(descs[i], fds[i]));
+      for (let i = 0; i < n; i++) regions.push(this.newRegion(descs[i], fds[i]));
     } catch (e) {
       for (const r of regions) r.unmap();
       for (let i = regions.length + 1; i < n; i++) safeClose(fds[i]);
       throw e;
     }
-    let old: Region[];
-    try {
-      old = this.mem.replace(regions);
-    } catch (e) {
-      for (const r of regions) r.unmap();
-      throw e;
+    this.whenMapped(regions, bytes, m, () => {
+      let old: Region[];
+      try {
+        old = this.mem.replace(regions);
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        throw e;
+      }
+      for (const r of regions) this.noteSeal(r);
+      this.account(bytes);
+      // Rings move to the new mappings first; only then are the old ones unmapped.
+      this.resetupRings();
+      for (const r of old) r.unmap();
+      this.log(
+        `${this.name}: memory table: ${regions
+          .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
+          .join(', ')}`,
+      );
+    });
+  }
+
+  /** A region of this connection's memory (its windows mapped by whenMapped). */
+  private newRegion(d: MemRegion, fd: number): Region {
+    const r = new Region(d, fd, true);
+    r.onFault = () => this.memoryFault(r);
+    return r;
+  }
+
+  /**
+   * Maps the regions' windows, then runs install and acknowledges m. A table of a few windows is
+   * mapped at once; a larger one in slices across event-loop turns (each window costs a garbage
+   * collection: see guest-memory.ts), with no message read from this front-end meanwhile, so the
+   * other connections' traffic goes on while one front-end declares a huge memory table.
+   */
+  private whenMapped(regions: Region[], bytes: number, m: Message, install: () => void): void {
+    const finish = (): void => {
+      install();
+      this.ack(m);
+    };
+    let windows = 0;
+    for (const r of regions) windows += r.windowCount;
+    if (windows <= MAP_AT_ONCE_WINDOWS) {
+      try {
+        for (const r of regions) while (!r.mapNext());
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        throw e;
+      }
+      return finish();
     }
-    for (const r of regions) this.noteSeal(r);
-    this.account(bytes);
-    // Rings move to the new mappings first; only then are the old ones unmapped.
-    this.resetupRings();
-    for (const r of old) r.unmap();
-    this.log(
-      `${this.name}: memory table: ${regions
-        .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
-        .join(', ')}`,
+    this.conn.hold();
+    totalMapped += bytes; // held for this table while it is mapped
+    const job = mapInSlices(regions, (err) => {
+      this.mapping = null;
+      totalMapped -= bytes;
+      try {
+        if (err) throw err;
+        finish();
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        this.conn.fail(`${requestName(m.request)}: ${(e as Error).message}`);
+        return;
+      }
+      this.conn.release();
+    });
+    this.mapping = { cancel: job.cancel, regions, bytes };
+  }
+
+  private ack(m: Message): void {
+    if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
+    }
+  }
+
+  /** A contained fault in this connection's guest memory: its file shrank under the mapping. */
+  private memoryFault(r: Region): void {
+    if (this.closed) return;
+    this.conn.fail(
+      `guest memory file shrunk under the mapping of the region at guest address 0x${r.desc.guestPhysAddr.toString(16)} ` +
+        `(${r.faults()} page fault(s) contained, zero pages stand in): the front-end truncated a memory file it did not seal; resetting this connection`,
     );
   }
 
@@ -616,6 +687,12 @@ export class Session {
     if (this.closed) return;
     this.closed = true;
     this.stopPolling();
+    if (this.mapping) {
+      this.mapping.cancel();
+      for (const r of this.mapping.regions) r.unmap();
+      totalMapped -= this.mapping.bytes;
+      this.mapping = null;
+    }
     for (const r of this.rings) {
       this.stopKick(r);
       safeClose(r.setCallFd(-1));
