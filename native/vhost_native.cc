@@ -359,12 +359,6 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     m->slot = AddFaultSlot(addr, n, align);
     g_mappings[addr] = m;
   }
-  // V8 counts an external ArrayBuffer's bytes as memory a garbage collection could give back, and
-  // collects once they grow by 64 MiB: every 2 GiB window made a full GC (3.5 ms each here, more
-  // with a larger heap; a 512 GiB region froze the event loop for 1.7 s). A mapping is given back
-  // by munmap(), never by the collector: take its bytes out of that count (put back by munmap()).
-  int64_t ignored_total;
-  napi_adjust_external_memory(env, -static_cast<int64_t>(n), &ignored_total);
   napi_value result;
   napi_status st = napi_create_external_arraybuffer(env, addr, n, FinalizeMapping, m, &result);
   if (st != napi_ok) {
@@ -405,8 +399,6 @@ void Munmap(const Napi::CallbackInfo& info) {
   // A copy area inside the unmapped range must never be copied into or out of again.
   InvalidateAreas(Data(info), static_cast<uint8_t*>(addr), len);
   ab.Detach();
-  int64_t ignored_total;
-  napi_adjust_external_memory(env, static_cast<int64_t>(len), &ignored_total);
 }
 
 // ---------------------------------------------------------------------------------------------
