@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
 import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
-import { SplitRing } from '../virtio/split-ring';
+import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
@@ -98,8 +98,10 @@ export interface SessionOptions {
   protocolFeatures?: bigint;
   /** queue pairs offered through GET_QUEUE_NUM */
   maxQueuePairs?: number;
-  /** memory slots offered through GET_MAX_MEM_SLOTS */
+  /** memory slots offered through GET_MAX_MEM_SLOTS: the most regions a table may have (--max-regions) */
   maxMemSlots?: number;
+  /** most descriptors one chain may have (--max-chain-descriptors) */
+  maxChainDescriptors?: number;
   /** most guest memory bytes this connection may map (default DEFAULT_MAX_MAPPED) */
   maxMappedBytes?: number;
   /** most guest memory bytes all connections of the process may map together (default DEFAULT_MAX_TOTAL_MAPPED) */
@@ -120,6 +122,14 @@ const GiB = 1024 * 1024 * 1024;
 export const DEFAULT_MAX_MAPPED = 512 * GiB;
 /** all connections together: 4 TiB */
 export const DEFAULT_MAX_TOTAL_MAPPED = 4096 * GiB;
+
+/** queue pairs offered per connection (--queues) */
+export const DEFAULT_MAX_QUEUE_PAIRS = 8;
+/** memory regions one connection may have (--max-regions; GET_MAX_MEM_SLOTS) */
+export const DEFAULT_MAX_MEM_SLOTS = 32;
+
+/** requests refused for a limit, process-wide, by limit (the CLI's stats show them) */
+export const limitHits = { regions: 0, mappedBytes: 0, queuePairs: 0 };
 
 /** bytes of guest memory mapped by every session of this process */
 let totalMapped = 0;
@@ -167,12 +177,13 @@ export class Session {
     this.log = opts.log;
     this.offeredFeatures = opts.features ?? DEFAULT_FEATURES;
     this.offeredProtocol = opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES;
-    this.maxQueuePairs = opts.maxQueuePairs ?? 8;
-    this.maxMemSlots = opts.maxMemSlots ?? 32;
+    this.maxQueuePairs = opts.maxQueuePairs ?? DEFAULT_MAX_QUEUE_PAIRS;
+    this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
+    const maxChain = opts.maxChainDescriptors ?? DEFAULT_MAX_CHAIN_DESCRIPTORS;
     this.maxMapped = opts.maxMappedBytes ?? DEFAULT_MAX_MAPPED;
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
-      this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
+      this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`, maxChain));
       this.told.push(false);
       this.kickPollers.push(null);
     }
@@ -291,7 +302,8 @@ export class Session {
         }
         if (this.mem.size >= this.maxMemSlots) {
           safeClose(fd);
-          throw new Error(`more than ${this.maxMemSlots} memory slots`);
+          limitHits.regions++;
+          throw new Error(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
         }
         const region = this.newRegion(d, fd);
         this.whenMapped([region], d.memorySize, m, () => {
@@ -419,7 +431,10 @@ export class Session {
 
   private ring(index: number): SplitRing {
     const r = this.rings[index];
-    if (!r) throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered`);
+    if (!r) {
+      limitHits.queuePairs++;
+      throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered (${this.maxQueuePairs} queue pairs: --queues)`);
+    }
     return r;
   }
 
@@ -429,6 +444,10 @@ export class Session {
     if (n === 0 || n > MAX_TABLE_REGIONS) throw new Error(`${n} regions (1 to ${MAX_TABLE_REGIONS} allowed)`);
     if (m.size !== 8 + n * MEM_REGION_SIZE) throw new Error(`payload size ${m.size} does not match ${n} regions`);
     if (m.fds.length !== n) throw new Error(`${n} regions but ${m.fds.length} file descriptors`);
+    if (n > this.maxMemSlots) {
+      limitHits.regions++;
+      throw new Error(`${n} regions, more than the ${this.maxMemSlots} allowed (--max-regions)`);
+    }
     // every field first (a value beyond 2^53 throws here, while the fds are still the message's and
     // are closed with it), then the regions, each taking its fd over
     const descs: MemRegion[] = [];
@@ -536,9 +555,11 @@ export class Session {
    */
   private checkMapping(mine: number, more: number): void {
     if (mine > this.maxMapped) {
+      limitHits.mappedBytes++;
       throw new Error(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
     }
     if (totalMapped + more > this.maxTotalMapped) {
+      limitHits.mappedBytes++;
       throw new Error(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
     }
   }
