@@ -456,7 +456,9 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   std::string name = GetString(info, 0, "memfdCreate", "name");
   double size = GetInteger(info, 1, "memfdCreate", "size", 0, kMaxSafeInteger);
   bool sealable = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
-  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
+  // hugetlb: backed by the default huge page size (2 MiB here), as QEMU's and DPDK's hugepage memory
+  bool hugetlb = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0) | (hugetlb ? MFD_HUGETLB : 0));
   if (fd < 0) ThrowErrno(env, "memfd_create", errno);
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
