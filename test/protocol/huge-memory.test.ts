@@ -12,8 +12,10 @@ import { memTablePayload, sleep } from './frontend';
 import { FLAG_NEED_REPLY, Req, VERSION } from '../../src/vhost-user/message';
 import { bindPair, ethFrame, makePort, netHdr, packet, receiveN, sendPacket, seqOf, startPair } from './helpers';
 
-/** the longest event-loop stall allowed while the huge table is mapped */
-const STALL_BOUND_MS = 60;
+/** the longest event-loop stall allowed while the huge table is mapped: a slice takes 2-5 ms and the
+ * longest stall measured is 13-30 ms alone on this 2-core machine, up to 140 ms when other jobs take
+ * the CPUs; mapping every window in one turn stalled 2.65 s */
+const STALL_BOUND_MS = 250;
 
 test('the largest memory table the caps allow is mapped without freezing the other connections (event-loop stall bounded)', async () => {
   const { hub, log, a, b, done } = await startPair();
