@@ -36,9 +36,14 @@ export interface SessionDevice {
   featuresNegotiated(cfg: NetConfig): void;
   /** the memory table changed (the rings are translated again, events follow for each) */
   memoryChanged(mem: GuestMemory): void;
-  /** q became usable: started, enabled and set up (after a kick, SET_VRING_ENABLE, a new table…) */
+  /**
+   * q is to be processed: started and set up (after a kick, a new table…). Told again when its
+   * enabled state changes: a started but disabled ring is processed without side effects (the
+   * spec's "Ring states": no new RX packets supplied, TX packets processed and discarded).
+   */
   ringStarted(q: Virtqueue): void;
-  /** q is no longer usable: stopped (GET_VRING_BASE), disabled, reset, broken or its memory gone */
+  /** q is not to be processed, not even read or written: stopped (GET_VRING_BASE), reset, broken
+   * or its memory gone */
   ringStopped(q: Virtqueue): void;
   /** q was found broken (logged, err eventfd signalled); ringStopped follows */
   ringBroken(q: Virtqueue, reason: string): void;
@@ -84,6 +89,16 @@ export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.NET_MTU) |
   bit(ProtocolFeature.RARP) |
   bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+
+/** a ring's state as the device is told it (see SessionDevice.ringStarted) */
+const STOPPED = 0;
+const STARTED_DISABLED = 1;
+const STARTED_ENABLED = 2;
+
+/** started and set up (not broken): processed, enabled or not */
+export function processable(q: Virtqueue): boolean {
+  return q.started && q.ready;
+}
 
 /** how often rings without a kick fd are looked at */
 const POLL_MS = 1;
@@ -150,8 +165,8 @@ export class Session {
   /** the net configuration of the negotiated features (tests and logs; the device gets it as an event) */
   netConfig: NetConfig | null = null;
   private unsealedNoted = false;
-  /** per ring: usable as last told to the device */
-  private readonly told: boolean[] = [];
+  /** per ring as last told to the device: STOPPED, STARTED_DISABLED or STARTED_ENABLED */
+  private readonly told: number[] = [];
   private readonly log: Log;
   private closed = false;
   /** checks rings that have no kick fd (the front-end asked for polling with the "no fd" bit) */
@@ -168,7 +183,7 @@ export class Session {
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
       this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
-      this.told.push(false);
+      this.told.push(STOPPED);
       this.kickPollers.push(null);
     }
     conn.onMessage = (m) => this.handle(m);
@@ -189,11 +204,11 @@ export class Session {
 
   /** Tells the device what changed about q's usability (the one place ring events come from). */
   private sync(q: SplitRing): void {
-    const u = q.usable;
-    if (u === this.told[q.index]) return;
-    this.told[q.index] = u;
-    if (u) this.device.ringStarted(q);
-    else this.device.ringStopped(q);
+    const st = !processable(q) ? STOPPED : q.enabled ? STARTED_ENABLED : STARTED_DISABLED;
+    if (st === this.told[q.index]) return;
+    this.told[q.index] = st;
+    if (st === STOPPED) this.device.ringStopped(q);
+    else this.device.ringStarted(q);
   }
 
   private syncAll(): void {
@@ -537,7 +552,7 @@ export class Session {
             r.start();
             this.sync(r);
           }
-          if (r.usable) this.device.kick(r);
+          if (processable(r)) this.device.kick(r);
         } catch (e) {
           this.internalError(`kick on ${r.name}`, e);
         }
@@ -564,7 +579,7 @@ export class Session {
         for (const r of this.rings) {
           if (r.kickFd >= 0 || !r.started) continue;
           polled++;
-          if (r.usable) this.device.kick(r);
+          if (processable(r)) this.device.kick(r);
         }
       } catch (e) {
         this.internalError('ring polling', e);
@@ -622,7 +637,7 @@ export class Session {
       safeClose(r.setErrFd(-1));
       r.stop();
       r.detachViews();
-      this.told[r.index] = false;
+      this.told[r.index] = STOPPED;
     }
     this.mem.clear();
     this.account(0);

@@ -18,13 +18,21 @@ function usedBytes(vq: Virtqueue): Uint8Array {
   return vq.ram.view(vq.usedGpa, 6 + 8 * vq.num).slice();
 }
 
-async function withSwitch(body: (sw: Switch, log: LogCapture) => Promise<void>): Promise<void> {
+/** Runs body with a switch; every guest it started is closed afterwards, failed or not. */
+async function withSwitch(body: (sw: Switch, log: LogCapture, start: typeof startGuest) => Promise<void>): Promise<void> {
   const before = fdCount();
   const log = new LogCapture();
   const sw = new Switch({ poolBytes: 4 << 20, log: () => {} });
+  const guests: Guest[] = [];
+  const start: typeof startGuest = async (...args) => {
+    const g = await startGuest(...args);
+    guests.push(g);
+    return g;
+  };
   try {
-    await body(sw, log);
+    await body(sw, log, start);
   } finally {
+    for (const g of guests) if (g.port.connected) await closeGuest(g);
     sw.close();
   }
   await sleep(10);
@@ -34,7 +42,7 @@ async function withSwitch(body: (sw: Switch, log: LogCapture) => Promise<void>):
 
 for (const eventIdx of [true, false]) {
   test(`a stopped ring is never written (${eventIdx ? 'EVENT_IDX' : 'NO_NOTIFY flags'}): frames for it wait in the elastic FIFO and arrive after the restart`, async () => {
-    await withSwitch(async (sw, log) => {
+    await withSwitch(async (sw, log, startGuest) => {
       const opts = eventIdx ? {} : { features: DEFAULT_NO_EVENT_IDX };
       const a = await startGuest(sw, 'vmA', log, opts);
       const b = await startGuest(sw, 'vmB', log, opts);
@@ -69,8 +77,33 @@ for (const eventIdx of [true, false]) {
       b.tx.kick();
       await b.tx.waitUsed(txBase + 1);
       assert.deepEqual((await receiveN(a, 1)).map((p) => seqOf(p.frame)), [99]);
-      await closeGuest(a);
-      await closeGuest(b);
     });
   });
 }
+
+test('a started but disabled TX ring is processed and its frames discarded (counted); enabled again, frames pass', async () => {
+  await withSwitch(async (sw, log, startGuest) => {
+    const a = await startGuest(sw, 'vmA', log);
+    const b = await startGuest(sw, 'vmB', log);
+    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, mac(2), BCAST)));
+    await receiveN(a, 1);
+    await a.fe.setVringEnable(1, false);
+    for (let i = 1; i <= 5; i++) a.tx.postTx(packet(netHdr(12), ethFrame(100, i, mac(1), i === 3 ? BCAST : mac(2))));
+    a.tx.kick();
+    await a.tx.waitUsed(5);
+    const used = a.tx.takeUsed();
+    assert.equal(used.length, 5, 'every chain given back');
+    await sleep(20);
+    assert.equal(b.rx.receive(12, true).length, 0, 'nothing of a disabled TX ring reaches anyone');
+    assert.equal(a.port.counters.txDisabledDropped, 5);
+    assert.equal(a.port.counters.txFrames, 0);
+    const pb = sw.stats().ports.find((p) => p.name === 'vmB')!;
+    assert.equal(pb.queuedFrames, 0, 'nothing held for B either');
+    // the disabled ring is still started: a kick alone (no new SET_VRING_KICK) keeps it processed
+    assert.equal(a.port.session!.rings[1].started, true);
+    await a.fe.setVringEnable(1, true);
+    await sendPacket(a, packet(netHdr(12), ethFrame(100, 6, mac(1), mac(2))));
+    assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [6]);
+    assert.equal(a.port.counters.txDisabledDropped, 5);
+  });
+});

@@ -10,7 +10,7 @@ import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
 import { Frame } from '../../datapath/frame';
 import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
-import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
+import { processable, Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection, Log } from '../../vhost-user/connection';
 import type { Virtqueue } from '../../virtio/virtqueue';
 import { DEFAULT_NET_CONFIG, NetConfig } from '../../virtio/net-config';
@@ -46,6 +46,8 @@ export interface PortCounters {
   rxOffloadDropped: number;
   /** frames dropped because a copy range was refused (a bug or a hostile buffer layout) */
   rxBadRange: number;
+  /** frames the guest sent on a started but disabled TX ring: processed and discarded (the spec) */
+  txDisabledDropped: number;
 }
 
 export interface VhostUserPortOptions extends PortAttachOptions {
@@ -73,7 +75,7 @@ class TxPoller implements Pollable {
     return this.port.pollTx(this.ring);
   }
   hasWork(): boolean {
-    return this.ring.usable && this.ring.availCount() !== 0;
+    return processable(this.ring) && this.ring.availCount() !== 0;
   }
   pollEnd(): boolean {
     const keep = this.port.endPollTx(this.ring);
@@ -101,6 +103,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     rxSegmented: 0,
     rxOffloadDropped: 0,
     rxBadRange: 0,
+    txDisabledDropped: 0,
   };
 
   private readonly tx = new VhostTx(this.counters);
@@ -119,7 +122,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private readonly txPending: boolean[] = [];
   private txScheduled = false;
   private readonly txPollers: (TxPoller | null)[] = [];
-  /** the usable queues by index, as the session's events say */
+  /** the started queues by index (enabled or not), as the session's events say */
   private readonly queues: (Virtqueue | null)[] = new Array<Virtqueue | null>(64).fill(null);
   private cfg: NetConfig = DEFAULT_NET_CONFIG;
   private mem: GuestMemory | null = null;
@@ -301,13 +304,14 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   }
 
   private txUsable(ring: Virtqueue): boolean {
-    return this.session !== null && this.index >= 0 && this.mem !== null && ring.usable;
+    return this.session !== null && this.index >= 0 && this.mem !== null && processable(ring);
   }
 
   /** One batch from ring: frames into the engine, its copies run, TX and RX used entries published. */
   private txBatch(ring: Virtqueue): number {
     const s = this.session as Session;
-    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET);
+    // a started but disabled TX ring is processed and its frames discarded (the spec's "Ring states")
+    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET, !ring.enabled);
     if (n > 0 || ring.broken !== null) {
       this.sw.flush();
       ring.publish();
