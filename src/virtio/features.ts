@@ -40,3 +40,33 @@ export function has(mask: bigint, n: number): boolean {
   return (mask & bit(n)) !== 0n;
 }
 
+
+/**
+ * virtio 1.x 5.1.3.1, "Feature bit requirements" of a network device: each feature with the
+ * features one of which it needs. A driver must not accept a feature without what it requires.
+ * Not here: the ones that require VIRTIO_NET_F_CTRL_VQ (MQ, CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE…):
+ * with vhost-user the control queue is the front-end's (QEMU keeps it and passes MQ and
+ * GUEST_ANNOUNCE to the back-end without CTRL_VQ). MRG_RXBUF, MTU, STATUS require nothing.
+ */
+const NET_REQUIREMENTS: readonly (readonly [feature: number, needsOneOf: readonly number[]])[] = [
+  [VirtioFeature.NET_F_GUEST_TSO4, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_TSO6, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_UFO, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_ECN, [VirtioFeature.NET_F_GUEST_TSO4, VirtioFeature.NET_F_GUEST_TSO6]],
+  [VirtioFeature.NET_F_HOST_TSO4, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_TSO6, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_UFO, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_ECN, [VirtioFeature.NET_F_HOST_TSO4, VirtioFeature.NET_F_HOST_TSO6]],
+];
+
+const featureName = (n: number): string => Object.keys(VirtioFeature).find((k) => VirtioFeature[k as keyof typeof VirtioFeature] === n) ?? `bit ${n}`;
+
+/** The first requirement of 5.1.3.1 that `features` breaks, in words; null when none. */
+export function netFeatureRequirementBroken(features: bigint): string | null {
+  for (const [f, needs] of NET_REQUIREMENTS) {
+    if (has(features, f) && !needs.some((n) => has(features, n))) {
+      return `${featureName(f)} requires ${needs.map(featureName).join(' or ')} (virtio 5.1.3.1)`;
+    }
+  }
+  return null;
+}
