@@ -390,7 +390,8 @@ export class Session {
         for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
         const d = readRegion(p, 8);
         const r = this.mem.remove(d);
-        if (!r) throw new Refusal(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`);
+        // nothing is mapped there: as if removed, whether the front-end hears of it or not
+        if (!r) throw new Refusal(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`, 'ignore');
         if (r.refs > 0) break; // still added by another vhost device
         this.resetupRings();
         r.unmap();

@@ -107,3 +107,41 @@ test('a started but disabled TX ring is processed and its frames discarded (coun
     assert.equal(a.port.counters.txDisabledDropped, 5);
   });
 });
+
+/** an Ethernet frame of len bytes with an 802.1Q tag (ethertype 0x8100, then 0x88b5) */
+function vlanFrame(len: number, seq: number): Uint8Array {
+  const f = ethFrame(len, seq, mac(1), mac(2));
+  f.copyWithin(16, 12, len - 4);
+  f[12] = 0x81;
+  f[13] = 0x00;
+  f[14] = 0x00;
+  f[15] = 0x05; // VLAN 5
+  new DataView(f.buffer).setUint32(14 + 4, seq, true);
+  return f;
+}
+
+test('NET_SET_MTU is enforced: a non-GSO frame longer than MTU + Ethernet header (+ VLAN tag) is not delivered, counted as rxOverMtu', async () => {
+  await withSwitch(async (sw, log, startGuest) => {
+    const a = await startGuest(sw, 'vmA', log);
+    const b = await startGuest(sw, 'vmB', log, { mtu: 1500 });
+    const c = await startGuest(sw, 'vmC', log, { mtu: 1500, features: DEFAULT_FEATURES & ~bit(VirtioFeature.NET_F_MTU) });
+    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, mac(2), BCAST)));
+    await sendPacket(c, packet(netHdr(12), ethFrame(60, 0, mac(3), BCAST)));
+    await receiveN(a, 2);
+    await receiveN(c, 1);
+    await receiveN(b, 1);
+    const to = (d: number, len: number, seq: number) => packet(netHdr(12), ethFrame(len, seq, mac(1), mac(d)));
+    await sendPacket(a, to(2, 1514, 1)); // MTU 1500 + 14: fits
+    await sendPacket(a, to(2, 1515, 2)); // one byte more: not for B
+    await sendPacket(a, packet(netHdr(12), vlanFrame(1518, 3))); // tagged: 4 bytes more fit
+    await sendPacket(a, packet(netHdr(12), vlanFrame(1519, 4)));
+    await sendPacket(a, to(3, 2000, 5)); // C did not negotiate VIRTIO_NET_F_MTU: no limit
+    await sendPacket(a, to(2, 200, 6));
+    assert.deepEqual((await receiveN(b, 3)).map((p) => [seqOf(p.frame.subarray(p.frame[12] === 0x81 ? 4 : 0)), p.frame.length]), [[1, 1514], [3, 1518], [6, 200]]);
+    assert.deepEqual((await receiveN(c, 1)).map((p) => p.frame.length), [2000]);
+    assert.equal(b.port.counters.rxOverMtu, 2);
+    assert.equal(c.port.counters.rxOverMtu, 0);
+    const pb = sw.stats().ports.find((p) => p.name === 'vmB')!;
+    assert.equal(pb.queuedFrames, 0, 'dropped, not held');
+  });
+});
