@@ -8,7 +8,7 @@ import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
 import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
-import { netFeatureRequirementBroken } from '../virtio/features';
+import { netFeaturesUsable } from '../virtio/features';
 import { Refusal, refuseOnError } from './refusal';
 import {
   encode,
@@ -302,8 +302,6 @@ export class Session {
       case Req.SET_FEATURES: {
         const f = p.getBigUint64(0, true);
         if (f & ~this.offeredFeatures) throw new Refusal(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
-        const broken = netFeatureRequirementBroken(f);
-        if (broken) throw new Refusal(`features ${virtioFeatureNames(f)}: ${broken}`);
         // vhost-user.rst, Migration: while rings run, SET_FEATURES toggles VHOST_F_LOG_ALL only
         const changed = (f ^ this.features) & ~bit(VirtioFeature.LOG_ALL);
         const running = this.rings.find((r) => r.started);
@@ -312,13 +310,15 @@ export class Session {
         }
         this.features = f;
         this.featuresSet = true;
-        this.netConfig = netConfigOf(f);
+        const { usable, unmet } = netFeaturesUsable(f);
+        this.netConfig = netConfigOf(usable);
         const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
         for (const r of this.rings) {
           r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
           if (defaultEnabled) r.enable(true);
         }
         this.log(`${this.name}: features ${virtioFeatureNames(f)}`);
+        if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`);
         this.device.featuresNegotiated(this.netConfig);
         this.tellMtu();
         this.syncAll();
