@@ -8,6 +8,8 @@ import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
 import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
+import { netFeaturesUsable } from '../virtio/features';
+import { Refusal, refuseOnError } from './refusal';
 import {
   encode,
   FLAG_NEED_REPLY,
@@ -36,14 +38,21 @@ export interface SessionDevice {
   featuresNegotiated(cfg: NetConfig): void;
   /** the memory table changed (the rings are translated again, events follow for each) */
   memoryChanged(mem: GuestMemory): void;
-  /** q became usable: started, enabled and set up (after a kick, SET_VRING_ENABLE, a new table…) */
+  /**
+   * q is to be processed: started and set up (after a kick, a new table…). Told again when its
+   * enabled state changes: a started but disabled ring is processed without side effects (the
+   * spec's "Ring states": no new RX packets supplied, TX packets processed and discarded).
+   */
   ringStarted(q: Virtqueue): void;
-  /** q is no longer usable: stopped (GET_VRING_BASE), disabled, reset, broken or its memory gone */
+  /** q is not to be processed, not even read or written: stopped (GET_VRING_BASE), reset, broken
+   * or its memory gone */
   ringStopped(q: Virtqueue): void;
   /** q was found broken (logged, err eventfd signalled); ringStopped follows */
   ringBroken(q: Virtqueue, reason: string): void;
   /** a kick arrived on a usable q (or polling mode looked at it) */
   kick(q: Virtqueue): void;
+  /** the MTU the guest was given (NET_SET_MTU, with VIRTIO_NET_F_MTU negotiated); 0: none */
+  mtuChanged(mtu: number): void;
   /** SEND_RARP: announce mac on behalf of the guest (after migration) */
   rarp(mac: Uint8Array): void;
   /** the session ended (connection closed by either side) */
@@ -83,7 +92,27 @@ export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.NET_MTU) |
   bit(ProtocolFeature.RARP) |
-  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+  bit(ProtocolFeature.STATUS);
+
+/** a ring's state as the device is told it (see SessionDevice.ringStarted) */
+const STOPPED = 0;
+const STARTED_DISABLED = 1;
+const STARTED_ENABLED = 2;
+
+/** virtio device status bits (virtio 1.x 2.1) */
+export const STATUS_DRIVER_OK = 4;
+
+/** requests with a reply of their own: a refusal is a zero-length reply (GET_CONFIG's convention) */
+const HAS_REPLY: ReadonlySet<number> = new Set([
+  Req.GET_FEATURES,
+  Req.GET_PROTOCOL_FEATURES,
+  Req.GET_QUEUE_NUM,
+  Req.GET_VRING_BASE,
+  Req.GET_MAX_MEM_SLOTS,
+  Req.GET_CONFIG,
+  Req.GET_STATUS,
+]);
 
 /** a memory table of at most this many windows is mapped at once, a larger one in slices */
 const MAP_AT_ONCE_WINDOWS = 4;
@@ -165,8 +194,8 @@ export class Session {
   private unsealedNoted = false;
   /** a memory table (or region) being mapped in slices; messages wait until it is in place */
   private mapping: { cancel(): void; regions: Region[]; bytes: number } | null = null;
-  /** per ring: usable as last told to the device */
-  private readonly told: boolean[] = [];
+  /** per ring as last told to the device: STOPPED, STARTED_DISABLED or STARTED_ENABLED */
+  private readonly told: number[] = [];
   private readonly log: Log;
   private closed = false;
   /** checks rings that have no kick fd (the front-end asked for polling with the "no fd" bit) */
@@ -184,10 +213,10 @@ export class Session {
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
       this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`, maxChain));
-      this.told.push(false);
+      this.told.push(STOPPED);
       this.kickPollers.push(null);
     }
-    conn.onMessage = (m) => this.handle(m);
+    conn.onMessage = (m) => this.dispatch(m);
     conn.onClose = (reason) => this.dispose(reason);
   }
 
@@ -205,15 +234,55 @@ export class Session {
 
   /** Tells the device what changed about q's usability (the one place ring events come from). */
   private sync(q: SplitRing): void {
-    const u = q.usable;
-    if (u === this.told[q.index]) return;
-    this.told[q.index] = u;
-    if (u) this.device.ringStarted(q);
-    else this.device.ringStopped(q);
+    const st = !this.processable(q) ? STOPPED : q.enabled ? STARTED_ENABLED : STARTED_DISABLED;
+    if (st === this.told[q.index]) return;
+    this.told[q.index] = st;
+    if (st === STOPPED) this.device.ringStopped(q);
+    else this.device.ringStarted(q);
   }
 
   private syncAll(): void {
     for (const r of this.rings) this.sync(r);
+  }
+
+  /**
+   * Started and set up (not broken), and, with VHOST_USER_PROTOCOL_F_STATUS, the driver is ready
+   * (virtio 2.1: no buffer consumed, no notification sent before DRIVER_OK): processed, enabled or not.
+   */
+  private processable(q: SplitRing): boolean {
+    return q.started && q.ready && (!this.hasProtocol(ProtocolFeature.STATUS) || (this.status & STATUS_DRIVER_OK) !== 0);
+  }
+
+  /** the MTU limit as the device is to enforce it (NET_SET_MTU counts with VIRTIO_NET_F_MTU only) */
+  private tellMtu(): void {
+    this.device.mtuChanged(this.hasFeature(VirtioFeature.NET_F_MTU) ? this.mtu : 0);
+  }
+
+  /**
+   * Runs one request. A Refusal (it failed validation, nothing changed) keeps the connection where
+   * the front-end can be told: a zero-length reply to a request with a reply of its own, a non-zero
+   * REPLY_ACK ack when it asked for one. Otherwise the refusal says: closed (front-end and back-end
+   * would disagree on the state), or logged and ignored. Any other error closes the connection.
+   */
+  private dispatch(m: Message): void {
+    try {
+      this.handle(m);
+    } catch (e) {
+      if (!(e instanceof Refusal)) throw e;
+      for (const fd of m.fds.splice(0)) safeClose(fd);
+      const what = `${this.name}: error: ${requestName(m.request)}: ${e.message}`;
+      if (HAS_REPLY.has(m.request)) {
+        this.log(`${what}; refused (zero-length reply)`);
+        this.conn.send(encode(m.request, VERSION | FLAG_REPLY));
+      } else if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+        this.log(`${what}; refused (non-zero reply)`);
+        this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(1)));
+      } else if (e.withoutAck === 'ignore') {
+        this.log(`${what}; ignored (no reply asked for)`);
+      } else {
+        throw new Error(`${e.message} (refused; no reply asked for)`);
+      }
+    }
   }
 
   get hdrLen(): number {
@@ -248,17 +317,26 @@ export class Session {
         break;
       case Req.SET_FEATURES: {
         const f = p.getBigUint64(0, true);
-        if (f & ~this.offeredFeatures) throw new Error(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
+        if (f & ~this.offeredFeatures) throw new Refusal(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
+        // vhost-user.rst, Migration: while rings run, SET_FEATURES toggles VHOST_F_LOG_ALL only
+        const changed = (f ^ this.features) & ~bit(VirtioFeature.LOG_ALL);
+        const running = this.rings.find((r) => r.started);
+        if (this.featuresSet && changed && running) {
+          throw new Refusal(`${virtioFeatureNames(changed)} changed while ${running.name} is started (only VHOST_F_LOG_ALL may change then)`);
+        }
         this.features = f;
         this.featuresSet = true;
-        this.netConfig = netConfigOf(f);
+        const { usable, unmet } = netFeaturesUsable(f);
+        this.netConfig = netConfigOf(usable);
         const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
         for (const r of this.rings) {
           r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
           if (defaultEnabled) r.enable(true);
         }
         this.log(`${this.name}: features ${virtioFeatureNames(f)}`);
+        if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`);
         this.device.featuresNegotiated(this.netConfig);
+        this.tellMtu();
         this.syncAll();
         break;
       }
@@ -267,7 +345,7 @@ export class Session {
         break;
       case Req.SET_PROTOCOL_FEATURES: {
         const f = p.getBigUint64(0, true);
-        if (f & ~this.offeredProtocol) throw new Error(`protocol features include ones not offered: ${protocolFeatureNames(f & ~this.offeredProtocol)}`);
+        if (f & ~this.offeredProtocol) throw new Refusal(`protocol features include ones not offered: ${protocolFeatureNames(f & ~this.offeredProtocol)}`);
         this.protocolFeatures = f;
         this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`);
         break;
@@ -276,10 +354,18 @@ export class Session {
         this.owner = true;
         break;
       case Req.RESET_OWNER:
+        // Deprecated; the spec recommends ignoring it or disabling all rings, never discarding
+        // the connection's state (that interpretation "would lead to bugs"): every ring disabled.
+        for (const r of this.rings) {
+          r.enable(false);
+          this.sync(r);
+        }
+        break;
       case Req.RESET_DEVICE:
         this.reset();
         break;
       case Req.GET_QUEUE_NUM:
+        if (!this.hasProtocol(ProtocolFeature.MQ)) throw new Refusal('VHOST_USER_PROTOCOL_F_MQ was not negotiated');
         reply = u64Payload(this.maxQueuePairs);
         break;
       case Req.GET_MAX_MEM_SLOTS:
@@ -303,7 +389,7 @@ export class Session {
         if (this.mem.size >= this.maxMemSlots) {
           safeClose(fd);
           limitHits.regions++;
-          throw new Error(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
+          throw new Refusal(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
         }
         const region = this.newRegion(d, fd);
         this.whenMapped([region], d.memorySize, m, () => {
@@ -323,7 +409,8 @@ export class Session {
         for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
         const d = readRegion(p, 8);
         const r = this.mem.remove(d);
-        if (!r) throw new Error(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`);
+        // nothing is mapped there: as if removed, whether the front-end hears of it or not
+        if (!r) throw new Refusal(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`, 'ignore');
         if (r.refs > 0) break; // still added by another vhost device
         this.resetupRings();
         r.unmap();
@@ -342,7 +429,7 @@ export class Session {
         break;
       case Req.SET_VRING_NUM: {
         const r = this.ring(p.getUint32(0, true));
-        r.setNum(p.getUint32(4, true));
+        refuseOnError(() => r.setNum(p.getUint32(4, true)));
         if (r.addrSet && this.mem.size > 0) {
           // Views made for the old size would disagree with the new one: translate again, or, when
           // the old addresses cannot hold a ring this size, wait for the next SET_VRING_ADDR.
@@ -365,7 +452,7 @@ export class Session {
       case Req.SET_VRING_BASE: {
         const r = this.ring(p.getUint32(0, true));
         const base = p.getUint32(4, true);
-        if (base > 0xffff) throw new Error(`${r.name}: base ${base} does not fit a split ring index`);
+        if (base > 0xffff) throw new Refusal(`${r.name}: base ${base} does not fit a split ring index`);
         r.setBase(base);
         break;
       }
@@ -383,7 +470,7 @@ export class Session {
       case Req.SET_VRING_ENABLE: {
         const r = this.ring(p.getUint32(0, true));
         const on = p.getUint32(4, true);
-        if (on > 1) throw new Error(`${r.name}: enable value ${on} is neither 0 nor 1`);
+        if (on > 1) throw new Refusal(`${r.name}: enable value ${on} is neither 0 nor 1`);
         r.enable(on === 1);
         this.sync(r);
         break;
@@ -395,15 +482,17 @@ export class Session {
         break;
       }
       case Req.NET_SET_MTU: {
-        const mtu = getU64(p, 0);
-        if (mtu < 68 || mtu > 65535) throw new Error(`MTU ${mtu} outside [68, 65535]`);
+        const mtu = refuseOnError(() => getU64(p, 0), 'ignore');
+        // without an ack the front-end is not told, and the guest is given its MTU anyway: none is enforced
+        if (mtu < 68 || mtu > 65535) throw new Refusal(`MTU ${mtu} outside [68, 65535]`, 'ignore');
         this.mtu = mtu;
         this.log(`${this.name}: MTU ${mtu}`);
+        this.tellMtu();
         break;
       }
       case Req.SET_VRING_ENDIAN: {
         const r = this.ring(p.getUint32(0, true));
-        if (p.getUint32(4, true) !== 0) throw new Error(`${r.name}: big-endian rings are not supported`);
+        if (p.getUint32(4, true) !== 0) throw new Refusal(`${r.name}: big-endian rings are not supported`);
         break;
       }
       case Req.GET_CONFIG:
@@ -411,11 +500,13 @@ export class Session {
         reply = new Uint8Array(0);
         break;
       case Req.SET_CONFIG:
-        throw new Error('VHOST_USER_PROTOCOL_F_CONFIG was not offered');
+        throw new Refusal('VHOST_USER_PROTOCOL_F_CONFIG was not offered');
       case Req.SET_STATUS:
-        this.status = getU64(p, 0) & 0xff;
+        if (!this.hasProtocol(ProtocolFeature.STATUS)) throw new Refusal('VHOST_USER_PROTOCOL_F_STATUS was not negotiated');
+        this.setStatus(refuseOnError(() => getU64(p, 0)));
         break;
       case Req.GET_STATUS:
+        if (!this.hasProtocol(ProtocolFeature.STATUS)) throw new Refusal('VHOST_USER_PROTOCOL_F_STATUS was not negotiated');
         reply = u64Payload(this.status);
         break;
       default:
@@ -433,9 +524,23 @@ export class Session {
     const r = this.rings[index];
     if (!r) {
       limitHits.queuePairs++;
-      throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered (${this.maxQueuePairs} queue pairs: --queues)`);
+      throw new Refusal(`ring index ${index} beyond the ${this.rings.length} rings offered (${this.maxQueuePairs} queue pairs: --queues)`);
     }
     return r;
+  }
+
+  /**
+   * SET_STATUS (virtio 1.x 2.1, the device status byte). DRIVER_OK lets the started rings be
+   * processed. 0 is a device reset: every ring stops as on GET_VRING_BASE, its indices kept — QEMU
+   * 7.2 sends SET_STATUS 0 in vhost_dev_stop before it asks each ring's base, and sends features,
+   * table and rings again before the next DRIVER_OK.
+   */
+  private setStatus(v: number): void {
+    if (v > 0xff) throw new Refusal(`status 0x${v.toString(16)} is not a status byte`);
+    this.status = v;
+    this.log(`${this.name}: device status 0x${v.toString(16)}`);
+    if (v === 0) for (const r of this.rings) this.stopRing(r);
+    else this.syncAll();
   }
 
   private setMemTable(m: Message): void {
@@ -556,11 +661,11 @@ export class Session {
   private checkMapping(mine: number, more: number): void {
     if (mine > this.maxMapped) {
       limitHits.mappedBytes++;
-      throw new Error(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
+      throw new Refusal(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
     }
     if (totalMapped + more > this.maxTotalMapped) {
       limitHits.mappedBytes++;
-      throw new Error(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
+      throw new Refusal(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
     }
   }
 
@@ -602,7 +707,7 @@ export class Session {
       // Only eventfds: anything else (a pipe, a socket) could block or fail our writes and reads
       // for every port; written non-blocking, so a counter filled to the maximum cannot block us.
       const kind = fdKind(m.fds[0]);
-      if (kind !== 'anon_inode:[eventfd]') throw new Error(`${r.name}: ${requestName(m.request)} fd is not an eventfd (${kind})`);
+      if (kind !== 'anon_inode:[eventfd]') throw new Refusal(`${r.name}: ${requestName(m.request)} fd is not an eventfd (${kind})`);
       native.setNonBlocking(m.fds[0]);
     }
     const fd = nofd ? -1 : m.fds.pop()!;
@@ -629,7 +734,7 @@ export class Session {
             r.start();
             this.sync(r);
           }
-          if (r.usable) this.device.kick(r);
+          if (this.processable(r)) this.device.kick(r);
         } catch (e) {
           this.internalError(`kick on ${r.name}`, e);
         }
@@ -656,7 +761,7 @@ export class Session {
         for (const r of this.rings) {
           if (r.kickFd >= 0 || !r.started) continue;
           polled++;
-          if (r.usable) this.device.kick(r);
+          if (this.processable(r)) this.device.kick(r);
         }
       } catch (e) {
         this.internalError('ring polling', e);
@@ -696,6 +801,7 @@ export class Session {
     this.features = 0n;
     this.netConfig = null;
     this.featuresSet = false;
+    this.status = 0;
     // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
     // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
   }
@@ -720,7 +826,7 @@ export class Session {
       safeClose(r.setErrFd(-1));
       r.stop();
       r.detachViews();
-      this.told[r.index] = false;
+      this.told[r.index] = STOPPED;
     }
     this.mem.clear();
     this.account(0);

@@ -40,3 +40,47 @@ export function has(mask: bigint, n: number): boolean {
   return (mask & bit(n)) !== 0n;
 }
 
+
+/**
+ * virtio 1.x 5.1.3.1, "Feature bit requirements" of a network device: each feature with the
+ * features one of which it needs. A driver must not accept a feature without what it requires —
+ * but QEMU's per-offload properties (csum=off, guest_csum=off…) leave, say, HOST_TSO4 or GUEST_ECN
+ * on, and Linux accepts them, so a back-end that refused such a set would refuse ordinary VMs (and
+ * QEMU with reconnect=1 would retry for ever). A feature without its requirement is meaningless, so
+ * it is left out of what the device uses (netFeaturesUsable). Not here: the ones that require
+ * VIRTIO_NET_F_CTRL_VQ (MQ, CTRL_RX, GUEST_ANNOUNCE…): with vhost-user the control queue is the
+ * front-end's, and QEMU passes MQ and GUEST_ANNOUNCE on without CTRL_VQ. MRG_RXBUF, MTU and
+ * STATUS require nothing.
+ */
+const NET_REQUIREMENTS: readonly (readonly [feature: number, needsOneOf: readonly number[]])[] = [
+  [VirtioFeature.NET_F_GUEST_TSO4, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_TSO6, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_UFO, [VirtioFeature.NET_F_GUEST_CSUM]],
+  [VirtioFeature.NET_F_GUEST_ECN, [VirtioFeature.NET_F_GUEST_TSO4, VirtioFeature.NET_F_GUEST_TSO6]],
+  [VirtioFeature.NET_F_HOST_TSO4, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_TSO6, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_UFO, [VirtioFeature.NET_F_CSUM]],
+  [VirtioFeature.NET_F_HOST_ECN, [VirtioFeature.NET_F_HOST_TSO4, VirtioFeature.NET_F_HOST_TSO6]],
+];
+
+const featureName = (n: number): string => Object.keys(VirtioFeature).find((k) => VirtioFeature[k as keyof typeof VirtioFeature] === n) ?? `bit ${n}`;
+
+/**
+ * The features of `features` the device may use: those whose 5.1.3.1 requirement is missing are
+ * taken out (and what needed them, in turn), each named in `unmet`.
+ */
+export function netFeaturesUsable(features: bigint): { usable: bigint; unmet: string[] } {
+  let usable = features;
+  const unmet: string[] = [];
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const [f, needs] of NET_REQUIREMENTS) {
+      if (has(usable, f) && !needs.some((n) => has(usable, n))) {
+        usable &= ~bit(f);
+        unmet.push(`${featureName(f)} requires ${needs.map(featureName).join(' or ')}`);
+        changed = true;
+      }
+    }
+  }
+  return { usable, unmet };
+}

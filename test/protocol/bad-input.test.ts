@@ -605,7 +605,7 @@ test('memory-table caps: a table beyond what one connection may map, or beyond t
     const ram = new GuestRam([{ gpa: 0, size: 16 * MiB }]);
     fe1.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram.regions.map(GuestRam.describe)), ram.regions.map((r) => r.fd));
     await fe1.waitClosed();
-    assert.match(await log.waitLine(/^bad: error: VHOST_USER_SET_MEM_TABLE: memory table of 16 MiB/), /is beyond the 8 MiB one connection may map \(--max-guest-mem-gb\); closing connection$/);
+    assert.match(await log.waitLine(/^bad: error: VHOST_USER_SET_MEM_TABLE: memory table of 16 MiB/), /is beyond the 8 MiB one connection may map \(--max-guest-mem-gb\) \(refused; no reply asked for\); closing connection$/);
     ram.close();
     fe1.close();
     // process total: what is mapped now + 6 MiB allowed; 4 MiB fits, then 4 MiB more does not
@@ -618,7 +618,7 @@ test('memory-table caps: a table beyond what one connection may map, or beyond t
     const ram3 = new GuestRam([{ gpa: 0, size: 4 * MiB }]);
     fe3.send(Req.SET_MEM_TABLE, VERSION, memTablePayload(ram3.regions.map(GuestRam.describe)), ram3.regions.map((r) => r.fd));
     await fe3.waitClosed();
-    assert.match(await log.waitLine(/^bad3: error: /), /beyond .* \(--max-total-mem-gb\); closing connection$/);
+    assert.match(await log.waitLine(/^bad3: error: /), /beyond .* \(--max-total-mem-gb\) \(refused; no reply asked for\); closing connection$/);
     ram3.close();
     fe3.close();
     // and once ok2 goes, its memory is given back

@@ -585,7 +585,15 @@ export interface StartOptions {
   base?: number;
   /** NET_SET_MTU after setup */
   mtu?: number;
+  /** with VHOST_USER_PROTOCOL_F_STATUS: set DRIVER_OK once the rings are set up, default true */
+  driverOk?: boolean;
 }
+
+/** virtio device status bits (virtio 1.x 2.1) */
+export const STATUS_ACKNOWLEDGE = 1;
+export const STATUS_DRIVER = 2;
+export const STATUS_DRIVER_OK = 4;
+export const STATUS_FEATURES_OK = 8;
 
 /**
  * One vhost-user front-end connection. Requests are async: they resolve when the back-end has
@@ -790,6 +798,21 @@ export class FrontEnd {
     await this.request(Req.RESET_OWNER);
   }
 
+  /** SET_STATUS (VHOST_USER_PROTOCOL_F_STATUS): the virtio device status byte */
+  async setStatus(status: number): Promise<void> {
+    await this.request(Req.SET_STATUS, u64Payload(status));
+  }
+
+  async getStatus(): Promise<number> {
+    return Number(u64(await this.call(Req.GET_STATUS)));
+  }
+
+  /** QEMU 7.2's vhost_user_add_status: GET_STATUS, then SET_STATUS with the bits added if missing */
+  async addStatus(bits: number): Promise<void> {
+    const now = await this.getStatus();
+    if ((now & bits) !== bits) await this.setStatus(now | bits);
+  }
+
   async getQueueNum(): Promise<number> {
     return Number(u64(await this.call(Req.GET_QUEUE_NUM)));
   }
@@ -926,6 +949,8 @@ export class FrontEnd {
     if (has(protocol, ProtocolFeature.CONFIGURE_MEM_SLOTS)) await this.getMaxMemSlots();
     await this.setOwner();
     await this.setFeatures(features);
+    const status = has(protocol, ProtocolFeature.STATUS);
+    if (status) await this.addStatus(STATUS_FEATURES_OK);
     this.ram = new GuestRam(opts.ram ?? [{ gpa: 0, size: 4 << 20 }]);
     await this.setMemTable(this.ram);
     const num = opts.num ?? 256;
@@ -940,6 +965,8 @@ export class FrontEnd {
       }
       await this.setupRing(vq, opts.base ?? 0);
     }
+    // vhost_user_dev_start(true), at the end of vhost_dev_start
+    if (status && (opts.driverOk ?? true)) await this.addStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
     // Without PROTOCOL_FEATURES rings are enabled from the start and SET_VRING_ENABLE is not sent.
     if ((opts.enable ?? true) && has(features, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
       for (const vq of this.rings) await this.setVringEnable(vq.index, true);

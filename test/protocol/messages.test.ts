@@ -5,7 +5,7 @@ import { native } from '../../src/native';
 import { encode, FLAG_NEED_REPLY, FLAG_REPLY, ProtocolFeature, Req, u64Payload, VERSION, vringStatePayload } from '../../src/vhost-user/message';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES } from '../../src/vhost-user/session';
-import { closeFd, concat as concatBytes, GuestRam, sleep, Virtqueue, waitFor } from './frontend';
+import { closeFd, concat as concatBytes, GuestRam, sleep, STATUS_DRIVER_OK, Virtqueue, waitFor } from './frontend';
 import {
   assertNoFdLeak,
   bindPair,
@@ -46,7 +46,7 @@ test('GET_FEATURES offers the back-end features; SET_FEATURES takes a subset of 
   await assertNoFdLeak(before);
 });
 
-test('SET_FEATURES with a bit that was not offered closes the connection with a logged error', async () => {
+test('SET_FEATURES with a bit that was not offered, no ack asked for: the connection closes with a logged error', async () => {
   const before = fdCount();
   const log = new LogCapture();
   const port = makePort(new TestHub(), 'vm0', log);
@@ -55,7 +55,7 @@ test('SET_FEATURES with a bit that was not offered closes the connection with a 
   await fe.setFeatures(offered | bit(VirtioFeature.NET_F_CTRL_VQ)).catch(() => {});
   await fe.waitClosed();
   const line = await log.waitLine(/VHOST_USER_SET_FEATURES/);
-  assert.match(line, /vm0: error: VHOST_USER_SET_FEATURES: .*not offered: NET_F_CTRL_VQ; closing connection/);
+  assert.match(line, /vm0: error: VHOST_USER_SET_FEATURES: .*not offered: NET_F_CTRL_VQ \(refused; no reply asked for\); closing connection/);
   await waitFor(() => !port.connected);
   fe.close();
   await assertNoFdLeak(before);
@@ -106,16 +106,18 @@ test('GET/SET_PROTOCOL_FEATURES and REPLY_ACK: need_reply gets a u64 ack only on
   await assertNoFdLeak(before);
 });
 
-test('GET_QUEUE_NUM and GET_MAX_MEM_SLOTS', async () => {
+test('GET_QUEUE_NUM (with VHOST_USER_PROTOCOL_F_MQ) and GET_MAX_MEM_SLOTS', async () => {
   const before = fdCount();
   const hub = new TestHub();
   const log = new LogCapture();
   const port = makePort(hub, 'vm0', log, { session: { maxQueuePairs: 4, maxMemSlots: 16 } });
   const fe = bindPair(port);
+  await fe.setProtocolFeatures(bit(ProtocolFeature.MQ));
   assert.equal(await fe.getQueueNum(), 4);
   assert.equal(await fe.getMaxMemSlots(), 16);
   const fe2Port = makePort(hub, 'vm1', log);
   const fe2 = bindPair(fe2Port);
+  await fe2.setProtocolFeatures(bit(ProtocolFeature.MQ));
   assert.equal(await fe2.getQueueNum(), 8);
   assert.equal(await fe2.getMaxMemSlots(), 32);
   await closeGuest({ port, fe });
@@ -157,12 +159,13 @@ test('SET_MEM_TABLE with several regions, ADD_MEM_REG and REM_MEM_REG: traffic t
   assert.match(await log.waitLine(/vmA TX ring 1: error/), /vmA TX ring 1: error: descriptor chain from head \d+: buffer at 0x1000.*outside guest memory; ring marked broken/);
   a.fe.ram!.dropRegion(added);
 
-  // Removing a region that is not there: the connection is closed.
-  a.fe.send(Req.REM_MEM_REG, VERSION, new Uint8Array(40));
-  await a.fe.waitClosed();
-  assert.match(await log.waitLine(/REM_MEM_REG/), /vmA: error: VHOST_USER_REM_MEM_REG: no memory region at guest address 0x0/);
-  await waitFor(() => !a.port.connected);
+  // Removing a region that is not there: refused (non-zero ack), nothing else changes.
+  await assert.rejects(a.fe.request(Req.REM_MEM_REG, new Uint8Array(40)), /VHOST_USER_REM_MEM_REG failed \(ack 1\)/);
+  assert.match(await log.waitLine(/REM_MEM_REG/), /vmA: error: VHOST_USER_REM_MEM_REG: no memory region at guest address 0x0 size 0x0; refused \(non-zero reply\)$/);
+  assert.equal(a.port.session!.mem.size, 2);
+  assert.equal(a.port.connected, true);
   a.fe.close();
+  await waitFor(() => !a.port.connected);
   await closeGuest(b);
   await assertNoFdLeak(before);
 });
@@ -284,21 +287,24 @@ test('SET_VRING_ENABLE 0: a disabled RX ring receives nothing; enabled again it 
   await b.fe.setVringEnable(0, true);
   await sendPacket(a, frameOf(3));
   assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [3]);
-  // A disabled TX ring is not read either.
+  // A started but disabled TX ring is processed and its frames discarded (spec-states.test.ts).
   await a.fe.setVringEnable(1, false);
   a.tx.postTx(frameOf(4));
   a.tx.kick();
-  await sleep(30);
-  assert.equal(a.tx.usedIdx, 3);
-  await a.fe.setVringEnable(1, true);
   await a.tx.waitUsed(4);
-  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [4]);
+  a.tx.takeUsed();
+  await sleep(20);
+  assert.equal(b.rx.receive(12, true).length, 0);
+  assert.equal(a.port.counters.txDisabledDropped, 1);
+  await a.fe.setVringEnable(1, true);
+  await sendPacket(a, frameOf(5));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [5]);
   await closeGuest(a);
   await closeGuest(b);
   await assertNoFdLeak(before);
 });
 
-test('NET_SET_MTU is recorded; an impossible MTU closes the connection', async () => {
+test('NET_SET_MTU is recorded; an impossible MTU is refused (non-zero ack) or, with no ack asked for, ignored: the connection stays', async () => {
   const before = fdCount();
   const log = new LogCapture();
   const port = makePort(new TestHub(), 'vm0', log);
@@ -308,11 +314,16 @@ test('NET_SET_MTU is recorded; an impossible MTU closes the connection', async (
   assert.ok(log.lines.includes('vm0: MTU 9000'));
   await fe.netSetMtu(1500);
   assert.equal(port.session!.mtu, 1500);
-  await fe.netSetMtu(20).catch(() => {});
-  await fe.waitClosed();
-  assert.match(await log.waitLine(/error/), /vm0: error: VHOST_USER_NET_SET_MTU: MTU 20 outside \[68, 65535\]/);
-  await waitFor(() => !port.connected);
-  fe.close();
+  await assert.rejects(fe.netSetMtu(20), /VHOST_USER_NET_SET_MTU failed \(ack 1\)/);
+  assert.match(await log.waitLine(/error/), /^vm0: error: VHOST_USER_NET_SET_MTU: MTU 20 outside \[68, 65535\]; refused \(non-zero reply\)$/);
+  assert.equal(port.session!.mtu, 1500, 'the MTU before stays');
+  fe.useReplyAck = false;
+  await fe.netSetMtu(70000);
+  await fe.sync();
+  assert.match(log.errors()[1], /^vm0: error: VHOST_USER_NET_SET_MTU: MTU 70000 outside \[68, 65535\]; ignored \(no reply asked for\)$/);
+  assert.equal(port.session!.mtu, 1500);
+  assert.equal(port.connected, true);
+  await closeGuest({ port, fe });
   await assertNoFdLeak(before);
 });
 
@@ -363,16 +374,28 @@ test('GET_CONFIG is answered with a zero-length payload, the spec\'s failure rep
   await closeGuest({ port, fe });
 });
 
-test('RESET_OWNER resets features and rings; the front-end starts over on the same connection', async () => {
+test('RESET_OWNER (deprecated) disables every ring and keeps the connection state; the front-end can start over on the same connection', async () => {
   const { a, b, done } = await startPair();
   await sendPacket(a, frameOf(1));
   await receiveN(b, 1);
-  await a.fe.resetOwner(); // acked: REPLY_ACK survives the reset
   const s = a.port.session!;
-  assert.equal(s.features, 0n);
-  assert.equal(s.rings[1].addrSet, false);
-  assert.equal(s.rings[1].kickFd, -1);
-  assert.equal(s.rings[0].callFd, -1);
+  const features = s.features;
+  await a.fe.resetOwner(); // acked: REPLY_ACK is the connection's
+  // vhost-user.rst: back-ends should "either ignore this message, or use it to disable all rings"
+  assert.deepEqual(s.rings.map((r) => r.enabled), s.rings.map(() => false));
+  assert.equal(s.features, features, 'features kept');
+  assert.equal(s.rings[1].addrSet, true, 'ring set-up kept');
+  assert.ok(s.rings[0].callFd >= 0, 'fds kept');
+  assert.ok(s.mem.size > 0, 'memory table kept');
+  // B's frames are not supplied to A's disabled RX ring; A's disabled TX ring is processed, discarded
+  await sendPacket(b, frameOf(7));
+  a.tx.postTx(frameOf(8));
+  a.tx.kick();
+  await a.tx.waitUsed(a.tx.availIdx);
+  await sleep(20);
+  assert.equal(a.rx.receive(12, true).length, 0);
+  assert.equal(b.rx.receive(12, true).length, 0);
+  assert.equal(a.port.counters.txDisabledDropped, 1);
   // QEMU's vhost_dev_start again, on the same socket.
   const { tx } = await a.fe.start();
   await waitFor(() => s.rings[0].started);
@@ -400,13 +423,13 @@ test('framing: a message split over several writes is reassembled; several messa
   const three = [
     encode(Req.SET_VRING_NUM, VERSION, vringStatePayload(0, 64)),
     encode(Req.SET_VRING_CALL, VERSION, u64Payload(0)),
-    encode(Req.GET_QUEUE_NUM, VERSION),
+    encode(Req.GET_MAX_MEM_SLOTS, VERSION),
   ];
   fe.sendBytes(three[0]);
   fe.sendBytes(concatBytes([three[1], three[2]]), [efd]);
   closeFd(efd);
   const r = await fe.recv();
-  assert.equal(r.request, Req.GET_QUEUE_NUM);
+  assert.equal(r.request, Req.GET_MAX_MEM_SLOTS);
   assert.equal(port.session!.rings[0].num, 64);
   assert.ok(port.session!.rings[0].callFd >= 0);
   assert.deepEqual(log.errors(), []);
@@ -493,6 +516,7 @@ test('ring addresses set before the memory table are translated once the table a
   await fe.setMemTable();
   assert.equal(port.session!.rings[1].ready, true);
   for (const vq of [rx, tx]) await fe.setVringEnable(vq.index, true);
+  await fe.addStatus(STATUS_DRIVER_OK); // VHOST_USER_PROTOCOL_F_STATUS was negotiated
   rx.kick();
   await sendPacket({ port, fe, rx, tx }, frameOf(1));
   assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);

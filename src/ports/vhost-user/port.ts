@@ -9,20 +9,23 @@
 import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
 import { Frame } from '../../datapath/frame';
-import { ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
+import { ETH_HDR_LEN, ETH_TYPE, ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection, Log } from '../../vhost-user/connection';
 import type { Virtqueue } from '../../virtio/virtqueue';
 import { DEFAULT_NET_CONFIG, NetConfig } from '../../virtio/net-config';
 import type { GuestMemory } from '../../memory/guest-memory';
 import { VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header';
-import { offloadNeeds, RX_CSUM } from '../../virtio/offload';
+import { offloadNeeds, RX_CSUM, VIRTIO_NET_HDR_GSO_ECN } from '../../virtio/offload';
 import { EngineApi, PortAttachOptions } from '../engine-api';
 import { OffloadFallback, FALLBACK_DROPPED, PacketSink } from '../offload-fallback';
 import { PollLoop, Pollable } from '../poll-loop';
 import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_TOO_BIG, VhostRx } from './rx';
 import { VhostTx } from './tx';
 import { copies } from '../../datapath/copy-list';
+
+/** an 802.1Q / 802.1ad tag */
+const VLAN_TAG_LEN = 4;
 
 /** TX chains processed per batch before yielding to the event loop. */
 export const TX_BUDGET = 256;
@@ -46,6 +49,10 @@ export interface PortCounters {
   rxOffloadDropped: number;
   /** frames dropped because a copy range was refused (a bug or a hostile buffer layout) */
   rxBadRange: number;
+  /** frames the guest sent on a started but disabled TX ring: processed and discarded (the spec) */
+  txDisabledDropped: number;
+  /** non-GSO frames longer than this guest's MTU (NET_SET_MTU with VIRTIO_NET_F_MTU): not delivered */
+  rxOverMtu: number;
 }
 
 export interface VhostUserPortOptions extends PortAttachOptions {
@@ -73,7 +80,7 @@ class TxPoller implements Pollable {
     return this.port.pollTx(this.ring);
   }
   hasWork(): boolean {
-    return this.ring.usable && this.ring.availCount() !== 0;
+    return this.port.processing(this.ring) && this.ring.availCount() !== 0;
   }
   pollEnd(): boolean {
     const keep = this.port.endPollTx(this.ring);
@@ -101,6 +108,8 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     rxSegmented: 0,
     rxOffloadDropped: 0,
     rxBadRange: 0,
+    txDisabledDropped: 0,
+    rxOverMtu: 0,
   };
 
   private readonly tx = new VhostTx(this.counters);
@@ -114,12 +123,14 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** RX_* bits the guest may send (CSUM, HOST_TSO4/6, HOST_ECN) */
   private txOffload = 0;
   private hdrLen = 12;
+  /** longest non-GSO Ethernet frame this guest takes (its MTU + header), 0: no MTU given */
+  private maxEthLen = 0;
   private wantRx = false;
   private rxCheckScheduled = false;
   private readonly txPending: boolean[] = [];
   private txScheduled = false;
   private readonly txPollers: (TxPoller | null)[] = [];
-  /** the usable queues by index, as the session's events say */
+  /** the started queues by index (enabled or not), as the session's events say */
   private readonly queues: (Virtqueue | null)[] = new Array<Virtqueue | null>(64).fill(null);
   private cfg: NetConfig = DEFAULT_NET_CONFIG;
   private mem: GuestMemory | null = null;
@@ -205,6 +216,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.rx.mrg = cfg.mergeableRx;
     this.rxOffload = cfg.rxOffload;
     this.txOffload = cfg.txOffload;
+  }
+
+  mtuChanged(mtu: number): void {
+    this.maxEthLen = mtu > 0 ? mtu + ETH_HDR_LEN : 0;
   }
 
   memoryChanged(mem: GuestMemory): void {
@@ -307,14 +322,20 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     setImmediate(this.txResume);
   }
 
+  /** ring is to be processed, as the session's events say (started; enabled or not) */
+  processing(ring: Virtqueue): boolean {
+    return this.queues[ring.index] === ring && ring.broken === null;
+  }
+
   private txUsable(ring: Virtqueue): boolean {
-    return this.session !== null && this.index >= 0 && this.mem !== null && ring.usable;
+    return this.session !== null && this.index >= 0 && this.mem !== null && this.processing(ring);
   }
 
   /** One batch from ring: frames into the engine, its copies run, TX and RX used entries published. */
   private txBatch(ring: Virtqueue): number {
     const s = this.session as Session;
-    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET);
+    // a started but disabled TX ring is processed and its frames discarded (the spec's "Ring states")
+    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET, !ring.enabled);
     if (n > 0 || ring.broken !== null) {
       this.sw.flush();
       ring.publish();
@@ -390,6 +411,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   deliver(frame: Frame): boolean {
     const rx = this.rx;
     if (this.session === null || !rx.usable()) return false;
+    if (this.maxEthLen > 0 && frame.ethLen > this.maxEthLen && this.overMtu(frame)) {
+      this.counters.rxOverMtu++;
+      return true;
+    }
     const need = offloadNeeds(frame.hdr, frame.hdrOff) & ~this.rxOffload;
     if (need !== 0) {
       const r = this.fallback.deliver(this, frame, need);
@@ -423,6 +448,17 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     }
     if (!rx.write(0, h, 0, frame, this.pieces.reset().frame(0, frame.ethLen))) this.counters.rxBadRange++;
     return true;
+  }
+
+  /**
+   * virtio 1.x 5.1.6.3: with VIRTIO_NET_F_MTU the device passes no received packet with gso_type
+   * NONE (ECN aside) longer than the MTU plus the Ethernet header (and a VLAN tag when there is one).
+   */
+  private overMtu(frame: Frame): boolean {
+    if ((frame.hdr[frame.hdrOff + HDR_GSO_TYPE] & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) return false;
+    const t = (frame.eth[frame.ethOff + ETH_TYPE] << 8) | frame.eth[frame.ethOff + ETH_TYPE + 1];
+    const vlan = t === 0x8100 || t === 0x88a8 ? VLAN_TAG_LEN : 0;
+    return frame.ethLen > this.maxEthLen + vlan;
   }
 
   // PacketSink, for the offload fallback

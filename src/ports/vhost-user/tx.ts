@@ -20,6 +20,7 @@ export interface TxCounters {
   txBytes: number;
   txDropped: number;
   txBadOffload: number;
+  txDisabledDropped: number;
 }
 
 
@@ -45,9 +46,10 @@ export class VhostTx {
 
   /**
    * Takes up to budget chains from ring into the engine (as connection src). Returns the number
-   * taken; stops early when the ring breaks (ring.broken set) or has nothing more.
+   * taken; stops early when the ring breaks (ring.broken set) or has nothing more. discard: the
+   * chains are taken and given back used, their frames counted and not handed to the engine.
    */
-  take(ring: Virtqueue, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number): number {
+  take(ring: Virtqueue, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number, discard = false): number {
     const segs = this.segs;
     let done = 0;
     let n = ring.availCount();
@@ -58,7 +60,9 @@ export class VhostTx {
       const head = ring.popChain(mem, segs, false);
       if (head === BROKEN) break;
       const total = segs.total;
-      if (total < hdrLen + ETH_HDR_LEN || total - hdrLen > MAX_ETH_LEN) {
+      if (discard) {
+        this.counters.txDisabledDropped++;
+      } else if (total < hdrLen + ETH_HDR_LEN || total - hdrLen > MAX_ETH_LEN) {
         this.counters.txDropped++;
       } else {
         this.describe(hdrLen, total);
