@@ -45,7 +45,7 @@ import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { native, Poller } from '../src/native';
 import { Switch } from '../src/engine/switch';
 import { VhostUserPort } from '../src/ports/vhost-user/port';
-import { SplitRing } from '../src/virtio/split-ring';
+import type { Virtqueue as DeviceRing } from '../src/virtio/virtqueue';
 import { FrontEnd, Virtqueue, waitFor } from '../test/protocol/frontend';
 
 const DESC_F_NEXT = 1;
@@ -366,8 +366,8 @@ export class Rig {
   feB!: FrontEnd;
   tx!: TxDriver;
   rx!: RxDriver;
-  txRing!: SplitRing;
-  rxRing!: SplitRing;
+  txRing!: DeviceRing;
+  rxRing!: DeviceRing;
   /** frames per TX batch on the fast path: what A's ring and B's ring both hold, at most TX_BUDGET */
   batch = 0;
   /** frames per store+drain round */

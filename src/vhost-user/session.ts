@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { native, Poller } from '../native';
 import { GuestMemory, MemRegion, Region } from '../memory/guest-memory';
 import { SplitRing } from '../virtio/split-ring';
+import { PackedRing } from '../virtio/packed-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
@@ -75,6 +76,7 @@ export const DEFAULT_FEATURES: bigint =
   bit(VirtioFeature.F_ANY_LAYOUT) |
   bit(VirtioFeature.RING_F_INDIRECT_DESC) |
   bit(VirtioFeature.RING_F_EVENT_IDX) |
+  bit(VirtioFeature.F_RING_PACKED) |
   bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) |
   bit(VirtioFeature.F_VERSION_1);
 
@@ -131,7 +133,8 @@ function fmtBytes(n: number): string {
 export class Session {
   readonly name: string;
   readonly mem = new GuestMemory();
-  readonly rings: SplitRing[] = [];
+  /** split rings, packed ones once VIRTIO_F_RING_PACKED is negotiated */
+  readonly rings: Virtqueue[] = [];
   private readonly kickPollers: (Poller | null)[] = [];
   readonly offeredFeatures: bigint;
   readonly offeredProtocol: bigint;
@@ -188,7 +191,7 @@ export class Session {
   }
 
   /** Tells the device what changed about q's usability (the one place ring events come from). */
-  private sync(q: SplitRing): void {
+  private sync(q: Virtqueue): void {
     const u = q.usable;
     if (u === this.told[q.index]) return;
     this.told[q.index] = u;
@@ -237,6 +240,7 @@ export class Session {
         this.featuresSet = true;
         this.netConfig = netConfigOf(f);
         const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
+        this.setRingLayout(has(f, VirtioFeature.F_RING_PACKED));
         for (const r of this.rings) {
           r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
           if (defaultEnabled) r.enable(true);
@@ -345,15 +349,13 @@ export class Session {
       }
       case Req.SET_VRING_BASE: {
         const r = this.ring(p.getUint32(0, true));
-        const base = p.getUint32(4, true);
-        if (base > 0xffff) throw new Error(`${r.name}: base ${base} does not fit a split ring index`);
-        r.setBase(base);
+        r.setBase(p.getUint32(4, true));
         break;
       }
       case Req.GET_VRING_BASE: {
         const r = this.ring(p.getUint32(0, true));
         this.stopRing(r);
-        reply = vringStatePayload(r.index, r.lastAvail);
+        reply = vringStatePayload(r.index, r.getBase());
         break;
       }
       case Req.SET_VRING_KICK:
@@ -410,7 +412,7 @@ export class Session {
     }
   }
 
-  private ring(index: number): SplitRing {
+  private ring(index: number): Virtqueue {
     const r = this.rings[index];
     if (!r) throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered`);
     return r;
@@ -529,17 +531,19 @@ export class Session {
         this.startPolling();
         return;
       }
+      const i = r.index; // the ring object changes with the layout (setRingLayout)
       const poller = native.poll(fd, (status) => {
-        if (status < 0 || r.kickFd !== fd) return;
+        const q = this.rings[i];
+        if (status < 0 || q.kickFd !== fd) return;
         try {
           native.eventfdRead(fd);
-          if (!r.started) {
-            r.start();
-            this.sync(r);
+          if (!q.started) {
+            q.start();
+            this.sync(q);
           }
-          if (r.usable) this.device.kick(r);
+          if (q.usable) this.device.kick(q);
         } catch (e) {
-          this.internalError(`kick on ${r.name}`, e);
+          this.internalError(`kick on ${q.name}`, e);
         }
       });
       this.kickPollers[r.index] = poller;
@@ -579,15 +583,38 @@ export class Session {
     this.pollTimer = null;
   }
 
-  private stopKick(r: SplitRing): void {
+  private stopKick(r: Virtqueue): void {
     const p = this.kickPollers[r.index];
     if (p) p.close();
     this.kickPollers[r.index] = null;
     safeClose(r.setKickFd(-1));
   }
 
+  /**
+   * SET_FEATURES: the rings take the negotiated layout. A ring changing layout keeps its fds and
+   * its enable and started state; its size, addresses and base are the front-end's to send next
+   * (QEMU and DPDK send features before setting rings up).
+   */
+  private setRingLayout(packed: boolean): void {
+    for (let i = 0; i < this.rings.length; i++) {
+      const old = this.rings[i];
+      if (old.packed === packed) continue;
+      const q: Virtqueue = packed ? new PackedRing(i, old.name) : new SplitRing(i, old.name);
+      q.setKickFd(old.kickFd);
+      q.setCallFd(old.callFd);
+      q.setErrFd(old.errFd);
+      q.enable(old.enabled);
+      if (old.started) q.start();
+      if (this.told[i]) {
+        this.told[i] = false;
+        this.device.ringStopped(old);
+      }
+      this.rings[i] = q;
+    }
+  }
+
   /** GET_VRING_BASE: the ring stops until the front-end sets it up and kicks again. */
-  private stopRing(r: SplitRing): void {
+  private stopRing(r: Virtqueue): void {
     this.stopKick(r);
     r.stop();
     this.sync(r);
