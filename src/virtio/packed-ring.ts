@@ -34,6 +34,11 @@ const WRAP = 0x8000;
 const FLAGS16 = 7;
 const ID16 = 6;
 
+/** flags f show a descriptor made available in the lap with wrap counter w: AVAIL = w, USED = !w */
+function availIn(f: number, w: number): boolean {
+  return ((f >>> 7) & 1) === w && f >>> 15 !== w;
+}
+
 export class PackedRing implements Virtqueue {
   readonly packed = true;
   private _num = 0;
@@ -301,10 +306,9 @@ export class PackedRing implements Virtqueue {
     this.deviceEvent = new Uint16Array(0);
   }
 
-  /** descriptor i made available in the lap with wrap counter w */
+  /** descriptor i made available in the lap with wrap counter w (an atomic load: what follows is read after it) */
   private isAvail(i: number, w: number): boolean {
-    const f = Atomics.load(this.desc16, this.desc16Base + i * 8 + FLAGS16);
-    return ((f >>> 7) & 1) === w && f >>> 15 !== w;
+    return availIn(Atomics.load(this.desc16, this.desc16Base + i * 8 + FLAGS16), w);
   }
 
   /**
@@ -326,7 +330,8 @@ export class PackedRing implements Virtqueue {
       let n = 0;
       let complete = false;
       while (n < free) {
-        if (n > 0 && !this.isAvail(p, w)) break; // the rest is not written yet: look again later
+        // the rest was written before the head was exposed: plain reads after the head's atomic one
+        if (n > 0 && !availIn(t16[b16 + p * 8 + FLAGS16], w)) break; // not written yet: look again later
         n++;
         const more = (t16[b16 + p * 8 + FLAGS16] & VRING_DESC_F_NEXT) !== 0;
         if (++p === num) {
@@ -375,7 +380,7 @@ export class PackedRing implements Virtqueue {
     const first = segs.count;
     for (;;) {
       // the driver must not touch a descriptor once available: one that changed under us breaks the ring
-      if (++n > this.scanDescs || !this.isAvail(p, w)) return this.fail(`descriptor chain at ${start}: descriptor ${p} was changed after it was made available`);
+      if (++n > this.scanDescs || !availIn(t16[b16 + p * 8 + FLAGS16], w)) return this.fail(`descriptor chain at ${start}: descriptor ${p} was changed after it was made available`);
       const o32 = b32 + p * 4;
       const addr = t32[o32] + t32[o32 + 1] * TWO32;
       const len = t32[o32 + 2];
@@ -536,7 +541,9 @@ export class PackedRing implements Virtqueue {
     if (c === 0 || this.desc16.length === 0) return;
     const t16 = this.desc16;
     const b16 = this.desc16Base;
-    for (let i = 1; i < c; i++) Atomics.store(t16, b16 + this.pendingAt[i] * 8 + FLAGS16, this.pendingFlags[i]);
+    // plain stores, then the first with a sequentially consistent one (ordered after them, as
+    // SplitRing's used entries before its index)
+    for (let i = 1; i < c; i++) t16[b16 + this.pendingAt[i] * 8 + FLAGS16] = this.pendingFlags[i];
     Atomics.store(t16, b16 + this.pendingAt[0] * 8 + FLAGS16, this.pendingFlags[0]);
     this.pendingCount = 0;
     this.unsignalled = true;
