@@ -28,7 +28,8 @@ export const RING_EVENT_FLAGS_DISABLE = 1;
 export const RING_EVENT_FLAGS_DESC = 2;
 
 const TWO32 = 0x100000000;
-const WRAP = 0x8000;
+/** the base of a fresh ring: avail and used at 0, both wrap counters 1 */
+const START_BASE = 0x80008000;
 
 /** 16-bit index of the flags of descriptor i (byte 14 of 16), of its id (byte 12) */
 const FLAGS16 = 7;
@@ -212,7 +213,7 @@ export class PackedRing implements Virtqueue {
     this._num = 0;
     this._kickFd = this._callFd = this._errFd = -1;
     this.detachViews();
-    this.setBase(WRAP | (WRAP << 16));
+    this.setBase(START_BASE);
   }
 
   /** Packed rings need not be a power of 2 in size (2.8: up to 2^15 entries). */

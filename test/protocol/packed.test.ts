@@ -211,3 +211,33 @@ test('packed SET_VRING_BASE: only the avail half (as DPDK virtio-user sends) mea
   assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
   await done();
 });
+
+test('packed, then RESET_OWNER and a split start on the same connection (and packed again): the rings change layout each time', async () => {
+  const before = fdCount();
+  const hub = new TestHub();
+  const log = new LogCapture();
+  const b = await startGuest(hub, 'vmB', log);
+  const a = await startPackedGuest(hub, 'vmA', log);
+  const s = a.port.session!;
+  await sendPacket(a, frameOf(1));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
+  await a.fe.resetOwner();
+  const split = await a.fe.start();
+  await waitFor(() => s.rings[0].started);
+  assert.equal(s.rings[0].packed, false);
+  assert.equal(s.rings[1].packed, false);
+  await sendPacket({ ...a, ...split }, frameOf(2));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [2]);
+  await a.fe.resetOwner();
+  const packed = await a.fe.startPacked();
+  await waitFor(() => s.rings[0].started);
+  assert.equal(s.rings[1].packed, true);
+  await sendPacket({ ...a, ...packed }, frameOf(3));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [3]);
+  await sendPacket(b, frameOf(4));
+  assert.deepEqual((await receiveN({ ...a, ...packed }, 1)).map((p) => seqOf(p.frame)), [4]);
+  await closeGuest(a);
+  await closeGuest(b);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+});
