@@ -347,6 +347,8 @@ export class PackedRing implements Virtqueue {
       if (!complete) {
         if (n < free) break;
         this._broken = `descriptor chain at ${pos} goes on beyond the ${free} descriptors the ring has free`;
+        this.scanPos = pos; // the chains counted so far stay counted (consistent if set up again)
+        this.scanWrap = wrap;
         return -1;
       }
       this.scanChains++;

@@ -6,18 +6,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { macForIndex } from '../../qemu-glue/args';
 import { GuestVM, parseKeyValues } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { ping, ready, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
-
-function packedGuest(sw: SwitchProcess, i: number, name: string): Promise<GuestVM> {
-  return GuestVM.start({
-    name,
-    params: { ip: `10.0.0.${i + 1}/24` },
-    nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw.socketPaths[i], mac: macForIndex(i + 1), toggles: { packed: true } }],
-  });
-}
+import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
 
 describe('two guests with packed virtqueues through elastic-vhost', { timeout: 400_000 }, () => {
   const dir = workDir('packed');
@@ -29,7 +20,7 @@ describe('two guests with packed virtqueues through elastic-vhost', { timeout: 4
 
   before(async () => {
     sw = await startSwitch(dir, 2, ['--pool-mb', '32']);
-    [a, b] = await Promise.all([packedGuest(sw, 0, 'packed-a'), packedGuest(sw, 1, 'packed-b')]);
+    [a, b] = await Promise.all([startGuest(sw, 0, 'packed-a', 0, { packed: true }), startGuest(sw, 1, 'packed-b', 1, { packed: true })]);
     await ready(a, b);
   });
 

@@ -171,3 +171,27 @@ for (const [name, base, re] of [
     await finish(s, before);
   });
 }
+
+test('packed: a broken TX ring set up again by the front-end (GET_VRING_BASE, then BASE/ADDR/KICK as QEMU does) works', async () => {
+  const before = fdCount();
+  const s = await scene();
+  const g = s.v;
+  // two good chains, then one that goes on beyond the ring: the good ones are counted, the ring breaks
+  g.tx.postTx(packet(netHdr(12), ethFrame(80, 1)));
+  g.tx.postTx(packet(netHdr(12), ethFrame(80, 2)));
+  const b = g.fe.ram!.alloc(12);
+  g.tx.postRaw(Array.from({ length: 254 }, () => ({ addr: b, len: 12, flags: VRING_DESC_F_NEXT })));
+  g.tx.kick();
+  await expectRingBroken(s, 1, /descriptor chain at 2 goes on beyond the 254 descriptors the ring has free/);
+  // a fresh TX ring at a new place, from the start
+  const base = await g.fe.getVringBase(1);
+  assert.equal(base, 0x80008000, 'nothing was taken from the broken ring');
+  g.tx.close();
+  const tx = (g.fe.packedRings[1] = new PackedVirtqueue(g.fe.ram!, 1, 256, { eventIdx: true }));
+  g.tx = tx;
+  await g.fe.setupRing(tx, 0x80008000);
+  await sendPacket(g, packet(netHdr(12), ethFrame(80, 3)));
+  assert.deepEqual((await receiveN(s.d, 1)).map((p) => seqOf(p.frame)), [3]);
+  assert.equal(g.port.session!.rings[1].broken, null);
+  await finish(s, before);
+});
