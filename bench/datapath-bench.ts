@@ -45,8 +45,9 @@ import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { native, Poller } from '../src/native';
 import { Switch } from '../src/engine/switch';
 import { VhostUserPort } from '../src/ports/vhost-user/port';
-import { SplitRing } from '../src/virtio/split-ring';
+import type { Virtqueue as DeviceRing } from '../src/virtio/virtqueue';
 import { FrontEnd, Virtqueue, waitFor } from '../test/protocol/frontend';
+import { PackedVirtqueue } from '../test/protocol/packed-frontend';
 
 const DESC_F_NEXT = 1;
 const DESC_F_WRITE = 2;
@@ -117,6 +118,7 @@ export class TxDriver {
   private readonly hdrAt: Int32Array;
   private readonly seqAt: Int32Array;
   readonly kickFd: number;
+  readonly callFd: number;
 
   constructor(readonly vq: Virtqueue, m: RamViews, readonly frameLen: number) {
     const num = vq.num;
@@ -129,6 +131,7 @@ export class TxDriver {
     this.usedBase16 = vq.usedGpa >>> 1;
     this.usedBase32 = vq.usedGpa >>> 2;
     this.kickFd = vq.kickFd;
+    this.callFd = vq.callFd;
     this.free = new Uint16Array(this.chains);
     this.freeCount = this.chains;
     this.hdrAt = new Int32Array(num);
@@ -245,6 +248,7 @@ export class RxDriver {
   /** u16 index of each buffer's start */
   private readonly bufAt: Int32Array;
   readonly kickFd: number;
+  readonly callFd: number;
 
   constructor(readonly vq: Virtqueue, m: RamViews, readonly frameLen: number) {
     const num = vq.num;
@@ -256,6 +260,7 @@ export class RxDriver {
     this.usedBase16 = vq.usedGpa >>> 1;
     this.usedBase32 = vq.usedGpa >>> 2;
     this.kickFd = vq.kickFd;
+    this.callFd = vq.callFd;
     this.free = new Uint16Array(num);
     this.freeCount = num;
     this.bufAt = new Int32Array(num);
@@ -348,12 +353,313 @@ export class RxDriver {
   }
 }
 
+// ---- the same two guest drivers on packed rings (VIRTIO_F_RING_PACKED), allocation-free too
+
+const PACKED_AVAIL = 1 << 7;
+const PACKED_USED = 1 << 15;
+const EVENT_DISABLE = 1;
+const EVENT_DESC = 2;
+
+/** The device's event suppression (Linux's virtqueue_kick_prepare_packed): kick for the descriptors added since the last kick? */
+function packedNeedsKick(u16: Uint16Array, deviceBase16: number, num: number, pos: number, wrap: number, added: number): boolean {
+  const flags = Atomics.load(u16, deviceBase16 + 1);
+  if (flags === EVENT_DISABLE) return false;
+  if (flags !== EVENT_DESC) return true;
+  const ow = u16[deviceBase16];
+  let ev = ow & 0x7fff;
+  if (ow >>> 15 !== wrap) ev -= num;
+  return needEvent(ev, pos, pos - added);
+}
+
+/** Guest A's TX driver on a packed ring: two-descriptor chains (header, frame), one buffer id per chain. */
+export class PackedTxDriver {
+  readonly num: number;
+  readonly chains: number;
+  seq = 0;
+  inFlight = 0;
+  kicks = 0;
+  private pos = 0;
+  private wrap = 1;
+  private usedPos = 0;
+  private usedWrap = 1;
+  private added = 0;
+  private readonly u16: Uint16Array;
+  private readonly u32: Uint32Array;
+  private readonly d16: number;
+  private readonly d32: number;
+  private readonly dev16: number;
+  private readonly free: Uint16Array;
+  private freeAt = 0;
+  private freeCount: number;
+  private readonly hdrGpa: Int32Array;
+  private readonly frameGpa: Int32Array;
+  readonly kickFd: number;
+  readonly callFd: number;
+
+  constructor(readonly vq: PackedVirtqueue, m: RamViews, readonly frameLen: number) {
+    const num = vq.num;
+    this.num = num;
+    this.chains = num >>> 1;
+    this.u16 = m.u16;
+    this.u32 = m.u32;
+    this.d16 = vq.descGpa >>> 1;
+    this.d32 = vq.descGpa >>> 2;
+    this.dev16 = vq.usedGpa >>> 1;
+    this.kickFd = vq.kickFd;
+    this.callFd = vq.callFd;
+    this.free = new Uint16Array(this.chains);
+    this.freeCount = this.chains;
+    this.hdrGpa = new Int32Array(this.chains);
+    this.frameGpa = new Int32Array(this.chains);
+    for (let k = 0; k < this.chains; k++) {
+      const h = vq.ram.alloc(16, 16);
+      const f = vq.ram.alloc(frameLen, 64);
+      m.u8.fill(0, h, h + 16);
+      for (let i = 0; i < 6; i++) {
+        m.u8[f + i] = MAC_B_BYTES[i];
+        m.u8[f + 6 + i] = MAC_A_BYTES[i];
+      }
+      m.u8[f + 12] = 0x88;
+      m.u8[f + 13] = 0xb5;
+      for (let i = 18; i < frameLen; i++) m.u8[f + i] = (i * 7) & 0xff;
+      this.hdrGpa[k] = h;
+      this.frameGpa[k] = f;
+      this.free[k] = k;
+    }
+  }
+
+  get freeChains(): number {
+    return this.freeCount;
+  }
+
+  private put(id: number, addr: number, len: number, flags: number, head: boolean): void {
+    const p = this.pos;
+    const o32 = this.d32 + p * 4;
+    this.u32[o32] = addr >>> 0;
+    this.u32[o32 + 1] = 0;
+    this.u32[o32 + 2] = len;
+    this.u16[this.d16 + p * 8 + 6] = id;
+    const f = flags | (this.wrap ? PACKED_AVAIL : PACKED_USED);
+    if (!head) Atomics.store(this.u16, this.d16 + p * 8 + 7, f);
+    if (++this.pos === this.num) {
+      this.pos = 0;
+      this.wrap ^= 1;
+    }
+    this.added++;
+  }
+
+  post(n: number): void {
+    const u16 = this.u16;
+    const cmask = this.chains - 1;
+    let seq = this.seq;
+    for (let i = 0; i < n; i++) {
+      const id = this.free[this.freeAt];
+      this.freeAt = (this.freeAt + 1) & cmask;
+      const h = this.hdrGpa[id];
+      this.u32[h >>> 2] = 0;
+      this.u32[(h >>> 2) + 1] = 0;
+      this.u32[(h >>> 2) + 2] = 0;
+      const s = (this.frameGpa[id] + 14) >>> 1;
+      u16[s] = seq & 0xffff;
+      u16[s + 1] = seq >>> 16;
+      seq = (seq + 1) >>> 0;
+      // the head's flags last: the device never sees half a chain
+      const headPos = this.pos;
+      const headFlags = DESC_F_NEXT | (this.wrap ? PACKED_AVAIL : PACKED_USED);
+      this.put(id, h, HDR, DESC_F_NEXT, true);
+      this.put(id, this.frameGpa[id], this.frameLen, 0, false);
+      Atomics.store(u16, this.d16 + headPos * 8 + 7, headFlags);
+    }
+    this.freeCount -= n;
+    this.inFlight += n;
+    this.seq = seq;
+  }
+
+  reclaim(): number {
+    const u16 = this.u16;
+    const cmask = this.chains - 1;
+    let n = 0;
+    for (;;) {
+      const f = Atomics.load(u16, this.d16 + this.usedPos * 8 + 7);
+      if (((f >>> 15) & 1) !== this.usedWrap || ((f >>> 7) & 1) !== this.usedWrap) break;
+      const id = u16[this.d16 + this.usedPos * 8 + 6];
+      this.free[(this.freeAt + this.freeCount) & cmask] = id;
+      this.freeCount++;
+      this.usedPos += 2;
+      if (this.usedPos >= this.num) {
+        this.usedPos -= this.num;
+        this.usedWrap ^= 1;
+      }
+      n++;
+    }
+    this.inFlight -= n;
+    return n;
+  }
+
+  needsKick(): boolean {
+    const need = packedNeedsKick(this.u16, this.dev16, this.num, this.pos, this.wrap, this.added);
+    this.added = 0;
+    if (need) this.kicks++;
+    return need;
+  }
+}
+
+/** Guest B's RX driver on a packed ring: one 2 KiB buffer per descriptor (buffer id = buffer), mergeable; checks order. */
+export class PackedRxDriver {
+  readonly num: number;
+  packets = 0;
+  bytes = 0;
+  expect = 0;
+  errors = 0;
+  firstError = '';
+  kicks = 0;
+  onPacket: ((seq: number) => void) | null = null;
+  private pos = 0;
+  private wrap = 1;
+  private usedPos = 0;
+  private usedWrap = 1;
+  private added = 0;
+  private readonly mask: number;
+  private readonly u16: Uint16Array;
+  private readonly u32: Uint32Array;
+  private readonly d16: number;
+  private readonly d32: number;
+  private readonly dev16: number;
+  private readonly free: Uint16Array;
+  private freeAt = 0;
+  private freeCount: number;
+  private readonly bufGpa: Int32Array;
+  readonly kickFd: number;
+  readonly callFd: number;
+
+  constructor(readonly vq: PackedVirtqueue, m: RamViews, readonly frameLen: number) {
+    const num = vq.num;
+    this.num = num;
+    this.mask = num - 1;
+    this.u16 = m.u16;
+    this.u32 = m.u32;
+    this.d16 = vq.descGpa >>> 1;
+    this.d32 = vq.descGpa >>> 2;
+    this.dev16 = vq.usedGpa >>> 1;
+    this.kickFd = vq.kickFd;
+    this.callFd = vq.callFd;
+    this.free = new Uint16Array(num);
+    this.freeCount = num;
+    this.bufGpa = new Int32Array(num);
+    for (let i = 0; i < num; i++) {
+      this.bufGpa[i] = vq.ram.alloc(RX_BUF, RX_BUF);
+      this.free[i] = i;
+    }
+  }
+
+  get buffersPerPacket(): number {
+    return Math.ceil((HDR + this.frameLen) / RX_BUF);
+  }
+
+  get held(): number {
+    return this.freeCount;
+  }
+
+  post(n: number): number {
+    if (n > this.freeCount) n = this.freeCount;
+    for (let i = 0; i < n; i++) {
+      const id = this.free[this.freeAt];
+      this.freeAt = (this.freeAt + 1) & this.mask;
+      const p = this.pos;
+      const o32 = this.d32 + p * 4;
+      this.u32[o32] = this.bufGpa[id];
+      this.u32[o32 + 1] = 0;
+      this.u32[o32 + 2] = RX_BUF;
+      this.u16[this.d16 + p * 8 + 6] = id;
+      Atomics.store(this.u16, this.d16 + p * 8 + 7, DESC_F_WRITE | (this.wrap ? PACKED_AVAIL : PACKED_USED));
+      if (++this.pos === this.num) {
+        this.pos = 0;
+        this.wrap ^= 1;
+      }
+    }
+    this.added += n;
+    this.freeCount -= n;
+    return n;
+  }
+
+  private usedAt(k: number): boolean {
+    let p = this.usedPos + k;
+    let w = this.usedWrap;
+    if (p >= this.num) {
+      p -= this.num;
+      w ^= 1;
+    }
+    const f = Atomics.load(this.u16, this.d16 + p * 8 + 7);
+    return ((f >>> 15) & 1) === w && ((f >>> 7) & 1) === w;
+  }
+
+  consume(): number {
+    const u16 = this.u16;
+    const u32 = this.u32;
+    let got = 0;
+    while (this.usedAt(0)) {
+      const id = u16[this.d16 + this.usedPos * 8 + 6];
+      let len = u32[this.d32 + this.usedPos * 4 + 2];
+      const b = this.bufGpa[id] >>> 1;
+      const nb = u16[b + 5];
+      const seq = u16[b + 13] | (u16[b + 14] << 16);
+      if (nb < 1 || nb > this.num || !this.usedAt(nb - 1)) {
+        this.fail(`num_buffers ${nb} and fewer used descriptors`);
+        break;
+      }
+      this.give(id);
+      for (let k = 1; k < nb; k++) {
+        let p = this.usedPos + k;
+        if (p >= this.num) p -= this.num;
+        len += u32[this.d32 + p * 4 + 2];
+        this.give(u16[this.d16 + p * 8 + 6]);
+      }
+      this.usedPos += nb;
+      if (this.usedPos >= this.num) {
+        this.usedPos -= this.num;
+        this.usedWrap ^= 1;
+      }
+      if (seq >>> 0 !== this.expect) this.fail(`sequence ${seq >>> 0}, expected ${this.expect}`);
+      this.expect = ((seq >>> 0) + 1) >>> 0;
+      if (len !== HDR + this.frameLen) this.fail(`packet of ${len} bytes, expected ${HDR + this.frameLen}`);
+      this.packets++;
+      this.bytes += len - HDR;
+      got++;
+      if (this.onPacket !== null) this.onPacket(seq);
+    }
+    return got;
+  }
+
+  needsKick(): boolean {
+    const need = packedNeedsKick(this.u16, this.dev16, this.num, this.pos, this.wrap, this.added);
+    this.added = 0;
+    if (need) this.kicks++;
+    return need;
+  }
+
+  private give(id: number): void {
+    this.free[(this.freeAt + this.freeCount) & this.mask] = id;
+    this.freeCount++;
+  }
+
+  private fail(what: string): void {
+    if (this.errors === 0) this.firstError = `packet ${this.packets}: ${what}`;
+    this.errors++;
+  }
+}
+
+/** what the rig needs of a guest's TX and RX driver (split or packed) */
+type TxSide = TxDriver | PackedTxDriver;
+type RxSide = RxDriver | PackedRxDriver;
+
 export type Drive = 'kick' | 'direct';
 export type Path = 'fast' | 'store';
 
 export interface RigOptions {
   ring: number;
   frameBytes: number;
+  /** packed virtqueues on both guests (VIRTIO_F_RING_PACKED) */
+  packed?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -364,10 +670,10 @@ export class Rig {
   portB!: VhostUserPort;
   feA!: FrontEnd;
   feB!: FrontEnd;
-  tx!: TxDriver;
-  rx!: RxDriver;
-  txRing!: SplitRing;
-  rxRing!: SplitRing;
+  tx!: TxSide;
+  rx!: RxSide;
+  txRing!: DeviceRing;
+  rxRing!: DeviceRing;
   /** frames per TX batch on the fast path: what A's ring and B's ring both hold, at most TX_BUDGET */
   batch = 0;
   /** frames per store+drain round */
@@ -390,14 +696,22 @@ export class Rig {
     const a = FrontEnd.pair('feA');
     this.portA.bind(a.backendFd);
     this.feA = a.fe;
-    await this.feA.start({ num: ring, ram: [{ gpa: 0, size: ramBytes }], rxBuffers: [0, RX_BUF] });
+    const startOpts = { num: ring, ram: [{ gpa: 0, size: ramBytes }], rxBuffers: [0, RX_BUF] as [number, number] };
+    if (this.opts.packed) await this.feA.startPacked(startOpts);
+    else await this.feA.start(startOpts);
     const b = FrontEnd.pair('feB');
     this.portB.bind(b.backendFd);
     this.feB = b.fe;
-    await this.feB.start({ num: ring, ram: [{ gpa: 0, size: ramBytes }], rxBuffers: [0, RX_BUF] });
+    if (this.opts.packed) await this.feB.startPacked(startOpts);
+    else await this.feB.start(startOpts);
     if (!this.feB.mergeable) throw new Error('MRG_RXBUF not negotiated');
-    this.tx = new TxDriver(this.feA.rings[1], ramViews(this.feA), frameBytes);
-    this.rx = new RxDriver(this.feB.rings[0], ramViews(this.feB), frameBytes);
+    if (this.opts.packed) {
+      this.tx = new PackedTxDriver(this.feA.packedRings[1], ramViews(this.feA), frameBytes);
+      this.rx = new PackedRxDriver(this.feB.packedRings[0], ramViews(this.feB), frameBytes);
+    } else {
+      this.tx = new TxDriver(this.feA.rings[1], ramViews(this.feA), frameBytes);
+      this.rx = new RxDriver(this.feB.rings[0], ramViews(this.feB), frameBytes);
+    }
     this.txRing = this.portA.session!.rings[1];
     this.rxRing = this.portB.session!.rings[0];
     // the first kick starts A's TX ring in the back-end (B's RX ring was kicked by start())
@@ -505,11 +819,11 @@ export class Rig {
   private step: (() => void) | null = null;
   private irqs: Poller[] = [];
   private readonly onIrqTx = (status: number): void => {
-    native.eventfdRead(this.feA.rings[1].callFd);
+    native.eventfdRead(this.tx.callFd);
     if (status >= 0 && this.step !== null) this.step();
   };
   private readonly onIrqRx = (status: number): void => {
-    native.eventfdRead(this.feB.rings[0].callFd);
+    native.eventfdRead(this.rx.callFd);
     if (status >= 0 && this.step !== null) this.step();
   };
 
@@ -519,7 +833,7 @@ export class Rig {
    */
   runOnInterrupts(pass: () => boolean): Promise<void> {
     if (this.irqs.length === 0) {
-      this.irqs = [native.poll(this.feA.rings[1].callFd, this.onIrqTx), native.poll(this.feB.rings[0].callFd, this.onIrqRx)];
+      this.irqs = [native.poll(this.tx.callFd, this.onIrqTx), native.poll(this.rx.callFd, this.onIrqRx)];
       for (const p of this.irqs) p.start(native.POLL_READABLE);
     }
     return new Promise((resolve, reject) => {

@@ -25,6 +25,9 @@
 //   BENCH_TX_FIRST=8                          bursts of 32 sent by `start tx_first N` (frames in flight)
 //   BENCH_NO_HUGE=1                           --no-huge even when hugepages could be reserved
 //   BENCH_BACKENDS="dpdk,ev"                  which back-ends
+//   BENCH_PACKED=1                            packed virtqueues (virtio-user packed_vq=1) instead of
+//                                             split; "0,1": both, each back-end with each layout
+//                                             (ratios compare with DPDK on the same layout)
 //   BENCH_BUSY_PCT=10 BENCH_BUSY_RETRIES=2    a cell during which other processes used more than
 //                                             10 % of a CPU (from /proc/stat) is measured again
 //   BENCH_ECHO=1                              mirror testpmd's and elastic-vhost's output
@@ -203,6 +206,8 @@ interface BackendSpec {
   label: string;
   kind: 'dpdk' | 'ev';
   pollUs?: number;
+  /** packed virtqueues (the front-end's packed_vq=1) */
+  packed?: boolean;
 }
 
 /** CPU seconds (utime+stime, all threads) of pid. */
@@ -375,7 +380,7 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
       name: 'fe',
       cpu: FE_CPU,
       memory,
-      vdevs: socks.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 1024 })),
+      vdevs: socks.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 1024, extra: spec.packed ? { packed_vq: 1 } : {} })),
       appArgs: [
         '--forward-mode=mac',
         `--eth-peer=0,${MAC[1]}`,
@@ -431,7 +436,7 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
         for (const p of fin) if (p.rxErrors || p.txErrors || p.rxMissed) remarks.push(`front-end port ${p.port}: rx-errors ${p.rxErrors} tx-errors ${p.txErrors} rx-missed ${p.rxMissed}`);
         return {
           test,
-          backend: be.label,
+          backend: be.label + (spec.packed ? ', packed ring' : ''),
           mpps: frames / secs / 1e6,
           minMpps: (minRate === Infinity ? frames / secs : minRate) / 1e6,
           testpmdPps: sum(last, 'rxPps'),
@@ -503,10 +508,17 @@ async function main(): Promise<void> {
     notes.push('--poll-us is not in the CLI yet: elastic-vhost measured in event mode only');
   }
   const which = (process.env.BENCH_BACKENDS ?? 'dpdk,ev').split(',').map((s) => s.trim());
-  const specs: BackendSpec[] = [
-    ...(which.includes('dpdk') ? [{ key: 'dpdk', label: 'DPDK vhost', kind: 'dpdk' as const }] : []),
-    ...(which.includes('ev') ? polls.map((n) => ({ key: `ev${n}`, label: n ? `elastic-vhost poll ${n}` : 'elastic-vhost', kind: 'ev' as const, pollUs: n })) : []),
-  ];
+  const layouts = (process.env.BENCH_PACKED ?? '0').split(',').map((s) => s.trim());
+  if (layouts.some((l) => l !== '0' && l !== '1')) throw new Error(`BENCH_PACKED="${process.env.BENCH_PACKED}": 0 (split), 1 (packed) or 0,1`);
+  const specs: BackendSpec[] = layouts.flatMap((l) => {
+    const packed = l === '1';
+    const k = packed ? '-packed' : '';
+    const lb = packed ? ' packed' : '';
+    return [
+      ...(which.includes('dpdk') ? [{ key: `dpdk${k}`, label: `DPDK vhost${lb}`, kind: 'dpdk' as const, packed }] : []),
+      ...(which.includes('ev') ? polls.map((n) => ({ key: `ev${n}${k}`, label: (n ? `elastic-vhost poll ${n}` : 'elastic-vhost') + lb, kind: 'ev' as const, pollUs: n, packed })) : []),
+    ];
+  });
   if (specs.length === 0) throw new Error('BENCH_BACKENDS selects no back-end (dpdk, ev)');
 
   console.log('## Loop benchmark: dpdk-testpmd virtio-user front-end ⇄ back-end ⇄ front-end\n');
@@ -562,9 +574,10 @@ async function main(): Promise<void> {
       cells: cs,
     };
   };
-  const dpdkKey = specs.find((s) => s.kind === 'dpdk')?.key;
-  /** median over the rounds of (this back-end / DPDK) in the same round, cells measured next to each other */
+  /** median over the rounds of (this back-end / DPDK on the same ring layout) in the same round, cells measured next to each other */
   const ratio = (test: string, key: string, f: (c: Cell) => number): string => {
+    const packed = specs.find((s) => s.key === key)?.packed === true;
+    const dpdkKey = specs.find((s) => s.kind === 'dpdk' && (s.packed === true) === packed)?.key;
     if (!dpdkKey) return '–';
     if (key === dpdkKey) return '1';
     const a = results.get(`${test}|${key}`) ?? [];

@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { native, Poller } from '../native';
 import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
 import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
+import { PackedRing } from '../virtio/packed-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
@@ -84,6 +85,7 @@ export const DEFAULT_FEATURES: bigint =
   bit(VirtioFeature.F_ANY_LAYOUT) |
   bit(VirtioFeature.RING_F_INDIRECT_DESC) |
   bit(VirtioFeature.RING_F_EVENT_IDX) |
+  bit(VirtioFeature.F_RING_PACKED) |
   bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) |
   bit(VirtioFeature.F_VERSION_1);
 
@@ -173,7 +175,10 @@ function fmtBytes(n: number): string {
 export class Session {
   readonly name: string;
   readonly mem = new GuestMemory();
-  readonly rings: SplitRing[] = [];
+  /** split rings, packed ones once VIRTIO_F_RING_PACKED is negotiated */
+  readonly rings: Virtqueue[] = [];
+  /** most descriptors one chain may have (--max-chain-descriptors) */
+  private readonly maxChain: number;
   private readonly kickPollers: (Poller | null)[] = [];
   readonly offeredFeatures: bigint;
   readonly offeredProtocol: bigint;
@@ -209,6 +214,7 @@ export class Session {
     this.maxQueuePairs = opts.maxQueuePairs ?? DEFAULT_MAX_QUEUE_PAIRS;
     this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
     const maxChain = opts.maxChainDescriptors ?? DEFAULT_MAX_CHAIN_DESCRIPTORS;
+    this.maxChain = maxChain;
     this.maxMapped = opts.maxMappedBytes ?? DEFAULT_MAX_MAPPED;
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
@@ -233,7 +239,7 @@ export class Session {
   }
 
   /** Tells the device what changed about q's usability (the one place ring events come from). */
-  private sync(q: SplitRing): void {
+  private sync(q: Virtqueue): void {
     const st = !this.processable(q) ? STOPPED : q.enabled ? STARTED_ENABLED : STARTED_DISABLED;
     if (st === this.told[q.index]) return;
     this.told[q.index] = st;
@@ -249,7 +255,7 @@ export class Session {
    * Started and set up (not broken), and, with VHOST_USER_PROTOCOL_F_STATUS, the driver is ready
    * (virtio 2.1: no buffer consumed, no notification sent before DRIVER_OK): processed, enabled or not.
    */
-  private processable(q: SplitRing): boolean {
+  private processable(q: Virtqueue): boolean {
     return q.started && q.ready && (!this.hasProtocol(ProtocolFeature.STATUS) || (this.status & STATUS_DRIVER_OK) !== 0);
   }
 
@@ -329,6 +335,7 @@ export class Session {
         const { usable, unmet } = netFeaturesUsable(f);
         this.netConfig = netConfigOf(usable);
         const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
+        this.setRingLayout(has(f, VirtioFeature.F_RING_PACKED));
         for (const r of this.rings) {
           r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
           if (defaultEnabled) r.enable(true);
@@ -451,15 +458,17 @@ export class Session {
       }
       case Req.SET_VRING_BASE: {
         const r = this.ring(p.getUint32(0, true));
-        const base = p.getUint32(4, true);
-        if (base > 0xffff) throw new Refusal(`${r.name}: base ${base} does not fit a split ring index`);
-        r.setBase(base);
+        try {
+          r.setBase(p.getUint32(4, true));
+        } catch (e) {
+          throw new Refusal((e as Error).message);
+        }
         break;
       }
       case Req.GET_VRING_BASE: {
         const r = this.ring(p.getUint32(0, true));
         this.stopRing(r);
-        reply = vringStatePayload(r.index, r.lastAvail);
+        reply = vringStatePayload(r.index, r.getBase());
         break;
       }
       case Req.SET_VRING_KICK:
@@ -520,7 +529,7 @@ export class Session {
     }
   }
 
-  private ring(index: number): SplitRing {
+  private ring(index: number): Virtqueue {
     const r = this.rings[index];
     if (!r) {
       limitHits.queuePairs++;
@@ -726,17 +735,19 @@ export class Session {
         this.startPolling();
         return;
       }
+      const i = r.index; // the ring object changes with the layout (setRingLayout)
       const poller = native.poll(fd, (status) => {
-        if (status < 0 || r.kickFd !== fd) return;
+        const q = this.rings[i];
+        if (status < 0 || q.kickFd !== fd) return;
         try {
           native.eventfdRead(fd);
-          if (!r.started) {
-            r.start();
-            this.sync(r);
+          if (!q.started) {
+            q.start();
+            this.sync(q);
           }
-          if (this.processable(r)) this.device.kick(r);
+          if (this.processable(q)) this.device.kick(q);
         } catch (e) {
-          this.internalError(`kick on ${r.name}`, e);
+          this.internalError(`kick on ${q.name}`, e);
         }
       });
       this.kickPollers[r.index] = poller;
@@ -776,15 +787,38 @@ export class Session {
     this.pollTimer = null;
   }
 
-  private stopKick(r: SplitRing): void {
+  private stopKick(r: Virtqueue): void {
     const p = this.kickPollers[r.index];
     if (p) p.close();
     this.kickPollers[r.index] = null;
     safeClose(r.setKickFd(-1));
   }
 
+  /**
+   * SET_FEATURES: the rings take the negotiated layout. A ring changing layout keeps its fds and
+   * its enable and started state; its size, addresses and base are the front-end's to send next
+   * (QEMU and DPDK send features before setting rings up).
+   */
+  private setRingLayout(packed: boolean): void {
+    for (let i = 0; i < this.rings.length; i++) {
+      const old = this.rings[i];
+      if (old.packed === packed) continue;
+      const q: Virtqueue = packed ? new PackedRing(i, old.name, this.maxChain) : new SplitRing(i, old.name, this.maxChain);
+      q.setKickFd(old.kickFd);
+      q.setCallFd(old.callFd);
+      q.setErrFd(old.errFd);
+      q.enable(old.enabled);
+      if (old.started) q.start();
+      if (this.told[i] !== STOPPED) {
+        this.told[i] = STOPPED;
+        this.device.ringStopped(old);
+      }
+      this.rings[i] = q;
+    }
+  }
+
   /** GET_VRING_BASE: the ring stops until the front-end sets it up and kicks again. */
-  private stopRing(r: SplitRing): void {
+  private stopRing(r: Virtqueue): void {
     this.stopKick(r);
     r.stop();
     this.sync(r);

@@ -36,6 +36,7 @@ const TWO32 = 0x100000000;
  * its methods, each checking what it is given; the session configures it and the data path uses it.
  */
 export class SplitRing implements Virtqueue {
+  readonly packed = false;
   private _num = 0;
   private mask = 0;
   private _descAddr = 0;
@@ -235,9 +236,14 @@ export class SplitRing implements Virtqueue {
   }
 
   setBase(base: number): void {
+    if (base > 0xffff) throw new Error(`${this.name}: base ${base} does not fit a split ring index`);
     this._lastAvail = base & 0xffff;
     this._usedIdx = base & 0xffff;
     this.signalledUsed = base & 0xffff;
+  }
+
+  getBase(): number {
+    return this._lastAvail;
   }
 
   private forgetWindow(): void {

@@ -1,5 +1,5 @@
 // The virtqueue as the session and the data path see it: its state behind methods, the ring format
-// (split today; packed would implement the same) behind them too. The session configures a queue
+// (split-ring.ts, packed-ring.ts) behind them too. The session configures a queue
 // (size, addresses, base, enable, start/stop, fds, reset); the port uses it (availCount, popChain,
 // pushUsed, publish, signal, notification control). Neither writes its fields.
 import type { GuestMemory } from '../memory/guest-memory';
@@ -8,7 +8,15 @@ import type { Segments } from './chain';
 export interface Virtqueue {
   readonly index: number;
   readonly name: string;
+  /** the packed layout (VIRTIO_F_RING_PACKED), else split */
+  readonly packed: boolean;
   readonly num: number;
+  /** SET_VRING_ADDR seen (translated or not), and its addresses (packed: avail = driver area, used = device area) */
+  readonly addrSet: boolean;
+  readonly descAddr: number;
+  readonly availAddr: number;
+  readonly usedAddr: number;
+  readonly eventIdx: boolean;
   readonly started: boolean;
   readonly enabled: boolean;
   /** set up (size, addresses translated) and not broken */
@@ -16,15 +24,21 @@ export interface Virtqueue {
   /** started, enabled and ready */
   readonly usable: boolean;
   readonly broken: string | null;
+  /** the next avail entry to take (packed: index | wrap counter << 15) */
   readonly lastAvail: number;
+  /** the next used entry to write (packed: index | wrap counter << 15) */
   readonly usedIdx: number;
+  readonly kickFd: number;
   readonly callFd: number;
   readonly errFd: number;
 
   // ---- configuration (the session)
   setNum(num: number): void;
   setAddresses(desc: number, used: number, avail: number): void;
+  /** SET_VRING_BASE's value (checked: throws when it does not fit the ring format) */
   setBase(base: number): void;
+  /** GET_VRING_BASE's value */
+  getBase(): number;
   setFeatures(eventIdx: boolean, indirect: boolean): void;
   enable(on: boolean): void;
   start(): void;

@@ -10,8 +10,9 @@
  *   testpmd port i TX-packets == the switch's frames from port i (vhostUser[i].counters.txFrames)
  *   testpmd port i RX-packets == the switch's frames to port i   (vhostUser[i].counters.rxFrames)
  *   sum of RX == sum of TX (every frame sent came back), and no drop counter in the switch moved.
- * With mergeable RX buffers (mrg_rxbuf=1) and without (mrg_rxbuf=0), each across a restart of the
- * front-end: testpmd is SIGKILLed mid-traffic, started again on the same sockets, and the same
+ * With mergeable RX buffers (mrg_rxbuf=1) and without (mrg_rxbuf=0), with packed rings
+ * (packed_vq=1, VIRTIO_F_RING_PACKED negotiated) without and with in_order=1 (VIRTIO_F_IN_ORDER is not
+ * offered: it negotiates without it), each across a restart of the front-end: testpmd is SIGKILLed mid-traffic, started again on the same sockets, and the same
  * checks hold for the new session (switch counters as differences over it).
  *
  *   npm run build && node --test dist/test/e2e/dpdk-virtio-user.test.js
@@ -72,12 +73,24 @@ async function settled(sw: SwitchProcess, timeoutMs = 5000): Promise<Stats> {
   }
 }
 
-function startPmd(name: string, sockets: string[], mrg: boolean): TestPmd {
+interface Variant {
+  mrg: boolean;
+  /** packed_vq=1 (and in_order=1) devargs of net_virtio_user */
+  packed?: boolean;
+  inOrder?: boolean;
+}
+
+const label = (v: Variant): string => `mrg_rxbuf=${v.mrg ? 1 : 0}${v.packed ? ' packed_vq=1' : ''}${v.inOrder ? ' in_order=1' : ''}`;
+
+function startPmd(name: string, sockets: string[], v: Variant): TestPmd {
+  const extra: Record<string, number> = {};
+  if (v.packed) extra.packed_vq = 1;
+  if (v.inOrder) extra.in_order = 1;
   return new TestPmd({
     name,
     cpu: 0,
     memory: { kind: 'no-huge', mb: 512 },
-    vdevs: sockets.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 256, mrgRxbuf: mrg })),
+    vdevs: sockets.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 256, mrgRxbuf: v.mrg, extra })),
     totalMbufs: 16384,
     echo,
   });
@@ -135,14 +148,17 @@ function checkSession(label: string, pmd: PmdPortStats[], before: Stats, after: 
   }
 }
 
-describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout: 120_000 }, () => {
-  for (const mrg of [true, false]) {
-    it(`mrg_rxbuf=${mrg ? 1 : 0}: frames cross both ways, nothing lost, and again after testpmd is killed and restarted`, async (t) => {
+describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout: 300_000 }, () => {
+  const variants: Variant[] = [{ mrg: true }, { mrg: false }, { mrg: true, packed: true }, { mrg: false, packed: true, inOrder: true }];
+  for (const v of variants) {
+    const mrg = v.mrg;
+    const tag = `${mrg ? 'mrg1' : 'mrg0'}${v.packed ? '-packed' : ''}${v.inOrder ? '-inorder' : ''}`;
+    it(`${label(v)}: frames cross both ways, nothing lost, and again after testpmd is killed and restarted`, async (t) => {
       if (skip) {
         t.skip(skip);
         return;
       }
-      const dir = workDir(`dpdk-mrg${mrg ? 1 : 0}`);
+      const dir = workDir(`dpdk-${tag}`);
       const socks = [path.join(dir, 'dpdk0.sock'), path.join(dir, 'dpdk1.sock')];
       const sw = new SwitchProcess({
         workDir: dir,
@@ -158,17 +174,18 @@ describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout
 
         // ---- session 1
         const from1 = sw.log.length;
-        const pmd1 = startPmd(`fe-mrg${mrg ? 1 : 0}-a`, socks, mrg);
+        const pmd1 = startPmd(`fe-${tag}-a`, socks, v);
         pmds.push(pmd1);
         await pmd1.start();
         for (const i of [0, 1]) {
           const line = await sw.waitLog(new RegExp(`dpdk${i}: features `), 10_000, from1);
           assert.equal(/NET_F_MRG_RXBUF/.test(line), mrg, `negotiated: ${line}`);
+          assert.equal(/F_RING_PACKED/.test(line), v.packed === true, `packed ring negotiated: ${line}`);
         }
         const before1 = await settled(sw);
         const st1 = await runTraffic(pmd1);
         const after1 = await settled(sw);
-        checkSession(`mrg_rxbuf=${mrg ? 1 : 0} session 1`, st1, before1, after1);
+        checkSession(`${label(v)} session 1`, st1, before1, after1);
 
         // ---- testpmd SIGKILLed while frames circulate
         await pmd1.cmd('set fwd mac');
@@ -183,13 +200,16 @@ describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout
 
         // ---- session 2 on the same sockets
         const from2 = sw.log.length;
-        const pmd2 = startPmd(`fe-mrg${mrg ? 1 : 0}-b`, socks, mrg);
+        const pmd2 = startPmd(`fe-${tag}-b`, socks, v);
         pmds.push(pmd2);
         await pmd2.start();
-        for (const i of [0, 1]) await sw.waitLog(new RegExp(`dpdk${i}: features `), 10_000, from2);
+        for (const i of [0, 1]) {
+          const line = await sw.waitLog(new RegExp(`dpdk${i}: features `), 10_000, from2);
+          assert.equal(/F_RING_PACKED/.test(line), v.packed === true, `packed ring negotiated: ${line}`);
+        }
         const st2 = await runTraffic(pmd2);
         const after2 = await settled(sw);
-        checkSession(`mrg_rxbuf=${mrg ? 1 : 0} session 2 (after kill -9)`, st2, before2, after2);
+        checkSession(`${label(v)} session 2 (after kill -9)`, st2, before2, after2);
 
         const q = await pmd2.quit();
         assert.equal(q.code, 0, `testpmd quit: ${JSON.stringify(q)}\n${pmd2.tail()}`);

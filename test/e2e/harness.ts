@@ -23,12 +23,15 @@ export async function startSwitch(dir: string, n: number, extraArgs: string[] = 
   return sw;
 }
 
-/** Boots guest i (address 10.0.0.(i+1)/24, MAC from macForIndex(i+1)) on the switch's socket i. */
-export async function startGuest(sw: SwitchProcess, i: number, name: string, socketIndex = i): Promise<GuestVM> {
+/**
+ * Boots guest i (address 10.0.0.(i+1)/24, MAC from macForIndex(i+1)) on the switch's socket i.
+ * packed: `virtio-net-pci,packed=on` (the driver negotiates VIRTIO_F_RING_PACKED).
+ */
+export async function startGuest(sw: SwitchProcess, i: number, name: string, socketIndex = i, opts: { packed?: boolean } = {}): Promise<GuestVM> {
   const vm = await GuestVM.start({
     name,
     params: { ip: `10.0.0.${i + 1}/24` },
-    nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw.socketPaths[socketIndex], mac: macForIndex(i + 1) }],
+    nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw.socketPaths[socketIndex], mac: macForIndex(i + 1), ...(opts.packed ? { toggles: { packed: true } } : {}) }],
   });
   return vm;
 }

@@ -1,6 +1,6 @@
 // npm run fuzz -- --minutes N [--seed S]: the fuzz targets in turn until the time is up; prints
 // cases run per target. A failure prints its seed (re-run with --seed to reproduce) and exits 1.
-import { fuzzChains, fuzzMessages } from './targets';
+import { fuzzChains, fuzzMessages, fuzzPackedChains } from './targets';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -17,6 +17,7 @@ async function main(): Promise<void> {
   while (Date.now() < until) {
     try {
       chains += fuzzChains(seed, 200);
+      chains += fuzzPackedChains(seed, 200);
       messages += await fuzzMessages(seed, 10);
     } catch (e) {
       console.error(`fuzz: FAILED at seed ${seed}: ${(e as Error).message}`);

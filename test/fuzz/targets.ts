@@ -2,6 +2,9 @@
 //   chains    random descriptor tables, avail rings, indices and indirect tables over real mapped
 //             memory (a memfd region), walked by SplitRing.popChain with the copy list recording
 //             every segment: no exception, every segment inside a mapped window, no fault
+//   packed    the same for packed rings (PackedRing): random flags (AVAIL/USED bits of either lap,
+//             NEXT, WRITE, INDIRECT), ids, start positions and wrap counters, unpop and re-take,
+//             used descriptors written back
 //   messages  random vhost-user message sequences (valid headers with random requests, sizes,
 //             payloads and fds) against a Session over a real socketpair: no exception escapes,
 //             the connection stays up or closes with a logged error, no fd leaks
@@ -10,6 +13,7 @@ import * as fs from 'node:fs';
 import { native } from '../../src/native';
 import { GuestMemory, Region } from '../../src/memory/guest-memory';
 import { SplitRing, BROKEN } from '../../src/virtio/split-ring';
+import { PackedRing } from '../../src/virtio/packed-ring';
 import { Segments } from '../../src/virtio/chain';
 import { copies } from '../../src/datapath/copy-list';
 import { encode, payloadSize, Req, VERSION } from '../../src/vhost-user/message';
@@ -126,6 +130,118 @@ export function fuzzChains(seed: number, cases: number): number {
       ring.publish();
       copies.run();
       if (copies.copiesRefused !== 0) throw new Error(`seed ${seed} case ${c}: the addon refused ${copies.copiesRefused} copies`);
+    }
+  } finally {
+    copies.settle();
+    copies.unregister(scratchArea);
+    mem.clear();
+    native.munmap(ab);
+  }
+  return cases;
+}
+
+/** Walks random packed rings over one mapped region. Throws on the first violation. */
+export function fuzzPackedChains(seed: number, cases: number): number {
+  const rng = new Rng(seed);
+  const fd = native.memfdCreate('fuzz-packed', REGION_SIZE);
+  const mem = new GuestMemory();
+  mem.replace([new Region({ guestPhysAddr: REGION_GPA, memorySize: REGION_SIZE, userspaceAddr: REGION_UVA, mmapOffset: 0 }, fd)]);
+  const ab = native.mmap(fd, REGION_SIZE, 0);
+  const ram32 = new Uint32Array(ab);
+  const ram16 = new Uint16Array(ab);
+  const window = mem.list()[0].windows[0];
+  const segs = new Segments();
+  const scratch = new Uint8Array(1 << 16);
+  const scratchArea = copies.register(scratch);
+  const fail = (c: number, why: string): never => {
+    throw new Error(`packed: seed ${seed} case ${c}: ${why}`);
+  };
+  try {
+    for (let c = 0; c < cases; c++) {
+      const num = rng.chance(0.8) ? 1 << rng.below(9) : 1 + rng.below(300); // packed sizes need not be powers of 2
+      const ring = new PackedRing(1, `fuzz packed ring (seed ${seed} case ${c})`);
+      ring.setNum(num);
+      ring.setFeatures(rng.chance(0.5), rng.chance(0.8));
+      const desc = 0;
+      const driver = 16 * num;
+      const device = driver + 4;
+      const start = rng.below(num);
+      const wrap = rng.below(2);
+      ring.setBase(((start | (wrap << 15)) * 0x10001) >>> 0);
+      ring.setAddresses(REGION_UVA + desc, REGION_UVA + device, REGION_UVA + driver);
+      ring.setup(mem);
+      ring.enable(true);
+      ring.start();
+      const dataStart = (device + 4 + 4095) & ~4095;
+      const writable = rng.chance(0.5);
+      for (let i = 0; i < num; i++) {
+        const o = (desc + 16 * i) >>> 2;
+        const inside = REGION_GPA + dataStart + rng.below(REGION_SIZE - dataStart);
+        ram32[o] = rng.pick([inside, inside, inside, rng.u32(), REGION_GPA + REGION_SIZE - rng.below(64), 0]) >>> 0;
+        ram32[o + 1] = rng.chance(0.05) ? rng.u32() : 0;
+        ram32[o + 2] = rng.pick([rng.below(64), rng.below(2048), rng.below(70000), rng.u32(), 0, 16 * (1 + rng.below(8))]) >>> 0;
+        // the lap descriptor i is in, seen from start: before start it is already the next one
+        const lap = i >= start ? wrap : wrap ^ 1;
+        const availBits = rng.chance(0.75) ? (lap ? 0x80 : 0x8000) : rng.pick([0, 0x80, 0x8000, 0x8080]);
+        const kind = (rng.chance(0.3) ? 1 : 0) | (rng.chance(0.9) === writable ? 2 : 0) | (rng.chance(0.08) ? 4 : 0);
+        ram16[((desc + 16 * i) >>> 1) + 6] = rng.below(65536); // id
+        ram16[((desc + 16 * i) >>> 1) + 7] = availBits | kind | (rng.chance(0.02) ? rng.below(65536) & 0x7f78 : 0);
+      }
+      for (let k = 0; k < 64; k++) ram32[(dataStart >>> 2) + rng.below((REGION_SIZE - dataStart) >>> 2)] = rng.u32();
+      ram16[(driver >>> 1) + 0] = rng.below(65536);
+      ram16[(driver >>> 1) + 1] = rng.below(4);
+      let taken = 0;
+      for (let round = 0; round < 3; round++) {
+        const n = ring.availCount();
+        if (n < 0) {
+          if (ring.broken === null) fail(c, 'availCount -1 without a reason');
+          break;
+        }
+        if (n > num) fail(c, `${n} chains counted in a ring of ${num}`);
+        let popped = 0;
+        for (let k = 0; k < n; k++) {
+          segs.reset();
+          const id = ring.popChain(mem, segs, writable);
+          if (id === BROKEN) {
+            if (ring.broken === null) fail(c, 'BROKEN without a reason');
+            break;
+          }
+          if (id < 0 || id > 0xffff) fail(c, `id ${id}`);
+          let total = 0;
+          for (let i = 0; i < segs.count; i++) {
+            const b = segs.buf[i];
+            if (b !== window) fail(c, 'a segment outside the guest window');
+            if (segs.len[i] <= 0 || segs.off[i] < 0 || segs.off[i] + segs.len[i] > b.length) fail(c, `segment [${segs.off[i]}, +${segs.len[i]}) outside its window`);
+            total += segs.len[i];
+            if (!copies.record(segs.area[i], segs.off[i], scratchArea, 0, Math.min(segs.len[i], scratch.length))) fail(c, 'an in-window segment refused by the copy list');
+          }
+          if (total !== segs.total) fail(c, `segment lengths ${total} != total ${segs.total}`);
+          popped++;
+        }
+        if (ring.broken !== null) break;
+        // give some back and take them again: the same chains must come out
+        const back = popped > 0 && rng.chance(0.3) ? 1 + rng.below(popped) : 0;
+        if (back > 0) {
+          const before = ring.lastAvail;
+          ring.unpop(back);
+          const again = ring.availCount();
+          if (again < back) fail(c, `after unpop(${back}) only ${again} counted`);
+          for (let k = 0; k < back; k++) {
+            segs.reset();
+            if (ring.popChain(mem, segs, writable) === BROKEN) fail(c, `a chain given back broke when taken again: ${ring.broken}`);
+          }
+          if (ring.lastAvail !== before) fail(c, `taken again, lastAvail ${ring.lastAvail} != ${before}`);
+        }
+        for (let k = 0; k < popped; k++) ring.pushUsed(k, writable ? 64 : 0);
+        taken += popped;
+        ring.publish();
+        ring.signal(() => {});
+        if (ring.broken !== null) fail(c, `used descriptors broke the ring: ${ring.broken}`);
+        if (ring.lastAvail !== ring.usedIdx) fail(c, `used position ${ring.usedIdx} != avail position ${ring.lastAvail} with nothing in flight`);
+      }
+      copies.run();
+      if (copies.copiesRefused !== 0) fail(c, `the addon refused ${copies.copiesRefused} copies`);
+      if (taken > 3 * num) fail(c, `${taken} chains from a ring of ${num}`);
     }
   } finally {
     copies.settle();

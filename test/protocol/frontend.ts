@@ -32,6 +32,7 @@ import {
   writeRegion,
 } from '../../src/vhost-user/message';
 import { bit, has, VirtioFeature } from '../../src/vhost-user/features';
+import { PackedVirtqueue, PACKED_BASE_START } from './packed-frontend';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -581,7 +582,7 @@ export interface StartOptions {
   rxBuffers?: [number, number];
   /** RX buffers as descriptor chains or through indirect tables (see Virtqueue.postRx) */
   rxLayout?: { split?: number[]; indirect?: boolean };
-  /** ring index every ring starts at (SET_VRING_BASE), default 0 */
+  /** ring index every ring starts at (SET_VRING_BASE), default 0 (packed: PACKED_BASE_START) */
   base?: number;
   /** NET_SET_MTU after setup */
   mtu?: number;
@@ -615,6 +616,8 @@ export class FrontEnd {
   useReplyAck = true;
   ram: GuestRam | null = null;
   readonly rings: Virtqueue[] = [];
+  /** the rings of startPacked() */
+  readonly packedRings: PackedVirtqueue[] = [];
 
   constructor(readonly fd: number, readonly name = 'frontend') {
     this.poller = native.poll(fd, (status) => this.onReadable(status));
@@ -936,9 +939,23 @@ export class FrontEnd {
    * guest driver and a first kick on RX (which starts the ring in the back-end).
    */
   async start(opts: StartOptions = {}): Promise<{ rx: Virtqueue; tx: Virtqueue }> {
+    await this.bringUp(opts, false);
+    return { rx: this.rings[0], tx: this.rings[1] };
+  }
+
+  /** start() with VIRTIO_F_RING_PACKED negotiated: packed rings (in packedRings). */
+  async startPacked(opts: StartOptions = {}): Promise<{ rx: PackedVirtqueue; tx: PackedVirtqueue }> {
+    await this.bringUp(opts, true);
+    if (!has(this.features, VirtioFeature.F_RING_PACKED)) throw new Error(`${this.name}: the back-end does not offer VIRTIO_F_RING_PACKED`);
+    return { rx: this.packedRings[0], tx: this.packedRings[1] };
+  }
+
+  private async bringUp(opts: StartOptions, packed: boolean): Promise<void> {
     this.releaseGuest(); // starting over (after RESET_OWNER): a fresh guest
     const offered = await this.getFeatures();
-    const features = (opts.features ?? offered) & offered;
+    // VIRTIO_F_RING_PACKED only with packed rings (QEMU's packed=on), whatever opts.features says
+    const pbit = bit(VirtioFeature.F_RING_PACKED);
+    const features = (((opts.features ?? offered) & ~pbit) | (packed ? pbit : 0n)) & offered;
     let protocol = 0n;
     if (has(features, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
       const offeredProto = await this.getProtocolFeatures();
@@ -955,30 +972,32 @@ export class FrontEnd {
     await this.setMemTable(this.ram);
     const num = opts.num ?? 256;
     const eventIdx = has(features, VirtioFeature.RING_F_EVENT_IDX);
+    const base = opts.base ?? (packed ? PACKED_BASE_START : 0);
     for (let i = 0; i < 2 * (opts.queuePairs ?? 1); i++) {
-      const vq = new Virtqueue(this.ram, i, num, { eventIdx });
-      this.rings[i] = vq;
-      vq.resetIndices(opts.base ?? 0);
+      const vq = packed ? new PackedVirtqueue(this.ram, i, num, { eventIdx }) : new Virtqueue(this.ram, i, num, { eventIdx });
+      if (vq instanceof PackedVirtqueue) this.packedRings[i] = vq;
+      else this.rings[i] = vq;
+      vq.resetIndices(base);
       if (vq.isRx) {
         const [count, size] = opts.rxBuffers ?? [64, 2048];
         if (count > 0) vq.postRx(count, size, opts.rxLayout);
       }
-      await this.setupRing(vq, opts.base ?? 0);
+      await this.setupRing(vq, base);
     }
     // vhost_user_dev_start(true), at the end of vhost_dev_start
     if (status && (opts.driverOk ?? true)) await this.addStatus(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
+    const all = packed ? this.packedRings : this.rings;
     // Without PROTOCOL_FEATURES rings are enabled from the start and SET_VRING_ENABLE is not sent.
     if ((opts.enable ?? true) && has(features, VirtioFeature.USER_F_PROTOCOL_FEATURES)) {
-      for (const vq of this.rings) await this.setVringEnable(vq.index, true);
+      for (const vq of all) await this.setVringEnable(vq.index, true);
     }
     if (opts.mtu !== undefined) await this.netSetMtu(opts.mtu);
     await this.sync();
-    if (opts.kickRx ?? true) for (const vq of this.rings) if (vq.isRx) vq.kick();
-    return { rx: this.rings[0], tx: this.rings[1] };
+    if (opts.kickRx ?? true) for (const vq of all) if (vq.isRx) vq.kick();
   }
 
   /** SET_VRING_NUM, BASE, ADDR, KICK, CALL, ERR for one ring (QEMU's vhost_virtqueue_start). */
-  async setupRing(vq: Virtqueue, base = 0): Promise<void> {
+  async setupRing(vq: Virtqueue | PackedVirtqueue, base = 0): Promise<void> {
     const ram = vq.ram;
     await this.setVringNum(vq.index, vq.num);
     await this.setVringBase(vq.index, base);
@@ -1005,6 +1024,7 @@ export class FrontEnd {
 
   private releaseGuest(): void {
     for (const vq of this.rings.splice(0)) vq?.close();
+    for (const vq of this.packedRings.splice(0)) vq?.close();
     this.ram?.close();
     this.ram = null;
   }

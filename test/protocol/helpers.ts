@@ -9,6 +9,7 @@ import { copies } from '../../src/datapath/copy-list';
 import { frameBytes } from '../../src/datapath/byte-frame';
 import { VhostUserPort, VhostUserPortOptions } from '../../src/ports/vhost-user/port';
 import { FrontEnd, Packet, StartOptions, Virtqueue, waitFor } from './frontend';
+import { PackedVirtqueue } from './packed-frontend';
 
 /** Protocol tests are about the vhost-user layer: this "switch" floods every frame to every other port. */
 export class TestHub implements EngineApi {
@@ -152,11 +153,14 @@ export function packet(hdr: Uint8Array, frame: Uint8Array): Uint8Array {
 
 // ---- ports with front-ends ----
 
-export interface Guest {
+/** a guest's rings: split (Virtqueue) or packed (PackedVirtqueue) */
+export type DriverRing = Virtqueue | PackedVirtqueue;
+
+export interface Guest<R extends DriverRing = Virtqueue> {
   port: VhostUserPort;
   fe: FrontEnd;
-  rx: Virtqueue;
-  tx: Virtqueue;
+  rx: R;
+  tx: R;
 }
 
 export function makePort(hub: EngineApi, name: string, log: LogCapture, extra: Partial<VhostUserPortOptions> = {}): VhostUserPort {
@@ -179,8 +183,17 @@ export async function startGuest(hub: EngineApi, name: string, log: LogCapture, 
   return { port, fe, rx, tx };
 }
 
+/** startGuest() with packed rings (VIRTIO_F_RING_PACKED negotiated). */
+export async function startPackedGuest(hub: EngineApi, name: string, log: LogCapture, opts: StartOptions = {}): Promise<Guest<PackedVirtqueue>> {
+  const port = makePort(hub, name, log);
+  const fe = bindPair(port);
+  const { rx, tx } = await fe.startPacked(opts);
+  if (opts.kickRx ?? true) await waitFor(() => port.session!.rings[0].started, 2000, `${name} RX ring to start`);
+  return { port, fe, rx, tx };
+}
+
 /** Sends one packet (header + frame) on g's TX ring and waits until the back-end has used it. */
-export async function sendPacket(g: Guest, pkt: Uint8Array, opts: { split?: number[]; indirect?: boolean; region?: number } = {}): Promise<void> {
+export async function sendPacket(g: Guest<DriverRing>, pkt: Uint8Array, opts: { split?: number[]; indirect?: boolean; region?: number } = {}): Promise<void> {
   g.tx.postTx(pkt, opts);
   const want = g.tx.availIdx;
   g.tx.kick();
@@ -189,7 +202,7 @@ export async function sendPacket(g: Guest, pkt: Uint8Array, opts: { split?: numb
 }
 
 /** Waits until g has n packets in its RX used ring (counting used elements as mergeable packets), returns them. */
-export async function receiveN(g: Guest, n: number, timeoutMs = 2000): Promise<Packet[]> {
+export async function receiveN(g: Guest<DriverRing>, n: number, timeoutMs = 2000): Promise<Packet[]> {
   const got: Packet[] = [];
   await waitFor(
     () => {
@@ -221,16 +234,27 @@ export async function startPair(
   bOpts: StartOptions = {},
   hub: TestHub = new TestHub(),
 ): Promise<{ hub: TestHub; log: LogCapture; a: Guest; b: Guest; done: (check?: { noErrors?: boolean }) => Promise<void> }> {
-  const before = fdCount();
   const log = new LogCapture();
-  const a = await startGuest(hub, 'vmA', log, aOpts);
-  const b = await startGuest(hub, 'vmB', log, bOpts);
+  return pairOf(hub, log, fdCount(), await startGuest(hub, 'vmA', log, aOpts), await startGuest(hub, 'vmB', log, bOpts));
+}
+
+/** startPair() with packed rings on both sides. */
+export async function startPackedPair(
+  aOpts: StartOptions = {},
+  bOpts: StartOptions = {},
+  hub: TestHub = new TestHub(),
+): Promise<{ hub: TestHub; log: LogCapture; a: Guest<PackedVirtqueue>; b: Guest<PackedVirtqueue>; done: (check?: { noErrors?: boolean }) => Promise<void> }> {
+  const log = new LogCapture();
+  return pairOf(hub, log, fdCount(), await startPackedGuest(hub, 'vmA', log, aOpts), await startPackedGuest(hub, 'vmB', log, bOpts));
+}
+
+function pairOf<A extends DriverRing, B extends DriverRing>(hub: TestHub, log: LogCapture, before: number, a: Guest<A>, b: Guest<B>) {
   return {
     hub,
     log,
     a,
     b,
-    done: async (check = {}) => {
+    done: async (check: { noErrors?: boolean } = {}) => {
       await closeGuest(a);
       await closeGuest(b);
       if (check.noErrors) assert.deepEqual(log.errors(), []);

@@ -1,4 +1,4 @@
-// The real data path allocates nothing per frame: guest A's TX virtqueue (memfd guest RAM) →
+// The real data path allocates nothing per frame, on split and on packed rings: guest A's TX virtqueue (memfd guest RAM) →
 // VhostUserPort A → Switch → VhostUserPort B → guest B's RX virtqueue (mergeable 2 KiB buffers),
 // both ports bound to in-process vhost-user front-ends over real sockets with real eventfds. The
 // set-up and the allocation-free guest drivers are bench/datapath-bench.ts's.
@@ -73,8 +73,8 @@ async function measure(rig: Rig, drive: Drive, path: Path): Promise<Measured> {
 }
 
 /** A rig, warmed up (JIT), measured, then settled and checked: every frame arrived, in order. */
-async function steadyState(drive: Drive, path: Path, frameBytes: number, onPacket: ((seq: number) => void) | null = null): Promise<Measured> {
-  const rig = await Rig.create({ ring: 256, frameBytes });
+async function steadyState(drive: Drive, path: Path, frameBytes: number, onPacket: ((seq: number) => void) | null = null, packed = false): Promise<Measured> {
+  const rig = await Rig.create({ ring: 256, frameBytes, packed });
   try {
     await run(rig, drive, path, () => rig.rx.packets >= 30_000);
     rig.rx.onPacket = onPacket;
@@ -119,10 +119,18 @@ const CASES: [Drive, Path, number][] = [
   ['direct', 'store', 9000],
 ];
 
-for (const [drive, path, size] of CASES) {
-  const name = `${FRAMES} ${size}-byte frames A → switch → B, ${path === 'store' ? 'through the elastic FIFO' : 'fast path'}, drive ${drive}: in order, nothing allocated per frame`;
+/** the same on packed virtqueues (both guests negotiate VIRTIO_F_RING_PACKED) */
+const PACKED_CASES: [Drive, Path, number][] = [
+  ['kick', 'fast', 64],
+  ['kick', 'store', 9000],
+  ['direct', 'fast', 1518],
+  ['direct', 'store', 64],
+];
+
+for (const [drive, path, size, packed] of [...CASES.map((c) => [...c, false] as const), ...PACKED_CASES.map((c) => [...c, true] as const)]) {
+  const name = `${FRAMES} ${size}-byte frames A → switch → B${packed ? ' on packed rings' : ''}, ${path === 'store' ? 'through the elastic FIFO' : 'fast path'}, drive ${drive}: in order, nothing allocated per frame`;
   test(name, async (t) => {
-    const m = await steadyState(drive, path, size);
+    const m = await steadyState(drive, path, size, null, packed);
     t.diagnostic(show(m));
     const why = allocates(m, drive);
     assert.equal(why, null, `${why} (${show(m)})`);

@@ -90,6 +90,11 @@ describe('qemu-glue/args', () => {
     );
   });
 
+  it('vhost-user NIC with packed virtqueues: packed=on (and vectors=0 for TCG)', () => {
+    const a = vhostUserNicArgs({ id: 'n0', socketPath: '/s', mac: macForIndex(2), toggles: { packed: true } });
+    assert.equal(valuesOf(a, '-device')[0], 'virtio-net-pci,netdev=n0,mac=52:54:00:ee:00:02,vectors=0,romfile=,packed=on');
+  });
+
   it('virtio-net device: vectors null keeps QEMU default, rejects bad MAC', () => {
     assert.deepEqual(virtioNetDeviceArgs({ netdev: 'n0', mac: macForIndex(1), vectors: null }), [
       '-device', 'virtio-net-pci,netdev=n0,mac=52:54:00:ee:00:01,romfile=',
