@@ -23,7 +23,8 @@ export const DROP_PORT_SECURITY = 13;
 export const DROP_HOLD_EXPIRED = 14; // unresolved past the hold time, policy 'drop'
 export const DROP_SAME_CONNECTION = 15; // destination is the source connection
 export const DROP_DETACHED = 16; // queued for a connection that detached
-export const COUNTER_COUNT = 17;
+export const FOLLOWED_FRAMES = 17; // held for the connection a MAC moved away from, moved to its new one (live migration)
+export const COUNTER_COUNT = 18;
 
 export interface DropCounts {
   poolExhausted: number;
@@ -45,6 +46,8 @@ export interface TrafficCounts {
   drainedFrames: number;
   drainedBytes: number;
   resolvedFrames: number;
+  /** held for the connection a MAC moved away from, then moved here with the MAC (live migration) */
+  followedFrames: number;
   holdFlooded: number;
   drops: DropCounts;
   /** sum of drops */
@@ -102,6 +105,7 @@ export class Counters {
       drainedFrames: row[DRAINED_FRAMES],
       drainedBytes: row[DRAINED_BYTES],
       resolvedFrames: row[RESOLVED_FRAMES],
+      followedFrames: row[FOLLOWED_FRAMES],
       holdFlooded: row[HOLD_FLOODED],
       drops,
       dropped,
