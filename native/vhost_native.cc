@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <sys/eventfd.h>
@@ -27,6 +28,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -181,11 +183,129 @@ struct Mapping {
   void* base;     // the reservation: guard page, the pages of addr, guard page
   size_t total;
   bool unmapped;
+  int slot;       // its entry in the fault table (-1: none free)
 };
 
 // Live mappings by address, shared by all environments of the process (mappings are process-wide).
 std::mutex g_map_mutex;
 std::unordered_map<void*, Mapping*> g_mappings;
+
+// ---------------------------------------------------------------------------------------------
+// SIGBUS containment. A front-end that truncates a memory file we cannot seal (hugetlbfs, plain
+// files, memfds without MFD_ALLOW_SEALING) makes the next access to the missing pages raise
+// SIGBUS — in the copy runner or in JavaScript (V8's own code reading a typed array over the
+// window). The handler, installed once for the process, looks the address up in a fixed table of
+// mapped ranges (read without locks: a signal handler may take none); inside one it maps private
+// zero pages over the faulting page so the access completes, counts the fault on that mapping and
+// returns. TypeScript polls the process-wide count (a word it reads without a call) and resets the
+// connection whose window faulted. Any other SIGBUS gets the previous disposition (the default:
+// the process dies with a core), so real crashes are not hidden.
+
+constexpr int kFaultSlots = 1 << 16;  // > the 4 TiB default total cap in 2 GiB windows, plus tests
+struct FaultSlot {
+  std::atomic<uintptr_t> start{0};  // 0: free
+  std::atomic<uintptr_t> end{0};
+  std::atomic<uintptr_t> page{0};   // the mapping's page size (a hugetlbfs file's is larger)
+  std::atomic<uint32_t> faults{0};
+};
+FaultSlot g_fault_slots[kFaultSlots];
+std::atomic<int> g_fault_high{0};  // slots [0, high) may be in use
+// The count of contained faults, readable from JavaScript as a Uint32Array over this word.
+alignas(64) uint32_t g_fault_word[16];
+struct sigaction g_old_sigbus;
+
+// under g_map_mutex
+int AddFaultSlot(void* addr, size_t len, size_t page) {
+  int high = g_fault_high.load(std::memory_order_relaxed);
+  for (int i = 0; i < kFaultSlots; i++) {
+    FaultSlot& s = g_fault_slots[i];
+    if (s.start.load(std::memory_order_relaxed) != 0) continue;
+    uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+    s.faults.store(0, std::memory_order_relaxed);
+    s.page.store(page, std::memory_order_relaxed);
+    s.end.store(a + (len + page - 1) / page * page, std::memory_order_relaxed);
+    s.start.store(a, std::memory_order_release);
+    if (i >= high) g_fault_high.store(i + 1, std::memory_order_release);
+    return i;
+  }
+  return -1;  // table full: the mapping works, a fault in it is not contained
+}
+
+// under g_map_mutex, before the range is unmapped
+void RemoveFaultSlot(int slot) {
+  if (slot < 0) return;
+  g_fault_slots[slot].start.store(0, std::memory_order_release);
+  g_fault_slots[slot].end.store(0, std::memory_order_relaxed);
+}
+
+void OnSigbus(int sig, siginfo_t* si, void* ctx) {
+  // si_code <= 0: sent by kill()/tgkill(), not a fault; si_addr means nothing then
+  if (si != nullptr && si->si_code > 0) {
+    uintptr_t a = reinterpret_cast<uintptr_t>(si->si_addr);
+    int high = g_fault_high.load(std::memory_order_acquire);
+    for (int i = 0; i < high; i++) {
+      FaultSlot& s = g_fault_slots[i];
+      uintptr_t start = s.start.load(std::memory_order_acquire);
+      if (start == 0 || a < start || a >= s.end.load(std::memory_order_relaxed)) continue;
+      uintptr_t page = s.page.load(std::memory_order_relaxed);
+      uintptr_t at = start + (a - start) / page * page;
+      void* r = ::mmap(reinterpret_cast<void*>(at), page, PROT_READ | PROT_WRITE,
+                       MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (r == MAP_FAILED) break;  // cannot contain it: die as without the handler
+      s.faults.fetch_add(1, std::memory_order_relaxed);
+      __atomic_fetch_add(&g_fault_word[0], 1, __ATOMIC_RELEASE);
+      return;  // the faulting access runs again, on the zero page
+    }
+  }
+  // Not ours: the disposition before us (normally the default: terminate with a core dump).
+  if ((g_old_sigbus.sa_flags & SA_SIGINFO) != 0 && g_old_sigbus.sa_sigaction != nullptr) {
+    g_old_sigbus.sa_sigaction(sig, si, ctx);
+    return;
+  }
+  if (g_old_sigbus.sa_handler != SIG_DFL && g_old_sigbus.sa_handler != SIG_IGN) {
+    g_old_sigbus.sa_handler(sig);
+    return;
+  }
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(SIGBUS, &dfl, nullptr);
+  // a fault recurs when the instruction runs again; a sent signal must be sent again
+  if (si == nullptr || si->si_code <= 0) ::raise(SIGBUS);
+}
+
+std::once_flag g_sigbus_once;
+void InstallSigbusHandler() {
+  std::call_once(g_sigbus_once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_old_sigbus);
+  });
+}
+
+// guestFaultWord() -> Uint32Array(1): [0] counts every contained fault of the process
+Napi::Value GuestFaultWord(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, g_fault_word, sizeof g_fault_word, [](Napi::Env, void*) {});
+  return Napi::Uint32Array::New(env, 1, ab, 0);
+}
+
+// mappingFaults(buf) -> faults contained in this mmap() ArrayBuffer (0 when unknown or unmapped)
+Napi::Value MappingFaults(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) ThrowType(env, "mappingFaults: buf must be an ArrayBuffer returned by mmap()");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  uint32_t n = 0;
+  if (!ab.IsDetached()) {
+    std::lock_guard<std::mutex> lock(g_map_mutex);
+    auto it = g_mappings.find(ab.Data());
+    if (it != g_mappings.end() && it->second->slot >= 0) n = g_fault_slots[it->second->slot].faults.load();
+  }
+  return Napi::Number::New(env, n);
+}
 
 void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
   Mapping* m = static_cast<Mapping*>(hint);
@@ -194,6 +314,7 @@ void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
     auto it = g_mappings.find(m->addr);
     if (it != g_mappings.end() && it->second == m) g_mappings.erase(it);
     if (!m->unmapped) {
+      RemoveFaultSlot(m->slot);
       ::munmap(m->base, m->total);
       m->unmapped = true;
     }
@@ -232,9 +353,10 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
     base = addr;
     mapped_total = n;
   }
-  Mapping* m = new Mapping{addr, n, base, mapped_total, false};
+  Mapping* m = new Mapping{addr, n, base, mapped_total, false, -1};
   {
     std::lock_guard<std::mutex> lock(g_map_mutex);
+    m->slot = AddFaultSlot(addr, n, align);
     g_mappings[addr] = m;
   }
   napi_value result;
@@ -265,7 +387,12 @@ void Munmap(const Napi::CallbackInfo& info) {
       ThrowType(env, "munmap: buf is not an ArrayBuffer returned by mmap()");
     }
     Mapping* m = it->second;
-    if (::munmap(m->base, m->total) != 0) ThrowErrno(env, "munmap", errno);
+    RemoveFaultSlot(m->slot);
+    if (::munmap(m->base, m->total) != 0) {
+      int err = errno;
+      m->slot = AddFaultSlot(m->addr, m->len, m->slot >= 0 ? g_fault_slots[m->slot].page.load() : 4096);
+      ThrowErrno(env, "munmap", err);
+    }
     m->unmapped = true;  // the finalizer (which still runs later) now only frees m
     g_mappings.erase(it);
   }
@@ -329,7 +456,9 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   std::string name = GetString(info, 0, "memfdCreate", "name");
   double size = GetInteger(info, 1, "memfdCreate", "size", 0, kMaxSafeInteger);
   bool sealable = info.Length() > 2 && info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
-  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
+  // hugetlb: backed by the default huge page size (2 MiB here), as QEMU's and DPDK's hugepage memory
+  bool hugetlb = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0) | (hugetlb ? MFD_HUGETLB : 0));
   if (fd < 0) ThrowErrno(env, "memfd_create", errno);
   if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     int err = errno;
@@ -1116,6 +1245,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     throw Napi::Error::New(env, "vhost_native: no libuv event loop");
   }
   data->poller_ctor = Napi::Persistent(PollerWrap::Define(env));
+  InstallSigbusHandler();
   // Registered after the module's napi_env exists, so it runs before the env is torn down.
   napi_add_env_cleanup_hook(env, TeardownPolls, data);
 
@@ -1126,6 +1256,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdWrite", Napi::Function::New<EventFdWrite>(env, "eventfdWrite"));
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));
   exports.Set("sealShrink", Napi::Function::New<SealShrink>(env, "sealShrink"));
+  exports.Set("guestFaultWord", Napi::Function::New<GuestFaultWord>(env, "guestFaultWord"));
+  exports.Set("mappingFaults", Napi::Function::New<MappingFaults>(env, "mappingFaults"));
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
   exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));

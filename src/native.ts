@@ -43,10 +43,15 @@ export interface NativeAddon {
   /** fcntl(F_SETFL, O_NONBLOCK) on the fd's open file */
   setNonBlocking(fd: number): void;
 
-  /** memfd_create(name, MFD_CLOEXEC [| MFD_ALLOW_SEALING]) + ftruncate(size): for the test front-end's guest memory */
-  memfdCreate(name: string, size: number, sealable?: boolean): number;
+  /** memfd_create(name, MFD_CLOEXEC [| MFD_ALLOW_SEALING] [| MFD_HUGETLB]) + ftruncate(size): for the test
+   *  front-end's guest memory (hugetlb: size a multiple of the huge page size) */
+  memfdCreate(name: string, size: number, sealable?: boolean, hugetlb?: boolean): number;
   /** F_SEAL_SHRINK on a memfd: 1 when it is in place (added now or before), 0 when the file cannot be sealed */
   sealShrink(fd: number): number;
+  /** a Uint32Array over the addon's count of contained SIGBUS faults in guest mappings ([0]; call once) */
+  guestFaultWord(): Uint32Array;
+  /** faults contained in this mmap() ArrayBuffer (its file shrank under it: zero pages now stand in) */
+  mappingFaults(buf: ArrayBuffer): number;
   /** ftruncate (tests) */
   ftruncate(fd: number, size: number): void;
 

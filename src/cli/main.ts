@@ -3,11 +3,15 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Switch } from '../engine/switch';
+import { DEFAULT_MAX_PORTS, MAX_FRAME_LEN, MIN_FRAME_LEN, Switch } from '../engine/switch';
+import { DEFAULT_MAX_CHAIN_DESCRIPTORS, chainLimitHits } from '../virtio/split-ring';
+import { MAX_SEGMENTS } from '../virtio/chain';
+import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { VhostUserPort } from '../ports/vhost-user/port';
 import { TapPort } from '../ports/tap-port';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
-import { DEFAULT_FEATURES, DEFAULT_MAX_MAPPED, DEFAULT_MAX_TOTAL_MAPPED, OFFLOAD_FEATURES } from '../vhost-user/session';
+import { DEFAULT_FEATURES, DEFAULT_MAX_MAPPED, DEFAULT_MAX_MEM_SLOTS, DEFAULT_MAX_QUEUE_PAIRS, DEFAULT_MAX_TOTAL_MAPPED, limitHits, OFFLOAD_FEATURES } from '../vhost-user/session';
+import { MAX_TABLE_REGIONS } from '../vhost-user/message';
 
 const GiB = 1024 * 1024 * 1024;
 import { PollLoop } from '../ports/poll-loop';
@@ -66,6 +70,20 @@ function atLeastOne(v: string): number {
   return n;
 }
 
+/** a whole number in [min, max] (0 refused when min is 1) */
+function inRange(min: number, max: number) {
+  return (v: string): number => {
+    const n = min >= 1 ? atLeastOne(v) : positiveInt(v);
+    if (n < min || n > max) throw new InvalidArgumentError(`give a number from ${min} to ${max}`);
+    return n;
+  };
+}
+
+/** vhost-user rings per connection: 2 per queue pair, ring indices are 8 bits in VRING messages */
+const MOST_QUEUE_PAIRS = 128;
+/** ADD_MEM_REG slots: what libvhost-user and QEMU allow (VHOST_USER_MAX_RAM_SLOTS) */
+const MOST_MEM_SLOTS = 509;
+
 function timestamp(): string {
   return new Date().toISOString();
 }
@@ -83,7 +101,11 @@ export function buildProgram(): Command {
     .option('--hold-ms <ms>', 'how long frames to an unknown MAC are held before the unknown policy applies', positiveInt, 250)
     .addOption(new Option('--unknown <policy>', 'what happens to held frames past the hold time').choices(['flood', 'drop']).default('flood'))
     .option('--mac-age-s <s>', 'forget learned MACs unused for this long', atLeastOne, 300)
-    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM)', atLeastOne, 8)
+    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM): a ring beyond is refused', inRange(1, MOST_QUEUE_PAIRS), DEFAULT_MAX_QUEUE_PAIRS)
+    .option('--max-ports <n>', 'most connections (vhost-user ports and the TAP uplink) attached at once; a front-end beyond is refused, counted', atLeastOne, DEFAULT_MAX_PORTS)
+    .option('--max-regions <n>', `most memory regions one connection may have (GET_MAX_MEM_SLOTS; SET_MEM_TABLE carries at most ${MAX_TABLE_REGIONS})`, inRange(1, MOST_MEM_SLOTS), DEFAULT_MAX_MEM_SLOTS)
+    .option('--max-frame-bytes <n>', `largest Ethernet frame taken from a port (a longer one is dropped, counted as tooBig)`, inRange(MIN_FRAME_LEN - ENGINE_HDR_LEN, MAX_FRAME_LEN - ENGINE_HDR_LEN), MAX_FRAME_LEN - ENGINE_HDR_LEN)
+    .option('--max-chain-descriptors <n>', 'most descriptors one descriptor chain may have (a longer one marks its ring broken, counted)', inRange(1, MAX_SEGMENTS), DEFAULT_MAX_CHAIN_DESCRIPTORS)
     .option('--no-offload', 'offer no checksum/TSO offloads to guests and the TAP uplink (guests then send MTU-sized, checksummed frames)')
     .addOption(
       new Option('--socket-mode <octal>', 'mode of the socket files created (octal)')
@@ -127,6 +149,8 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
   if (specs.length === 0 && !o.tap && o.fd === undefined) {
     program.error('give at least one --socket, --client, --socket-path, --fd or --tap');
   }
+  const wanted = specs.length + (o.tap ? 1 : 0) + (o.fd !== undefined ? 1 : 0);
+  if (wanted > o.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${o.maxPorts}`);
   const sw = new Switch({
     poolBytes: o.poolMb * 1024 * 1024,
     blockSize: o.blockSize,
@@ -134,11 +158,15 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     unknownPolicy: o.unknown,
     defaultShareLimit: o.shareLimit,
     macAgeMs: o.macAgeS * 1000,
+    maxPorts: o.maxPorts,
+    maxFrameLen: o.maxFrameBytes + ENGINE_HDR_LEN,
     log,
   });
   const pollLoop = o.pollUs > 0 ? new PollLoop(o.pollUs) : null;
   const sessionOptions = {
     maxQueuePairs: o.queues,
+    maxMemSlots: o.maxRegions,
+    maxChainDescriptors: o.maxChainDescriptors,
     maxMappedBytes: o.maxGuestMemGb * GiB,
     maxTotalMappedBytes: o.maxTotalMemGb * GiB,
     ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }),
@@ -151,6 +179,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     engine: sw.stats(),
     vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
+    limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
   });
   let closed = false;
   let statsTimer: NodeJS.Timeout | null = null;

@@ -47,6 +47,9 @@ export class CopyList {
     process.emitWarning(`elastic-vhost: the native copy runner refused ${count} out-of-range copies`);
   };
 
+  /** called after every run (the memory layer looks for contained guest-memory faults) */
+  afterRun: () => void = () => {};
+
   constructor() {
     this.attach();
     this.stagingArea = this.register(this.staging);
@@ -169,6 +172,7 @@ export class CopyList {
       this.tally[1] += refused;
       this.onRefused(refused);
     }
+    this.afterRun();
   }
 
   /** After the copies ran: their destinations in logged guest windows are marked dirty. */

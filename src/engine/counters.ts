@@ -23,8 +23,9 @@ export const DROP_PORT_SECURITY = 13;
 export const DROP_HOLD_EXPIRED = 14; // unresolved past the hold time, policy 'drop'
 export const DROP_SAME_CONNECTION = 15; // destination is the source connection
 export const DROP_DETACHED = 16; // queued for a connection that detached
-export const FOLLOWED_FRAMES = 17; // held for the connection a MAC moved away from, moved to its new one (live migration)
-export const COUNTER_COUNT = 18;
+export const DROP_TOO_BIG = 17; // longer than the largest frame allowed (--max-frame-bytes)
+export const FOLLOWED_FRAMES = 18; // held for the connection a MAC moved away from, moved to its new one (live migration)
+export const COUNTER_COUNT = 19;
 
 export interface DropCounts {
   poolExhausted: number;
@@ -34,6 +35,7 @@ export interface DropCounts {
   holdExpired: number;
   sameConnection: number;
   detached: number;
+  tooBig: number;
 }
 
 export interface TrafficCounts {
@@ -92,9 +94,10 @@ export class Counters {
       holdExpired: row[DROP_HOLD_EXPIRED],
       sameConnection: row[DROP_SAME_CONNECTION],
       detached: row[DROP_DETACHED],
+      tooBig: row[DROP_TOO_BIG],
     };
     let dropped = 0;
-    for (let c = DROP_POOL_EXHAUSTED; c <= DROP_DETACHED; c++) dropped += row[c];
+    for (let c = DROP_POOL_EXHAUSTED; c <= DROP_TOO_BIG; c++) dropped += row[c];
     return {
       rxFrames: row[RX_FRAMES],
       rxBytes: row[RX_BYTES],

@@ -43,6 +43,7 @@ import {
   DROP_MALFORMED,
   DROP_PORT_SECURITY,
   DROP_SAME_CONNECTION,
+  DROP_TOO_BIG,
   FAST_FRAMES,
   RX_FRAMES,
   type TrafficCounts,
@@ -59,6 +60,8 @@ import { copies } from '../datapath/copy-list';
 export const MIN_FRAME_LEN = MIN_FRAME;
 /** virtio-net header + a 64 KiB GSO payload + Ethernet header with one VLAN tag */
 export const MAX_FRAME_LEN = MAX_FRAME;
+/** most connections at once (--max-ports) */
+export const DEFAULT_MAX_PORTS = 64;
 
 export interface SwitchOptions {
   /** size of the local data store in bytes (default 8 MiB: 4096 blocks of 2 KiB) */
@@ -77,8 +80,10 @@ export interface SwitchOptions {
   macAgeMs?: number;
   /** MAC table slots (default 8192; at most 3/4 are used) */
   macTableSize?: number;
-  /** most connections at once (default 64) */
+  /** most connections at once (default DEFAULT_MAX_PORTS); a connection beyond is refused, counted */
   maxPorts?: number;
+  /** largest frame taken, virtio-net header included (default and most MAX_FRAME_LEN); longer ones are dropped, counted (tooBig) */
+  maxFrameLen?: number;
   /** period of tick() in ms; 0 = no timer, clock read per batch (default: a quarter of the hold time, 10…1000 ms) */
   tickMs?: number;
   /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
@@ -119,6 +124,8 @@ export interface SwitchStats {
   total: TrafficCounts;
   pool: PoolStats;
   macTable: { entries: number; capacity: number };
+  /** connections refused because maxPorts were attached */
+  refusedConnections: number;
   ports: PortStats[];
 }
 
@@ -146,11 +153,17 @@ export class Switch implements Flooder {
   private readonly clockPerBatch: boolean;
   /** the clock must be read before the next frame (set by flush, only when clockPerBatch) */
   private stale = true;
+  private readonly maxFrameLen: number;
+  private refusedConnections = 0;
 
   constructor(opts: SwitchOptions = {}) {
     const blockSize = opts.blockSize ?? 2048;
     const poolBytes = opts.poolBytes ?? 8 * 1024 * 1024;
-    const maxPorts = opts.maxPorts ?? 64;
+    const maxPorts = opts.maxPorts ?? DEFAULT_MAX_PORTS;
+    this.maxFrameLen = opts.maxFrameLen ?? MAX_FRAME_LEN;
+    if (!(this.maxFrameLen >= MIN_FRAME_LEN && this.maxFrameLen <= MAX_FRAME_LEN)) {
+      throw new RangeError(`largest frame ${this.maxFrameLen} outside [${MIN_FRAME_LEN}, ${MAX_FRAME_LEN}]`);
+    }
     this.conns = new ConnectionTable(maxPorts);
     this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts + 1);
     this.unresolvedQueue = maxPorts;
@@ -174,7 +187,10 @@ export class Switch implements Flooder {
   /** Add a port; returns its connection number. */
   attach(port: EnginePort, opts: AttachOptions = {}): number {
     const index = this.conns.freeIndex();
-    if (index < 0) throw new Error(`switch full: ${this.conns.maxPorts} connections`);
+    if (index < 0) {
+      this.refusedConnections++;
+      throw new Error(`switch full: ${this.conns.maxPorts} connections (--max-ports)`);
+    }
     this.conns.add(index, port, opts.shareLimit ?? this.defaultShareLimit);
     this.counters.resetPort(index);
     this.log(`attach ${port.name} as connection ${index}`);
@@ -230,8 +246,8 @@ export class Switch implements Flooder {
       this.stale = false;
     }
     const counters = this.counters;
-    if (len < MIN_FRAME_LEN || len > MAX_FRAME_LEN) {
-      counters.add(src, DROP_MALFORMED, 1);
+    if (len < MIN_FRAME_LEN || len > this.maxFrameLen) {
+      counters.add(src, len > MAX_FRAME_LEN || len < MIN_FRAME_LEN ? DROP_MALFORMED : DROP_TOO_BIG, 1);
       return;
     }
     counters.frame(src, RX_FRAMES, len);
@@ -384,6 +400,7 @@ export class Switch implements Flooder {
         unresolvedBlocks: fifo.qBlocks[this.unresolvedQueue],
       },
       macTable: { entries: this.table.size, capacity: this.table.capacity },
+      refusedConnections: this.refusedConnections,
       ports,
     };
   }

@@ -5,6 +5,15 @@
 // Node 20 aborts on an external ArrayBuffer over 4 GiB, so a large region is mapped as overlapping
 // windows: window k covers [k*STEP, k*STEP + WINDOW) of the region. Any range of up to
 // WINDOW - STEP bytes lies inside a single window; longer ranges are handed out piecewise.
+//
+// Each window is an external ArrayBuffer, and V8 runs a full garbage collection for every 64 MiB of
+// them created (its heuristic for memory a collection could give back; a mapping is given back
+// only by munmap): a window costs a few milliseconds. A large region is therefore mapped in slices
+// across event-loop turns (mapInSlices), never in one go.
+//
+// A file that shrinks under its mapping makes the next access to the missing pages fault: the addon
+// contains the fault (zero pages over the page, counted on the window), and watchFaults() tells
+// the region's owner (Region.onFault), which resets that connection only.
 import * as fs from 'node:fs';
 import { native } from '../native';
 import { copies } from '../datapath/copy-list';
@@ -22,6 +31,18 @@ const GiB = 1024 * 1024 * 1024;
 export const WINDOW = 2 * GiB;
 export const STEP = 1 * GiB;
 const PAGE = 4096;
+/** a slice of mapInSlices() stops mapping windows after this long (at least one window a turn) */
+export const MAP_SLICE_MS = 2;
+
+/** every region with live mappings, for the fault watch */
+const live = new Set<Region>();
+/** the addon's count of contained faults ([0]), read without a call */
+const faultWord = native.guestFaultWord();
+let faultsSeen = faultWord[0];
+let faultTimer: NodeJS.Timeout | null = null;
+let faultCheckQueued = false;
+/** how often the fault watch looks, for faults taken in JavaScript between copy runs */
+const FAULT_WATCH_MS = 5;
 
 export class Region {
   readonly windows: Uint8Array[] = [];
@@ -41,12 +62,26 @@ export class Region {
   refs = 1;
   /** the file cannot shrink under our mapping (F_SEAL_SHRINK in place) */
   sealed = false;
+  /** told (once, on a later turn) when an access to this region faulted: its file shrank */
+  onFault: ((r: Region) => void) | null = null;
+  /** onFault was called (it is called once) */
+  faultTold = false;
+  private readonly mapStart: number;
+  /** bytes of the file the windows cover (delta + memorySize) */
+  private readonly total: number;
+  /** every window mapped (mapInSlices maps the rest of a deferred region) */
+  complete = false;
 
-  /** Takes ownership of fd: it is closed by unmap(), or at once if the region cannot be mapped. */
-  constructor(readonly desc: MemRegion, readonly fd: number) {
+  /**
+   * Takes ownership of fd: it is closed by unmap(), or at once if the region cannot be mapped.
+   * deferred: map no window yet (mapInSlices() maps them; the region is not usable before).
+   */
+  constructor(readonly desc: MemRegion, readonly fd: number, deferred = false) {
     const { memorySize, mmapOffset } = desc;
     const mapStart = Math.floor(mmapOffset / PAGE) * PAGE;
+    this.mapStart = mapStart;
     this.delta = mmapOffset - mapStart;
+    this.total = this.delta + memorySize;
     try {
       if (memorySize <= 0) throw new Error('memory region of size 0');
       if (desc.guestPhysAddr + memorySize > Number.MAX_SAFE_INTEGER || desc.userspaceAddr + memorySize > Number.MAX_SAFE_INTEGER) {
@@ -61,20 +96,40 @@ export class Region {
       // ...and make sure it stays so: a memfd is sealed against shrinking where the front-end made
       // it sealable (QEMU's memfd backend seals it itself); other files are trusted not to shrink
       this.sealed = st.isFile() && native.sealShrink(fd) === 1;
-      const total = this.delta + memorySize;
-      for (let at = 0; ; at += STEP) {
-        const len = Math.min(WINDOW, total - at);
-        const ab = native.mmap(fd, len, mapStart + at);
-        this.windows.push(new Uint8Array(ab));
-        this.windows32.push(new Uint32Array(ab, 0, len >>> 2));
-        this.windows16.push(new Uint16Array(ab, 0, len >>> 1));
-        this.areas.push(copies.register(this.windows[this.windows.length - 1]));
-        if (at + len >= total) break;
-      }
+      live.add(this);
+      if (!this.sealed) watchFaults();
+      if (!deferred) while (!this.mapNext());
     } catch (e) {
       this.unmap();
       throw e;
     }
+  }
+
+  /** windows this region needs */
+  get windowCount(): number {
+    return this.total <= WINDOW ? 1 : Math.ceil((this.total - WINDOW) / STEP) + 1;
+  }
+
+  /** Maps the next window; true when every window is mapped. */
+  mapNext(): boolean {
+    if (this.complete) return true;
+    if (!this.mapped) throw new Error('memory region already unmapped');
+    const at = this.windows.length * STEP;
+    const len = Math.min(WINDOW, this.total - at);
+    const ab = native.mmap(this.fd, len, this.mapStart + at);
+    this.windows.push(new Uint8Array(ab));
+    this.windows32.push(new Uint32Array(ab, 0, len >>> 2));
+    this.windows16.push(new Uint16Array(ab, 0, len >>> 1));
+    this.areas.push(copies.register(this.windows[this.windows.length - 1]));
+    this.complete = at + len >= this.total;
+    return this.complete;
+  }
+
+  /** faults contained in this region's windows so far */
+  faults(): number {
+    let n = 0;
+    for (const w of this.windows) n += native.mappingFaults(w.buffer as ArrayBuffer);
+    return n;
   }
 
   get guestEnd(): number {
@@ -116,6 +171,7 @@ export class Region {
   unmap(): void {
     if (!this.mapped) return;
     this.mapped = false;
+    live.delete(this);
     // copies recorded into or out of these windows run now, or never
     copies.settle();
     for (const a of this.areas) copies.unregister(a);
@@ -282,3 +338,70 @@ function checkOverlap(regions: Region[]): void {
     }
   }
 }
+
+/**
+ * Maps every window of the regions, a slice per event-loop turn (at least one window, then more
+ * while the turn has taken less than MAP_SLICE_MS), so that one front-end's huge memory table does
+ * not freeze the others' traffic. done(null) when all are mapped, done(error) when a mapping failed
+ * (the regions are left to the caller to unmap); cancel() stops it (done is not called then).
+ */
+export function mapInSlices(regions: Region[], done: (err: Error | null) => void): { cancel(): void } {
+  let cancelled = false;
+  let i = 0;
+  const slice = (): void => {
+    if (cancelled) return;
+    const t0 = performance.now();
+    try {
+      do {
+        while (i < regions.length && regions[i].complete) i++;
+        if (i === regions.length) return done(null);
+        regions[i].mapNext();
+      } while (performance.now() - t0 < MAP_SLICE_MS);
+    } catch (e) {
+      return done(e as Error);
+    }
+    setImmediate(slice);
+  };
+  setImmediate(slice);
+  return {
+    cancel: () => {
+      cancelled = true;
+    },
+  };
+}
+
+/**
+ * Looks for contained faults: when the addon counted new ones, the regions whose windows faulted
+ * are told (each once, on a later turn: the owner may unmap them, which must not happen in the
+ * middle of a copy run or a ring walk). Called after every copy run and every FAULT_WATCH_MS
+ * while unsealed regions are mapped (faults taken in JavaScript, between runs).
+ */
+export function checkGuestFaults(): void {
+  if (faultWord[0] === faultsSeen || faultCheckQueued) return;
+  faultCheckQueued = true;
+  setImmediate(() => {
+    faultCheckQueued = false;
+    faultsSeen = faultWord[0];
+    for (const r of [...live]) {
+      if (r.faultTold || r.faults() === 0) continue;
+      r.faultTold = true;
+      r.onFault?.(r);
+    }
+  });
+}
+
+function watchFaults(): void {
+  if (faultTimer) return;
+  faultTimer = setInterval(() => {
+    let unsealed = false;
+    for (const r of live) if (!r.sealed) unsealed = true;
+    if (!unsealed) {
+      clearInterval(faultTimer!);
+      faultTimer = null;
+    }
+    checkGuestFaults();
+  }, FAULT_WATCH_MS);
+  faultTimer.unref();
+}
+
+copies.afterRun = checkGuestFaults;

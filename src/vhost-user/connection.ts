@@ -19,6 +19,8 @@ export class Connection {
   private closed = false;
   /** reading paused because replies wait for the peer to read them (logged once per connection) */
   private pausedLogged = false;
+  /** reading paused by hold(): the session is still busy with the last message */
+  private held = false;
   /** dispatch of one message; throwing from it fails the connection with that error */
   onMessage: (msg: Message) => void = () => {};
   onClose: (reason: string | null) => void = () => {};
@@ -50,7 +52,7 @@ export class Connection {
     // Read until EAGAIN: several messages may be waiting. While replies wait for the peer to read
     // them, nothing more is read: a front-end that never reads cannot make us queue without bound
     // (its own socket buffer fills and it has to wait, as with any back-end).
-    while (!this.closed) {
+    while (!this.closed && !this.held) {
       if (this.outQueue.length > 0) {
         if (!this.pausedLogged) {
           this.pausedLogged = true;
@@ -138,6 +140,20 @@ export class Connection {
     if (this.closed) return;
     this.poller?.start(native.POLL_READABLE);
     this.readAll(); // what arrived while reading was paused
+  }
+
+  /** Reads no more messages until release(): the last one is still being handled (across turns). */
+  hold(): void {
+    if (this.held || this.closed) return;
+    this.held = true;
+    this.poller?.stop();
+  }
+
+  release(): void {
+    if (!this.held || this.closed) return;
+    this.held = false;
+    this.poller?.start(this.outQueue.length > 0 ? native.POLL_WRITABLE : native.POLL_READABLE);
+    if (this.outQueue.length === 0) this.readAll(); // what arrived meanwhile
   }
 
   /** The one path for a broken peer: log, close this connection only. */

@@ -2,9 +2,9 @@
 // It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
-import { GuestMemory, MemRegion, Region } from '../memory/guest-memory';
+import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
 import { DirtyLog } from '../memory/dirty-log';
-import { SplitRing } from '../virtio/split-ring';
+import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
 import { Connection, Log, safeClose } from './connection';
@@ -89,6 +89,9 @@ export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.RARP) |
   bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
+/** a memory table of at most this many windows is mapped at once, a larger one in slices */
+const MAP_AT_ONCE_WINDOWS = 4;
+
 /** how often rings without a kick fd are looked at */
 const POLL_MS = 1;
 /** the dirty log may cover this much at most (1 GiB of bits: 32 TiB of guest-physical space) */
@@ -105,8 +108,10 @@ export interface SessionOptions {
   protocolFeatures?: bigint;
   /** queue pairs offered through GET_QUEUE_NUM */
   maxQueuePairs?: number;
-  /** memory slots offered through GET_MAX_MEM_SLOTS */
+  /** memory slots offered through GET_MAX_MEM_SLOTS: the most regions a table may have (--max-regions) */
   maxMemSlots?: number;
+  /** most descriptors one chain may have (--max-chain-descriptors) */
+  maxChainDescriptors?: number;
   /** most guest memory bytes this connection may map (default DEFAULT_MAX_MAPPED) */
   maxMappedBytes?: number;
   /** most guest memory bytes all connections of the process may map together (default DEFAULT_MAX_TOTAL_MAPPED) */
@@ -127,6 +132,14 @@ const GiB = 1024 * 1024 * 1024;
 export const DEFAULT_MAX_MAPPED = 512 * GiB;
 /** all connections together: 4 TiB */
 export const DEFAULT_MAX_TOTAL_MAPPED = 4096 * GiB;
+
+/** queue pairs offered per connection (--queues) */
+export const DEFAULT_MAX_QUEUE_PAIRS = 8;
+/** memory regions one connection may have (--max-regions; GET_MAX_MEM_SLOTS) */
+export const DEFAULT_MAX_MEM_SLOTS = 32;
+
+/** requests refused for a limit, process-wide, by limit (the CLI's stats show them) */
+export const limitHits = { regions: 0, mappedBytes: 0, queuePairs: 0 };
 
 /** bytes of guest memory mapped by every session of this process */
 let totalMapped = 0;
@@ -167,6 +180,8 @@ export class Session {
   private logTimer: NodeJS.Timeout | null = null;
   private logSeen = 0;
   private logMissedSeen = 0;
+  /** a memory table (or region) being mapped in slices; messages wait until it is in place */
+  private mapping: { cancel(): void; regions: Region[]; bytes: number } | null = null;
   /** per ring: usable as last told to the device */
   private readonly told: boolean[] = [];
   private readonly log: Log;
@@ -179,12 +194,13 @@ export class Session {
     this.log = opts.log;
     this.offeredFeatures = opts.features ?? DEFAULT_FEATURES;
     this.offeredProtocol = opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES;
-    this.maxQueuePairs = opts.maxQueuePairs ?? 8;
-    this.maxMemSlots = opts.maxMemSlots ?? 32;
+    this.maxQueuePairs = opts.maxQueuePairs ?? DEFAULT_MAX_QUEUE_PAIRS;
+    this.maxMemSlots = opts.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS;
+    const maxChain = opts.maxChainDescriptors ?? DEFAULT_MAX_CHAIN_DESCRIPTORS;
     this.maxMapped = opts.maxMappedBytes ?? DEFAULT_MAX_MAPPED;
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
-      this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`));
+      this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`, maxChain));
       this.told.push(false);
       this.kickPollers.push(null);
     }
@@ -295,7 +311,7 @@ export class Session {
         break;
       case Req.SET_MEM_TABLE:
         this.setMemTable(m);
-        break;
+        return; // acknowledged once the table is in place
       case Req.ADD_MEM_REG: {
         if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
         const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
@@ -310,19 +326,22 @@ export class Session {
         }
         if (this.mem.size >= this.maxMemSlots) {
           safeClose(fd);
-          throw new Error(`more than ${this.maxMemSlots} memory slots`);
+          limitHits.regions++;
+          throw new Error(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
         }
-        const region = new Region(d, fd);
-        try {
-          this.mem.add(region);
-        } catch (e) {
-          region.unmap();
-          throw e;
-        }
-        this.noteSeal(region);
-        this.account(this.mapped + d.memorySize);
-        this.resetupRings();
-        break;
+        const region = this.newRegion(d, fd);
+        this.whenMapped([region], d.memorySize, m, () => {
+          try {
+            this.mem.add(region);
+          } catch (e) {
+            region.unmap();
+            throw e;
+          }
+          this.noteSeal(region);
+          this.account(this.mapped + d.memorySize);
+          this.resetupRings();
+        });
+        return;
       }
       case Req.REM_MEM_REG: {
         for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
@@ -454,7 +473,10 @@ export class Session {
 
   private ring(index: number): SplitRing {
     const r = this.rings[index];
-    if (!r) throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered`);
+    if (!r) {
+      limitHits.queuePairs++;
+      throw new Error(`ring index ${index} beyond the ${this.rings.length} rings offered (${this.maxQueuePairs} queue pairs: --queues)`);
+    }
     return r;
   }
 
@@ -464,6 +486,10 @@ export class Session {
     if (n === 0 || n > MAX_TABLE_REGIONS) throw new Error(`${n} regions (1 to ${MAX_TABLE_REGIONS} allowed)`);
     if (m.size !== 8 + n * MEM_REGION_SIZE) throw new Error(`payload size ${m.size} does not match ${n} regions`);
     if (m.fds.length !== n) throw new Error(`${n} regions but ${m.fds.length} file descriptors`);
+    if (n > this.maxMemSlots) {
+      limitHits.regions++;
+      throw new Error(`${n} regions, more than the ${this.maxMemSlots} allowed (--max-regions)`);
+    }
     // every field first (a value beyond 2^53 throws here, while the fds are still the message's and
     // are closed with it), then the regions, each taking its fd over
     const descs: MemRegion[] = [];
@@ -475,28 +501,92 @@ export class Session {
     const fds = m.fds.splice(0);
     const regions: Region[] = [];
     try {
-      for (let i = 0; i < n; i++) regions.push(new Region(descs[i], fds[i]));
+      for (let i = 0; i < n; i++) regions.push(this.newRegion(descs[i], fds[i]));
     } catch (e) {
       for (const r of regions) r.unmap();
       for (let i = regions.length + 1; i < n; i++) safeClose(fds[i]);
       throw e;
     }
-    let old: Region[];
-    try {
-      old = this.mem.replace(regions);
-    } catch (e) {
-      for (const r of regions) r.unmap();
-      throw e;
+    this.whenMapped(regions, bytes, m, () => {
+      let old: Region[];
+      try {
+        old = this.mem.replace(regions);
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        throw e;
+      }
+      for (const r of regions) this.noteSeal(r);
+      this.account(bytes);
+      // Rings move to the new mappings first; only then are the old ones unmapped.
+      this.resetupRings();
+      for (const r of old) r.unmap();
+      this.log(
+        `${this.name}: memory table: ${regions
+          .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
+          .join(', ')}`,
+      );
+    });
+  }
+
+  /** A region of this connection's memory (its windows mapped by whenMapped). */
+  private newRegion(d: MemRegion, fd: number): Region {
+    const r = new Region(d, fd, true);
+    r.onFault = () => this.memoryFault(r);
+    return r;
+  }
+
+  /**
+   * Maps the regions' windows, then runs install and acknowledges m. A table of a few windows is
+   * mapped at once; a larger one in slices across event-loop turns (each window costs a garbage
+   * collection: see guest-memory.ts), with no message read from this front-end meanwhile, so the
+   * other connections' traffic goes on while one front-end declares a huge memory table.
+   */
+  private whenMapped(regions: Region[], bytes: number, m: Message, install: () => void): void {
+    const finish = (): void => {
+      install();
+      this.ack(m);
+    };
+    let windows = 0;
+    for (const r of regions) windows += r.windowCount;
+    if (windows <= MAP_AT_ONCE_WINDOWS) {
+      try {
+        for (const r of regions) while (!r.mapNext());
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        throw e;
+      }
+      return finish();
     }
-    for (const r of regions) this.noteSeal(r);
-    this.account(bytes);
-    // Rings move to the new mappings first; only then are the old ones unmapped.
-    this.resetupRings();
-    for (const r of old) r.unmap();
-    this.log(
-      `${this.name}: memory table: ${regions
-        .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
-        .join(', ')}`,
+    this.conn.hold();
+    totalMapped += bytes; // held for this table while it is mapped
+    const job = mapInSlices(regions, (err) => {
+      this.mapping = null;
+      totalMapped -= bytes;
+      try {
+        if (err) throw err;
+        finish();
+      } catch (e) {
+        for (const r of regions) r.unmap();
+        this.conn.fail(`${requestName(m.request)}: ${(e as Error).message}`);
+        return;
+      }
+      this.conn.release();
+    });
+    this.mapping = { cancel: job.cancel, regions, bytes };
+  }
+
+  private ack(m: Message): void {
+    if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
+    }
+  }
+
+  /** A contained fault in this connection's guest memory: its file shrank under the mapping. */
+  private memoryFault(r: Region): void {
+    if (this.closed) return;
+    this.conn.fail(
+      `guest memory file shrunk under the mapping of the region at guest address 0x${r.desc.guestPhysAddr.toString(16)} ` +
+        `(${r.faults()} page fault(s) contained, zero pages stand in): the front-end truncated a memory file it did not seal; resetting this connection`,
     );
   }
 
@@ -587,9 +677,11 @@ export class Session {
    */
   private checkMapping(mine: number, more: number): void {
     if (mine > this.maxMapped) {
+      limitHits.mappedBytes++;
       throw new Error(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
     }
     if (totalMapped + more > this.maxTotalMapped) {
+      limitHits.mappedBytes++;
       throw new Error(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
     }
   }
@@ -740,6 +832,12 @@ export class Session {
     if (this.closed) return;
     this.closed = true;
     this.stopPolling();
+    if (this.mapping) {
+      this.mapping.cancel();
+      for (const r of this.mapping.regions) r.unmap();
+      totalMapped -= this.mapping.bytes;
+      this.mapping = null;
+    }
     for (const r of this.rings) {
       this.stopKick(r);
       safeClose(r.setCallFd(-1));

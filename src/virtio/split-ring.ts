@@ -21,6 +21,10 @@ export const VRING_AVAIL_F_NO_INTERRUPT = 1;
 export const MAX_RING_SIZE = 32768;
 /** longest single buffer taken (1 GiB): lengths stay far from the Int32 segment fields' limit */
 export const MAX_DESC_LEN = 1 << 30;
+/** most descriptors one chain may have, indirect ones included (--max-chain-descriptors) */
+export const DEFAULT_MAX_CHAIN_DESCRIPTORS = MAX_SEGMENTS;
+/** chains refused for having more than maxChain descriptors, process-wide ([0]) */
+export const chainLimitHits = new Float64Array(1);
 
 /** popChain results other than a head index */
 export const NONE = -1;
@@ -81,7 +85,7 @@ export class SplitRing implements Virtqueue {
   private cStart = 0;
   private cEnd = 0;
 
-  constructor(readonly index: number, readonly name: string) {}
+  constructor(readonly index: number, readonly name: string, readonly maxChain = DEFAULT_MAX_CHAIN_DESCRIPTORS) {}
 
   get num(): number {
     return this._num;
@@ -307,10 +311,15 @@ export class SplitRing implements Virtqueue {
     let size = this._num;
     let i = head;
     let count = 0;
+    let total = 0;
     let indirect = false;
     let cap = 0;
     const t = this.t;
     for (;;) {
+      if (++total > this.maxChain) {
+        chainLimitHits[0]++;
+        return this.fail(`descriptor chain from head ${head} has more than ${this.maxChain} descriptors (--max-chain-descriptors)`);
+      }
       if (++count > size) return this.fail(`descriptor chain from head ${head} loops (more than ${size} descriptors${indirect ? ' in its indirect table' : ''})`);
       const o32 = b32 + i * 4;
       let addr = t32[o32] + t32[o32 + 1] * TWO32;

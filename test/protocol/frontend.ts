@@ -55,6 +55,8 @@ export interface RamRegionSpec {
   mmapOffset?: number;
   /** memfd created with MFD_ALLOW_SEALING (as QEMU's memory-backend-memfd) */
   sealable?: boolean;
+  /** memfd created with MFD_HUGETLB: 2 MiB huge pages (reserve them first: vm.nr_hugepages) */
+  hugetlb?: boolean;
 }
 
 export interface RamRegion {
@@ -79,7 +81,7 @@ export class GuestRam {
 
   addRegion(s: RamRegionSpec): RamRegion {
     const mmapOffset = s.mmapOffset ?? 0;
-    const fd = native.memfdCreate(`guest-ram-${s.gpa.toString(16)}`, mmapOffset + s.size, s.sealable ?? false);
+    const fd = native.memfdCreate(`guest-ram-${s.gpa.toString(16)}`, mmapOffset + s.size, s.sealable ?? false, s.hugetlb ?? false);
     const mapStart = Math.floor(mmapOffset / PAGE) * PAGE;
     const ab = native.mmap(fd, mmapOffset - mapStart + s.size, mapStart);
     const r: RamRegion = {

@@ -176,9 +176,16 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** Takes over a connected socket fd: one front-end at a time. */
   bind(fd: number): void {
     if (this.session) throw new Error(`${this.name}: a front-end is already connected`);
+    try {
+      this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
+    } catch (e) {
+      // a limit of the switch (--max-ports): this front-end is refused, counted by the switch
+      native.close(fd);
+      this.log(`${this.name}: error: front-end refused: ${(e as Error).message}`);
+      return;
+    }
     const conn = new Connection(fd, this.name, this.log);
     this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.log });
-    this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
     this.rx.ring = null;
     this.wantRx = false;
     conn.start();
