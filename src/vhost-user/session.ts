@@ -180,6 +180,8 @@ export class Session {
   private logTimer: NodeJS.Timeout | null = null;
   private logSeen = 0;
   private logMissedSeen = 0;
+  /** page marks of the log just dropped (for the "logging off" line) */
+  private logMarksDropped = 0;
   /** a memory table (or region) being mapped in slices; messages wait until it is in place */
   private mapping: { cancel(): void; regions: Region[]; bytes: number } | null = null;
   /** per ring: usable as last told to the device */
@@ -624,7 +626,7 @@ export class Session {
     for (const r of this.rings) r.setLog(log);
     if (on !== this.logging) {
       this.logging = on;
-      this.log(`${this.name}: dirty-page logging ${on ? 'on' : 'off'}${on ? '' : ` (${this.dirtyLog?.pagesMarked ?? 0} page marks)`}`);
+      this.log(`${this.name}: dirty-page logging ${on ? 'on' : 'off'}${on ? '' : ` (${this.dirtyLog?.pagesMarked ?? this.logMarksDropped} page marks)`}`);
     }
     if (on && this.logTimer === null) {
       this.logTimer = setInterval(() => this.logTick(), LOG_NOTIFY_MS);
@@ -663,6 +665,7 @@ export class Session {
   }
 
   private dropLog(): void {
+    this.logMarksDropped = this.dirtyLog?.pagesMarked ?? 0;
     this.dirtyLog?.unmap();
     this.dirtyLog = null;
     safeClose(this.logFd);

@@ -16,6 +16,8 @@ import { failureTracker, ready, startSwitch, teardown, waitPing, workDir } from 
 
 const A_IP = '10.0.0.1';
 const B_IP = '10.0.0.2';
+/** ELASTIC_VHOST_MIGRATION_CPU: another -cpu model for A (diagnosis) */
+const CPU_ARGS = process.env.ELASTIC_VHOST_MIGRATION_CPU ? ['-cpu', process.env.ELASTIC_VHOST_MIGRATION_CPU] : [];
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface MigrationInfo {
@@ -43,7 +45,7 @@ describe('live migration of a guest between two sockets of one elastic-vhost', {
       name: `mig-a${++seq}`,
       params: { ip: `${A_IP}/24`, name: 'mig-a' },
       nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw!.socketPaths[socketIndex], mac: macForIndex(1) }],
-      extraArgs: incoming ? ['-incoming', incoming] : [],
+      extraArgs: [...CPU_ARGS, ...(incoming ? ['-incoming', incoming] : [])],
     });
   }
 
