@@ -17,6 +17,7 @@
 // segment) are written into the staging area and copied from there in list order; the staging
 // area is reused from the start after every run().
 import { native } from '../native';
+import type { DirtyLog } from '../memory/dirty-log';
 
 /** words per copy entry: source area, source offset, destination area, destination offset, length */
 const ENTRY = 5;
@@ -30,6 +31,12 @@ export class CopyList {
   private n = 0;
   /** length in bytes of each live area, by id (0: no such area) */
   private areaLen = new Float64Array(1024);
+  /** live migration: the dirty log of each guest window being logged (by id), and the
+   * guest-physical address of the window's first byte */
+  private areaLog: (DirtyLog | null)[] = new Array<DirtyLog | null>(1024).fill(null);
+  private areaGpa = new Float64Array(1024);
+  /** areas with a log: when 0, run() does no logging work at all */
+  private logged = 0;
   /** copies run / refused by the addon (refusals mean a TypeScript bounds check is missing) */
   readonly tally = new Float64Array(2);
   readonly staging = new Uint8Array(STAGING_BYTES);
@@ -63,6 +70,10 @@ export class CopyList {
       const grown = new Float64Array(size);
       grown.set(this.areaLen);
       this.areaLen = grown;
+      const gpa = new Float64Array(size);
+      gpa.set(this.areaGpa);
+      this.areaGpa = gpa;
+      while (this.areaLog.length < size) this.areaLog.push(null);
     }
     this.areaLen[id] = view.byteLength;
     return id;
@@ -72,7 +83,31 @@ export class CopyList {
   unregister(id: number): void {
     if (id <= 0 || id >= this.areaLen.length) return;
     this.areaLen[id] = 0;
+    this.setAreaLog(id, null, 0);
     native.unregisterArea(id);
+  }
+
+  /**
+   * Live migration: copies into area id are marked in log (at gpa + destination offset) after
+   * they ran, until this is called again with null. gpa: guest-physical address of byte 0.
+   */
+  setAreaLog(id: number, log: DirtyLog | null, gpa: number): void {
+    if (id <= 0 || id >= this.areaLen.length) return;
+    if ((this.areaLog[id] !== null) !== (log !== null)) this.logged += log !== null ? 1 : -1;
+    this.areaLog[id] = log;
+    this.areaGpa[id] = gpa;
+  }
+
+  /** Bytes JavaScript wrote itself into area id at [off, off + len): marked if the area is logged. */
+  dirty(area: number, off: number, len: number): void {
+    if (this.logged === 0) return;
+    const lg = this.areaLog[area];
+    if (lg !== null && lg !== undefined) lg.mark(this.areaGpa[area] + off, len);
+  }
+
+  /** some guest window is being logged (live migration in progress) */
+  get logging(): boolean {
+    return this.logged > 0;
   }
 
   areaLength(id: number): number {
@@ -131,12 +166,24 @@ export class CopyList {
     if (n === 0) return;
     this.n = 0;
     const refused = native.runCopies(n);
+    if (this.logged > 0) this.logCopies(n);
     this.tally[0] += n - refused;
     if (refused !== 0) {
       this.tally[1] += refused;
       this.onRefused(refused);
     }
     this.afterRun();
+  }
+
+  /** After the copies ran: their destinations in logged guest windows are marked dirty. */
+  private logCopies(n: number): void {
+    const l = this.list;
+    const logs = this.areaLog;
+    for (let e = 0; e < n * ENTRY; e += ENTRY) {
+      const dst = l[e + 2];
+      const lg = logs[dst];
+      if (lg !== null && lg !== undefined) lg.mark(this.areaGpa[dst] + l[e + 3], l[e + 4]);
+    }
   }
 
   /** Same as run(): named for the callers that need memory to be up to date before they read it. */

@@ -85,6 +85,9 @@ export class MacTable {
   private readonly seen: Float64Array;
   private readonly flags: Uint8Array;
   private entries = 0;
+  /** after learn() returned LEARN_NEW: the connection the MAC moved from (a migrated or moved
+   * VM), or -1 when it was new or aged out */
+  movedFrom = -1;
 
   /**
    * capacity: slots, rounded up to a power of two; at most 3/4 of them are filled.
@@ -141,11 +144,13 @@ export class MacTable {
   learn(hi: number, lo: number, port: number): number {
     const now = this.time[0];
     const slot = this.find(hi, lo);
+    this.movedFrom = -1;
     if (slot >= 0) {
       if (this.flags[slot] !== 0) return this.ports[slot] === port ? LEARN_REFRESHED : LEARN_REFUSED;
       const wasAged = now - this.seen[slot] > this.ageMs;
       this.seen[slot] = now;
       if (this.ports[slot] === port && !wasAged) return LEARN_REFRESHED;
+      if (this.ports[slot] !== port) this.movedFrom = this.ports[slot];
       this.ports[slot] = port;
       return LEARN_NEW;
     }

@@ -24,7 +24,8 @@ export const DROP_HOLD_EXPIRED = 14; // unresolved past the hold time, policy 'd
 export const DROP_SAME_CONNECTION = 15; // destination is the source connection
 export const DROP_DETACHED = 16; // queued for a connection that detached
 export const DROP_TOO_BIG = 17; // longer than the largest frame allowed (--max-frame-bytes)
-export const COUNTER_COUNT = 18;
+export const FOLLOWED_FRAMES = 18; // held for the connection a MAC moved away from, moved to its new one (live migration)
+export const COUNTER_COUNT = 19;
 
 export interface DropCounts {
   poolExhausted: number;
@@ -47,6 +48,8 @@ export interface TrafficCounts {
   drainedFrames: number;
   drainedBytes: number;
   resolvedFrames: number;
+  /** held for the connection a MAC moved away from, then moved here with the MAC (live migration) */
+  followedFrames: number;
   holdFlooded: number;
   drops: DropCounts;
   /** sum of drops */
@@ -105,6 +108,7 @@ export class Counters {
       drainedFrames: row[DRAINED_FRAMES],
       drainedBytes: row[DRAINED_BYTES],
       resolvedFrames: row[RESOLVED_FRAMES],
+      followedFrames: row[FOLLOWED_FRAMES],
       holdFlooded: row[HOLD_FLOODED],
       drops,
       dropped,

@@ -17,6 +17,7 @@ import {
   DRAINED_FRAMES,
   DROP_HOLD_EXPIRED,
   DROP_SAME_CONNECTION,
+  FOLLOWED_FRAMES,
   HOLD_FLOODED,
   RESOLVED_FRAMES,
 } from './counters';
@@ -105,6 +106,36 @@ export class Monitor {
       }
       cur = next;
     }
+    return moved;
+  }
+
+  /**
+   * MAC key moved from connection `from` to connection `to` (a VM migrated: its new port announced
+   * it): the frames held for `from` that carry it move to `to`'s queue, in order, after what `to`
+   * already holds (only floods, which came earlier). Frames that came from `to` itself are dropped.
+   */
+  follow(key: number, from: number, to: number): number {
+    const fifo = this.fifo;
+    let prev = -1;
+    let moved = 0;
+    for (let cur = fifo.qHead[from]; cur !== -1; ) {
+      const next = fifo.frameNext[cur];
+      if (fifo.frameKey[cur] === key) {
+        fifo.unlink(from, prev, cur);
+        if (fifo.frameSrc[cur] === to) {
+          fifo.release(cur);
+          this.counters.add(to, DROP_SAME_CONNECTION, 1);
+        } else {
+          fifo.push(to, cur);
+          this.counters.add(to, FOLLOWED_FRAMES, 1);
+          moved++;
+        }
+      } else {
+        prev = cur;
+      }
+      cur = next;
+    }
+    if (fifo.qFrames[from] === 0) this.conns.want(from, false);
     return moved;
   }
 

@@ -260,8 +260,10 @@ export class Switch implements Flooder {
         return;
       }
     } else if (!isGroupHi(sHi)) {
-      if (this.table.learn(sHi, sLo, src) === LEARN_NEW && this.fifo.qFrames[this.unresolvedQueue] > 0) {
-        this.resolveTo(sHi, sLo, src);
+      if (this.table.learn(sHi, sLo, src) === LEARN_NEW) {
+        const from = this.table.movedFrom;
+        if (from >= 0 && this.fifo.qFrames[from] > 0) this.followTo(sHi, sLo, from, src);
+        if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
       }
     }
     const dest = classify(this.table, buf, off);
@@ -336,7 +338,20 @@ export class Switch implements Flooder {
       this.conns.markDirty(dest);
       return;
     }
-    if (this.storeEngine.store(dest, frame, src, 0, 0)) this.conns.want(dest, true);
+    // the destination MAC goes with it: should that MAC move to another connection (a migrated
+    // VM announcing itself on its new port), the frame follows it there
+    const buf = frame.eth;
+    const off = frame.ethOff + DST_MAC_OFFSET;
+    if (this.storeEngine.store(dest, frame, src, macHi(buf, off), macLo(buf, off))) this.conns.want(dest, true);
+  }
+
+  /** MAC hi/lo moved from connection `from` to `to`: what was held for it there follows it. */
+  private followTo(hi: number, lo: number, from: number, to: number): void {
+    const n = this.monitor.follow(macKey(hi, lo), from, to);
+    if (n > 0) {
+      this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`);
+      this.monitor.drain(to);
+    }
   }
 
   private resolveTo(hi: number, lo: number, index: number): void {

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import { native } from '../native';
 import { copies } from '../datapath/copy-list';
+import type { DirtyLog } from './dirty-log';
 
 /** One region of guest memory as the front-end describes it (VhostUserMemoryRegion). */
 export interface MemRegion {
@@ -160,6 +161,13 @@ export class Region {
     out.winEnd = this.desc.guestPhysAddr + rel + Math.min(room, left);
   }
 
+  /** Live migration: copies into this region's windows are marked in log (null: no longer). */
+  setLog(log: DirtyLog | null): void {
+    for (let k = 0; k < this.areas.length; k++) {
+      copies.setAreaLog(this.areas[k], log, this.desc.guestPhysAddr + k * STEP - this.delta);
+    }
+  }
+
   unmap(): void {
     if (!this.mapped) return;
     this.mapped = false;
@@ -298,6 +306,19 @@ export class GuestMemory {
       }
     }
     return null;
+  }
+
+  /** Front-end virtual address → guest-physical address, or -1 when it is in no region. */
+  uvaToGpa(addr: number): number {
+    for (const r of this.regions) {
+      if (addr >= r.desc.userspaceAddr && addr < r.userEnd) return r.desc.guestPhysAddr + (addr - r.desc.userspaceAddr);
+    }
+    return -1;
+  }
+
+  /** Live migration: every region's windows logged into log (null: logging off). */
+  setLog(log: DirtyLog | null): void {
+    for (const r of this.regions) r.setLog(log);
   }
 
   /** Guest-physical → one contiguous view of exactly len bytes, or null (indirect tables, tests). */

@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
 import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
+import { DirtyLog } from '../memory/dirty-log';
 import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
 import { PackedRing } from '../virtio/packed-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
@@ -87,10 +88,13 @@ export const DEFAULT_FEATURES: bigint =
   bit(VirtioFeature.RING_F_EVENT_IDX) |
   bit(VirtioFeature.F_RING_PACKED) |
   bit(VirtioFeature.USER_F_PROTOCOL_FEATURES) |
+  // live migration: dirty-page logging (with LOG_SHMFD below)
+  bit(VirtioFeature.LOG_ALL) |
   bit(VirtioFeature.F_VERSION_1);
 
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.LOG_SHMFD) |
   bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.NET_MTU) |
   bit(ProtocolFeature.RARP) |
@@ -121,6 +125,12 @@ const MAP_AT_ONCE_WINDOWS = 4;
 
 /** how often rings without a kick fd are looked at */
 const POLL_MS = 1;
+/** the dirty log may cover this much at most (1 GiB of bits: 32 TiB of guest-physical space) */
+export const MAX_LOG_BYTES = 1024 * 1024 * 1024;
+/** how often, while logging, the SET_LOG_FD eventfd is told the log changed */
+const LOG_NOTIFY_MS = 50;
+/** VHOST_VRING_F_LOG in SET_VRING_ADDR's flags */
+const VRING_F_LOG = 1;
 
 export interface SessionOptions {
   name: string;
@@ -197,6 +207,15 @@ export class Session {
   /** the net configuration of the negotiated features (tests and logs; the device gets it as an event) */
   netConfig: NetConfig | null = null;
   private unsealedNoted = false;
+  /** live migration: the log from SET_LOG_BASE, whether it is written (LOG_ALL), SET_LOG_FD's eventfd */
+  private dirtyLog: DirtyLog | null = null;
+  private logging = false;
+  private logFd = -1;
+  private logTimer: NodeJS.Timeout | null = null;
+  private logSeen = 0;
+  private logMissedSeen = 0;
+  /** page marks of the log just dropped (for the "logging off" line) */
+  private logMarksDropped = 0;
   /** a memory table (or region) being mapped in slices; messages wait until it is in place */
   private mapping: { cancel(): void; regions: Region[]; bytes: number } | null = null;
   /** per ring as last told to the device: STOPPED, STARTED_DISABLED or STARTED_ENABLED */
@@ -330,6 +349,12 @@ export class Session {
         if (this.featuresSet && changed && running) {
           throw new Refusal(`${virtioFeatureNames(changed)} changed while ${running.name} is started (only VHOST_F_LOG_ALL may change then)`);
         }
+        if (this.featuresSet && (f ^ this.features) === bit(VirtioFeature.LOG_ALL)) {
+          // migration starts or ends: only logging changes, the rings run on as they are
+          this.features = f;
+          this.applyLog();
+          break;
+        }
         this.features = f;
         this.featuresSet = true;
         const { usable, unmet } = netFeaturesUsable(f);
@@ -344,6 +369,7 @@ export class Session {
         if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`);
         this.device.featuresNegotiated(this.netConfig);
         this.tellMtu();
+        this.applyLog();
         this.syncAll();
         break;
       }
@@ -425,12 +451,27 @@ export class Session {
         break;
       }
       case Req.SET_LOG_BASE:
-        // We offer neither VHOST_F_LOG_ALL nor LOG_SHMFD, so no log is ever written; answer as the
-        // spec asks (a reply with an empty payload) and release the fd.
-        for (const fd of m.fds.splice(0)) safeClose(fd);
-        this.conn.send(encode(Req.SET_LOG_BASE, VERSION | FLAG_REPLY));
-        return;
-      case Req.SET_LOG_FD:
+        if (!this.hasProtocol(ProtocolFeature.LOG_SHMFD)) {
+          // the kernel's form (a user address of the front-end's): nothing a separate process can
+          // log into. No reply is expected without LOG_SHMFD; logging stays off.
+          for (const fd of m.fds.splice(0)) safeClose(fd);
+          this.log(`${this.name}: error: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated: ignored, no dirty-page log`);
+          return;
+        }
+        this.setLogBase(m);
+        // with LOG_SHMFD the front-end waits for a reply (empty, as QEMU and DPDK have it)
+        reply = new Uint8Array(0);
+        break;
+      case Req.SET_LOG_FD: {
+        if (m.fds.length !== 1) throw new Error(`SET_LOG_FD: expected 1 file descriptor, got ${m.fds.length}`);
+        const kind = fdKind(m.fds[0]);
+        if (kind !== 'anon_inode:[eventfd]') throw new Error(`SET_LOG_FD fd is not an eventfd (${kind})`);
+        native.setNonBlocking(m.fds[0]);
+        safeClose(this.logFd);
+        this.logFd = m.fds.pop()!;
+        this.applyLog();
+        break;
+      }
       case Req.SET_BACKEND_REQ_FD:
         for (const fd of m.fds.splice(0)) safeClose(fd);
         break;
@@ -451,7 +492,10 @@ export class Session {
       }
       case Req.SET_VRING_ADDR: {
         const r = this.ring(p.getUint32(0, true));
+        const flags = p.getUint32(4, true);
+        const logAddr = flags & VRING_F_LOG ? getU64(p, 32) : -1;
         r.setAddresses(getU64(p, 8), getU64(p, 16), getU64(p, 24));
+        r.setLogAddress(logAddr);
         if (this.mem.size > 0) r.setup(this.mem);
         this.sync(r);
         break;
@@ -662,6 +706,87 @@ export class Session {
     );
   }
 
+  /** SET_LOG_BASE with LOG_SHMFD: maps the log (u64 size, u64 offset, the fd attached). */
+  private setLogBase(m: Message): void {
+    if (m.fds.length !== 1) throw new Error(`SET_LOG_BASE: expected 1 file descriptor, got ${m.fds.length}`);
+    const size = getU64(m.payload, 0);
+    const offset = getU64(m.payload, 8);
+    if (size === 0 || size + offset > MAX_LOG_BYTES) {
+      throw new Error(`SET_LOG_BASE: log of ${size} bytes at offset ${offset} (1 byte to ${MAX_LOG_BYTES} in all allowed)`);
+    }
+    const st = fs.fstatSync(m.fds[0]);
+    if (!st.isFile() || offset + size > st.size) {
+      throw new Error(`SET_LOG_BASE: log [${offset}, +${size}) is not inside its file (size ${st.size})`);
+    }
+    native.sealShrink(m.fds[0]); // QEMU seals its log memfd itself; this is for other front-ends
+    const log = new DirtyLog(m.fds.pop()!, size, offset); // takes the fd
+    const old = this.dirtyLog;
+    this.dirtyLog = log;
+    this.logSeen = 0;
+    this.logMissedSeen = 0;
+    this.applyLog();
+    old?.unmap();
+    this.log(`${this.name}: dirty-page log of ${size} bytes (${log.pages} pages of 4 KiB)`);
+  }
+
+  /**
+   * Logging is on while LOG_ALL is negotiated and a log is mapped: every guest window, every ring
+   * writes through it. Called whenever one of those, or the memory table, changes.
+   */
+  private applyLog(): void {
+    const on = this.hasFeature(VirtioFeature.LOG_ALL) && this.dirtyLog !== null && !this.closed;
+    const log = on ? this.dirtyLog : null;
+    this.mem.setLog(log);
+    for (const r of this.rings) r.setLog(log);
+    if (on !== this.logging) {
+      this.logging = on;
+      this.log(`${this.name}: dirty-page logging ${on ? 'on' : 'off'}${on ? '' : ` (${this.dirtyLog?.pagesMarked ?? this.logMarksDropped} page marks)`}`);
+    }
+    if (on && this.logTimer === null) {
+      this.logTimer = setInterval(() => this.logTick(), LOG_NOTIFY_MS);
+      this.logTimer.unref();
+    } else if (!on && this.logTimer !== null) {
+      clearInterval(this.logTimer);
+      this.logTimer = null;
+    }
+  }
+
+  /** While logging: tell SET_LOG_FD's eventfd the log changed; say once if writes fell beyond it. */
+  private logTick(): void {
+    const log = this.dirtyLog;
+    if (log === null) return;
+    if (log.pagesMarked !== this.logSeen) {
+      this.logSeen = log.pagesMarked;
+      if (this.logFd >= 0) {
+        try {
+          native.eventfdWrite(this.logFd, 1);
+        } catch {
+          /* front-end gone or counter full */
+        }
+      }
+    }
+    if (log.missed !== this.logMissedSeen) {
+      if (this.logMissedSeen === 0) {
+        this.log(`${this.name}: error: dirty-page log of ${log.pages} pages is too small for the guest memory written (page beyond its end): those writes are not logged`);
+      }
+      this.logMissedSeen = log.missed;
+    }
+  }
+
+  /** pages marked in the dirty log so far and writes beyond it (tests, stats) */
+  get logStats(): { logging: boolean; pagesMarked: number; missed: number } {
+    return { logging: this.logging, pagesMarked: this.dirtyLog?.pagesMarked ?? 0, missed: this.dirtyLog?.missed ?? 0 };
+  }
+
+  private dropLog(): void {
+    this.logMarksDropped = this.dirtyLog?.pagesMarked ?? 0;
+    this.dirtyLog?.unmap();
+    this.dirtyLog = null;
+    safeClose(this.logFd);
+    this.logFd = -1;
+    this.applyLog();
+  }
+
   /**
    * Refuses, before anything is mapped, a table that would take this connection to `mine` bytes,
    * or the process `more` bytes beyond what it maps now: one front-end cannot exhaust the mappings
@@ -691,6 +816,7 @@ export class Session {
   }
 
   private resetupRings(): void {
+    this.applyLog(); // new regions are logged from the start
     this.device.memoryChanged(this.mem);
     for (const r of this.rings) {
       if (!r.addrSet) continue;
@@ -836,6 +962,7 @@ export class Session {
     this.netConfig = null;
     this.featuresSet = false;
     this.status = 0;
+    this.dropLog();
     // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
     // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
   }
@@ -862,6 +989,7 @@ export class Session {
       r.detachViews();
       this.told[r.index] = STOPPED;
     }
+    this.dropLog();
     this.mem.clear();
     this.account(0);
     this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`);

@@ -19,6 +19,7 @@ import { GuestMemory, Translation } from '../memory/guest-memory';
 import { Segments, MAX_CHAINS, MAX_SEGMENTS } from './chain';
 import { BROKEN, chainLimitHits, DEFAULT_MAX_CHAIN_DESCRIPTORS, MAX_DESC_LEN, MAX_RING_SIZE, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from './split-ring';
 import type { Virtqueue } from './virtqueue';
+import type { DirtyLog } from '../memory/dirty-log';
 
 export const VRING_PACKED_DESC_F_AVAIL = 1 << 7;
 export const VRING_PACKED_DESC_F_USED = 1 << 15;
@@ -106,6 +107,12 @@ export class PackedRing implements Virtqueue {
   private cStart = 0;
   private cEnd = 0;
 
+  /** live migration: the log the ring's writes go to; where its parts lie guest-physically */
+  private log: DirtyLog | null = null;
+  private logAddr = -1;
+  private descGpa = -1;
+  private deviceGpa = -1;
+
   constructor(readonly index: number, readonly name: string, readonly maxChain = DEFAULT_MAX_CHAIN_DESCRIPTORS) {}
 
   get num(): number {
@@ -183,6 +190,32 @@ export class PackedRing implements Virtqueue {
   }
   stop(): void {
     this._started = false;
+    // used descriptors written but not handed back yet cannot be left unlogged
+    if (this.log !== null && this.desc32.length > 0) {
+      this.logDescs();
+      this.logDevice();
+    }
+  }
+
+  setLogAddress(gpa: number): void {
+    this.logAddr = gpa;
+  }
+
+  setLog(log: DirtyLog | null): void {
+    this.log = log;
+  }
+
+  /** live migration: the descriptor ring was written (used descriptors: id, len, flags) */
+  private logDescs(): void {
+    if (this.descGpa >= 0) (this.log as DirtyLog).mark(this.descGpa, 16 * this._num);
+  }
+
+  /** live migration: the device event suppression area was written (and what QEMU logs as the
+   * "used" address of the ring, VHOST_VRING_F_LOG) */
+  private logDevice(): void {
+    const log = this.log as DirtyLog;
+    if (this.deviceGpa >= 0) log.mark(this.deviceGpa, 4);
+    if (this.logAddr >= 0) log.mark(this.logAddr, 4);
   }
   markBroken(reason: string): void {
     if (this._broken === null) this._broken = reason;
@@ -212,6 +245,8 @@ export class PackedRing implements Virtqueue {
     this._broken = null;
     this._num = 0;
     this._kickFd = this._callFd = this._errFd = -1;
+    this.logAddr = -1;
+    this.log = null;
     this.detachViews();
     this.setBase(START_BASE);
   }
@@ -289,6 +324,8 @@ export class PackedRing implements Virtqueue {
     this.desc16Base = d.off >>> 1;
     this.driverEvent = new Uint16Array(drv.buf.buffer, drv.buf.byteOffset + drv.off, 2);
     this.deviceEvent = new Uint16Array(dev.buf.buffer, dev.buf.byteOffset + dev.off, 2);
+    this.descGpa = mem.uvaToGpa(this._descAddr);
+    this.deviceGpa = mem.uvaToGpa(this._deviceAddr);
   }
 
   private forgetWindow(): void {
@@ -555,6 +592,7 @@ export class PackedRing implements Virtqueue {
     // SplitRing's used entries before its index)
     for (let i = 1; i < c; i++) t16[b16 + this.pendingAt[i] * 8 + FLAGS16] = this.pendingFlags[i];
     Atomics.store(t16, b16 + this.pendingAt[0] * 8 + FLAGS16, this.pendingFlags[0]);
+    if (this.log !== null) this.logDescs();
     this.pendingCount = 0;
     this.unsignalled = true;
   }
@@ -591,6 +629,7 @@ export class PackedRing implements Virtqueue {
     } else {
       Atomics.store(this.deviceEvent, 1, RING_EVENT_FLAGS_ENABLE);
     }
+    if (this.log !== null) this.logDevice();
   }
 
   /**
@@ -608,12 +647,14 @@ export class PackedRing implements Virtqueue {
     } else {
       Atomics.store(this.deviceEvent, 1, RING_EVENT_FLAGS_ENABLE);
     }
+    if (this.log !== null) this.logDevice();
     return this.isAvail(pos, wrap);
   }
 
   disableNotify(): void {
     if (this.deviceEvent.length === 0) return;
     Atomics.store(this.deviceEvent, 1, RING_EVENT_FLAGS_DISABLE);
+    if (this.log !== null) this.logDevice();
   }
 
   private fail(reason: string): number {

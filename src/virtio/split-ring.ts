@@ -11,6 +11,7 @@
 import { GuestMemory, Translation } from '../memory/guest-memory';
 import { Segments, MAX_CHAINS, MAX_SEGMENTS } from './chain';
 import type { Virtqueue } from './virtqueue';
+import type { DirtyLog } from '../memory/dirty-log';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -71,6 +72,10 @@ export class SplitRing implements Virtqueue {
   private usedFlags: Uint16Array = new Uint16Array(0);
   private used32: Uint32Array = new Uint32Array(0);
   private availEventIdx = 0;
+  /** live migration: the log the used ring's writes go to, and where the used ring is logged */
+  private log: DirtyLog | null = null;
+  private logAddr = -1;
+  private usedGpa = -1;
 
   private readonly t = new Translation();
   // the window the last descriptor was found in: most buffers of a ring lie in one window, so
@@ -158,11 +163,28 @@ export class SplitRing implements Virtqueue {
   /** GET_VRING_BASE: nothing is written to the ring until it starts again */
   stop(): void {
     this._started = false;
+    // used entries pushed but not published yet cannot be left unlogged
+    if (this.log !== null && this.desc32.length > 0) this.logUsed();
   }
 
   /** The front-end or guest broke the ring: nothing more is done on it until it is set up again. */
   markBroken(reason: string): void {
     if (this._broken === null) this._broken = reason;
+  }
+
+  setLogAddress(gpa: number): void {
+    this.logAddr = gpa;
+  }
+
+  setLog(log: DirtyLog | null): void {
+    this.log = log;
+    // what was written before logging started is in QEMU's first full pass
+  }
+
+  /** the used ring was written: mark it (flags, index, elements, avail_event: 6 + 8 num bytes) */
+  private logUsed(): void {
+    const at = this.logAddr >= 0 ? this.logAddr : this.usedGpa;
+    if (at >= 0) (this.log as DirtyLog).mark(at, 6 + 8 * this._num);
   }
 
   /** the fds: each setter returns the one it replaces (the caller closes it) */
@@ -192,6 +214,8 @@ export class SplitRing implements Virtqueue {
     this._num = 0;
     this.mask = 0;
     this._kickFd = this._callFd = this._errFd = -1;
+    this.logAddr = -1;
+    this.log = null;
     this.detachViews();
     this.setBase(0);
   }
@@ -225,6 +249,7 @@ export class SplitRing implements Virtqueue {
     this.usedFlags = new Uint16Array(u.buf.buffer, u.buf.byteOffset + u.off, 3 + 4 * num);
     this.used32 = new Uint32Array(u.buf.buffer, u.buf.byteOffset + u.off, 1 + 2 * num);
     this.availEventIdx = 2 + 4 * num;
+    this.usedGpa = mem.uvaToGpa(this._usedAddr);
   }
 
   setNum(num: number): void {
@@ -389,6 +414,7 @@ export class SplitRing implements Virtqueue {
 
   publish(): void {
     Atomics.store(this.usedFlags, 1, this._usedIdx);
+    if (this.log !== null) this.logUsed();
   }
 
   /** Signals the guest through the call eventfd if it asked to be (used_event / NO_INTERRUPT). */
@@ -411,6 +437,7 @@ export class SplitRing implements Virtqueue {
     if (this.desc32.length === 0) return;
     if (this._eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, this._lastAvail);
     else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
+    if (this.log !== null) this.logUsed();
   }
 
   /**
@@ -423,6 +450,7 @@ export class SplitRing implements Virtqueue {
     const seen = Atomics.load(this.avail, 1);
     if (this._eventIdx) Atomics.store(this.usedFlags, this.availEventIdx, seen);
     else Atomics.store(this.usedFlags, 0, this.usedFlags[0] & ~VRING_USED_F_NO_NOTIFY);
+    if (this.log !== null) this.logUsed();
     return Atomics.load(this.avail, 1) !== seen;
   }
 
@@ -430,7 +458,10 @@ export class SplitRing implements Virtqueue {
   disableNotify(): void {
     if (this.desc32.length === 0) return;
     // With EVENT_IDX leaving avail_event behind suppresses further kicks by itself.
-    if (!this._eventIdx) Atomics.store(this.usedFlags, 0, this.usedFlags[0] | VRING_USED_F_NO_NOTIFY);
+    if (!this._eventIdx) {
+      Atomics.store(this.usedFlags, 0, this.usedFlags[0] | VRING_USED_F_NO_NOTIFY);
+      if (this.log !== null) this.logUsed();
+    }
   }
 
   private fail(reason: string): number {

@@ -4,6 +4,7 @@
 // pushUsed, publish, signal, notification control). Neither writes its fields.
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Segments } from './chain';
+import type { DirtyLog } from '../memory/dirty-log';
 
 export interface Virtqueue {
   readonly index: number;
@@ -50,6 +51,11 @@ export interface Virtqueue {
   setCallFd(fd: number): number;
   setErrFd(fd: number): number;
   markBroken(reason: string): void;
+  /** SET_VRING_ADDR with VHOST_VRING_F_LOG: the guest-physical address the used ring is logged at
+   * (-1: flag not set; the used ring's own address is logged then) */
+  setLogAddress(gpa: number): void;
+  /** live migration: every write of the ring into guest memory is marked in log (null: off) */
+  setLog(log: DirtyLog | null): void;
   reset(): void;
 
   // ---- data path (the port)

@@ -90,7 +90,10 @@ export async function teardown(vms: (GuestVM | undefined)[], sw: SwitchProcess |
     if (!failed) vm.removeWorkDir();
   }
   if (sw) {
-    if (failed) console.log(`# switch log (last 40 lines):\n${sw.log.slice(-40).join('\n')}`);
+    if (failed) {
+      fs.writeFileSync(path.join(dir, 'switch.log'), sw.log.join('\n') + '\n');
+      console.log(`# switch log (last 40 lines; all of it in ${path.join(dir, 'switch.log')}):\n${sw.log.slice(-40).join('\n')}`);
+    }
     await sw.stop();
   }
   killAll();

@@ -847,7 +847,7 @@ export class FrontEnd {
   }
 
   /** Addresses are front-end virtual ("user") addresses. */
-  async setVringAddr(index: number, desc: number, used: number, avail: number, flags = 0): Promise<void> {
+  async setVringAddr(index: number, desc: number, used: number, avail: number, flags = 0, logAddr = 0): Promise<void> {
     const b = new Uint8Array(40);
     const v = new DataView(b.buffer);
     v.setUint32(0, index, true);
@@ -855,7 +855,7 @@ export class FrontEnd {
     v.setBigUint64(8, BigInt(desc), true);
     v.setBigUint64(16, BigInt(used), true);
     v.setBigUint64(24, BigInt(avail), true);
-    v.setBigUint64(32, 0n, true); // log_guest_addr
+    v.setBigUint64(32, BigInt(logAddr), true); // log_guest_addr (used with VHOST_VRING_F_LOG)
     await this.request(Req.SET_VRING_ADDR, b);
   }
 

@@ -484,3 +484,55 @@ test('random model: many ports, bursts, stalls, learning — no duplicate, no re
   assert.ok(s.total.resolvedFrames > 0, 'resolution was exercised');
   assert.ok(s.total.dropped > 0, 'drops were exercised');
 });
+
+test('live migration: a MAC that moves to another connection takes its held frames along, in order', () => {
+  const { sw } = make({ holdTimeMs: 1e9 });
+  const pa = new TestPort('a'), pOld = new TestPort('old', { buffers: 0 }), pNew = new TestPort('new', { buffers: 0 });
+  const a = sw.attach(pa), old = sw.attach(pOld), nu = sw.attach(pNew);
+  send(sw, a, frame(BCAST, A, 0)); // learn A (held for the two stalled ports)
+  send(sw, old, frame(BCAST, B, 0)); // B lives on old
+  for (let i = 1; i <= 5; i++) send(sw, a, frame(B, A, i)); // B's ring is stopped: held for old
+  let s = sw.stats();
+  assert.equal(s.ports[old].queuedFrames, 1 + 5, 'A’s broadcast and five frames for B wait on old');
+  // the migrated guest announces itself on its new port (SEND_RARP / gratuitous ARP)
+  send(sw, nu, frame(BCAST, B, 100));
+  s = sw.stats();
+  assert.equal(s.ports[old].queuedFrames, 2, 'only the broadcasts (A’s, and the announcement itself) stay with the old connection');
+  assert.equal(s.ports[nu].followedFrames, 5);
+  assert.equal(s.ports[nu].queuedFrames, 2 + 5, 'the two earlier broadcasts, then the five that followed');
+  for (let i = 6; i <= 7; i++) send(sw, a, frame(B, A, i)); // new frames: behind them, same queue
+  assert.equal(sw.stats().ports[nu].queuedFrames, 9);
+  pNew.post(100);
+  sw.resourcesAvailable(nu);
+  sw.checkInvariants();
+  assert.deepEqual(pNew.seqs(), [0, 0, ...range(1, 8)], 'everything for B arrives on the new port in order');
+  assert.equal(pOld.received.length, 0);
+  assert.equal(sw.stats().total.dropped, 0);
+  // the old connection goes away (the source QEMU quits): only its two broadcasts are dropped
+  sw.detach(old);
+  assert.equal(sw.stats().total.drops.detached, 2);
+  sw.checkInvariants();
+  sw.close();
+});
+
+test('live migration back and forth: held frames follow the MAC each time; the new port’s own frames are not sent back', () => {
+  const { sw } = make({ holdTimeMs: 1e9 });
+  const pa = new TestPort('a'), p1 = new TestPort('p1', { buffers: 0 }), p2 = new TestPort('p2', { buffers: 0 });
+  const a = sw.attach(pa), q1 = sw.attach(p1), q2 = sw.attach(p2);
+  send(sw, q1, frame(BCAST, B, 0));
+  for (let i = 1; i <= 3; i++) send(sw, a, frame(B, A, i));
+  send(sw, q2, frame(BCAST, B, 10)); // to p2
+  for (let i = 4; i <= 6; i++) send(sw, a, frame(B, A, i));
+  send(sw, q1, frame(BCAST, B, 20)); // and back to p1 before p2 ever had buffers
+  let s = sw.stats();
+  assert.equal(s.ports[q1].followedFrames, 6);
+  p1.post(100);
+  sw.resourcesAvailable(q1);
+  const seqs = p1.seqs().filter((x) => x >= 1 && x <= 6);
+  assert.deepEqual(seqs, range(1, 7));
+  s = sw.stats();
+  assert.equal(s.ports[q2].queuedFrames, 2, 'p2 keeps only p1’s two broadcasts (seq 0, 20)');
+  assert.equal(s.total.dropped, 0);
+  sw.checkInvariants();
+  sw.close();
+});

@@ -199,6 +199,7 @@ export class VhostRx {
         buf[d + HDR_NUM_BUFFERS] = 1;
         buf[d + HDR_NUM_BUFFERS + 1] = 0;
       }
+      copies.dirty(segs.area[seg], d, hl);
       ok = frame.copyOut(pieces.total, segs.area[seg], d + hl);
       ring.pushUsed(segs.chainHead[firstChain], ok ? hl + pieces.total : 0);
     } else {
@@ -209,12 +210,16 @@ export class VhostRx {
           const buf = segs.buf[seg];
           let dAt = segs.off[seg];
           let dLeft = segs.len[seg];
-          while (hLeft > 0 && dLeft > 0) {
-            buf[dAt++] = hAt < HDR_NUM_BUFFERS ? hdr[hdrOff + hAt] : hAt === HDR_NUM_BUFFERS ? nb & 0xff : nb >>> 8;
-            hAt++;
-            hLeft--;
-            dLeft--;
-            written++;
+          if (hLeft > 0) {
+            const from = dAt;
+            while (hLeft > 0 && dLeft > 0) {
+              buf[dAt++] = hAt < HDR_NUM_BUFFERS ? hdr[hdrOff + hAt] : hAt === HDR_NUM_BUFFERS ? nb & 0xff : nb >>> 8;
+              hAt++;
+              hLeft--;
+              dLeft--;
+              written++;
+            }
+            copies.dirty(segs.area[seg], from, dAt - from);
           }
           if (dLeft > 0 && ok) {
             const k = this.fill(frame, pieces, segs.area[seg], dAt, dLeft);

@@ -1,0 +1,183 @@
+/**
+ * Live migration through elastic-vhost with real QEMU (TCG): guest A runs on socket vm0 (A1), a
+ * second QEMU started with -incoming on socket vm2 (A2) of the same switch takes it over (QMP
+ * `migrate`), while guest B (vm1) keeps talking to A. QEMU needs VHOST_F_LOG_ALL and LOG_SHMFD to
+ * allow it at all; the switch logs every page it writes into A's memory while migration runs, and
+ * the frames held for A's old port during the switch-over follow A's MAC to its new port when the
+ * new QEMU announces it (SEND_RARP) — so nothing is lost.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { macForIndex } from '../../qemu-glue/args';
+import { GuestVM } from '../../qemu-glue/launcher';
+import { SwitchProcess } from '../../qemu-glue/switch-process';
+import { failureTracker, ready, startSwitch, teardown, waitPing, workDir } from './harness';
+
+const A_IP = '10.0.0.1';
+const B_IP = '10.0.0.2';
+/** ELASTIC_VHOST_MIGRATION_CPU: another -cpu model for A (diagnosis) */
+const CPU_ARGS = process.env.ELASTIC_VHOST_MIGRATION_CPU ? ['-cpu', process.env.ELASTIC_VHOST_MIGRATION_CPU] : [];
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface MigrationInfo {
+  status: string;
+  'total-time'?: number;
+  downtime?: number;
+  ram?: { transferred: number; total: number };
+}
+
+describe('live migration of a guest between two sockets of one elastic-vhost', { timeout: 900_000 }, () => {
+  const dir = workDir('migrate');
+  let sw: SwitchProcess | undefined;
+  let a: GuestVM | undefined; // where A runs now
+  let b: GuestVM | undefined;
+  /** socket index A runs on now: 0 (A1) or 2 (A2) */
+  let aSocket = 0;
+  const retired: GuestVM[] = [];
+  const tracker = failureTracker();
+  const guard = tracker.guard;
+  let seq = 0;
+
+  /** A QEMU for guest A on socket i: booting (fresh) or waiting for an incoming migration. */
+  function startA(socketIndex: number, incoming?: string): Promise<GuestVM> {
+    return GuestVM.start({
+      name: `mig-a${++seq}`,
+      params: { ip: `${A_IP}/24`, name: 'mig-a' },
+      nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw!.socketPaths[socketIndex], mac: macForIndex(1) }],
+      extraArgs: [...CPU_ARGS, ...(incoming ? ['-incoming', incoming] : [])],
+    });
+  }
+
+  /** Migrates A to a new QEMU on socket `to`; returns what QEMU reports. The old QEMU is quit. */
+  async function migrateA(to: number): Promise<MigrationInfo> {
+    const uri = `unix:${path.join(dir, `mig-${seq + 1}.sock`)}`;
+    const from = sw!.log.length;
+    const dst = await startA(to, uri);
+    // the destination connects to the switch at start-up (features negotiated before the memory comes)
+    await sw!.waitLog(new RegExp(`vm${to}: protocol features`), 30_000, from);
+    const src = a!;
+    await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4_000_000_000, 'downtime-limit': 300 });
+    await src.qmp.execute('migrate', { uri });
+    let info: MigrationInfo;
+    const end = Date.now() + 120_000;
+    for (;;) {
+      info = await src.qmp.execute<MigrationInfo>('query-migrate');
+      if (info.status === 'completed') break;
+      if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`migration ${info.status}: ${JSON.stringify(info)}`);
+      if (Date.now() > end) throw new Error(`migration not done after 120 s: ${JSON.stringify(info)}`);
+      await sleep(100);
+    }
+    for (let k = 0; k < 100 && !(await dst.status()).running; k++) await sleep(100);
+    assert.equal((await dst.status()).running, true, 'the destination runs');
+    await dst.waitAgent(30_000);
+    retired.push(src);
+    await src.shutdown();
+    a = dst;
+    aSocket = to;
+    console.log(`# migrated A to vm${to}: total ${info['total-time']} ms, downtime ${info.downtime} ms, ${((info.ram?.transferred ?? 0) / 1048576).toFixed(0)} MiB sent`);
+    return info;
+  }
+
+  type Counts = { storedFrames: number; followedFrames: number; drainedFrames: number; fastFrames: number; dropped: number };
+  /** a port's counters; a port with no connection (yet) counts zero */
+  async function portStats(name: string, mustExist = true): Promise<Counts> {
+    const st = await sw!.freshStats();
+    const p = st.engine.ports.find((x: { name: string }) => x.name === name);
+    if (!p && !mustExist) return { storedFrames: 0, followedFrames: 0, drainedFrames: 0, fastFrames: 0, dropped: 0 };
+    assert.ok(p, `port ${name} in ${JSON.stringify(st.engine.ports.map((x: { name: string }) => x.name))}`);
+    return p;
+  }
+
+  function pingCounts(out: string): { tx: number; rx: number } {
+    const m = /(\d+) packets transmitted, (\d+) packets received/.exec(out);
+    assert.ok(m, out);
+    return { tx: Number(m[1]), rx: Number(m[2]) };
+  }
+
+  before(async () => {
+    sw = await startSwitch(dir, 3, ['--pool-mb', '32']);
+    [a, b] = await Promise.all([
+      startA(0),
+      GuestVM.start({ name: 'mig-b', params: { ip: `${B_IP}/24` }, nics: [{ kind: 'vhost-user', id: 'n0', socketPath: sw.socketPaths[1], mac: macForIndex(2) }] }),
+    ]);
+    await ready(a, b);
+    await waitPing(b, A_IP);
+  });
+
+  after(() => teardown([a, b, ...retired], sw, tracker.failed, dir));
+
+  it('B pings A (0.1 s apart, and a faster stream beside) across the migration A1 → A2: 0 lost; the held frames followed A to its new port', () =>
+    guard(async () => {
+      const before2 = await portStats('vm2', false);
+      const slow = b!.spawn(`ping -c 100 -i 0.1 -W 5 ${A_IP}`);
+      const fast = b!.spawn(`ping -c 500 -i 0.02 -W 5 ${A_IP}`);
+      await sleep(2000);
+      await migrateA(2);
+      const rs = await slow.done;
+      const rf = await fast.done;
+      const s = pingCounts(rs.output);
+      const f = pingCounts(rf.output);
+      console.log(`# ping 0.1 s: ${s.rx}/${s.tx}; ping 0.02 s: ${f.rx}/${f.tx}`);
+      assert.equal(s.rx, s.tx, rs.output);
+      assert.equal(f.rx, f.tx, rf.output);
+      const p0 = await portStats('vm0', false);
+      const p2 = await portStats('vm2');
+      console.log(`# vm0 (A1): stored ${p0.storedFrames}, dropped ${p0.dropped}; vm2 (A2): followed ${p2.followedFrames - before2.followedFrames}, drained ${p2.drainedFrames}, fast ${p2.fastFrames}`);
+      assert.ok(p2.followedFrames - before2.followedFrames > 0, 'frames held for A1 during the switch-over followed A to A2');
+      assert.ok(p2.fastFrames > 0, 'A2 receives on the fast path afterwards');
+      assert.equal(p2.dropped, 0);
+      await sw!.waitLog(/vm0: dirty-page logging on/, 1000);
+    }));
+
+  it('an iperf3 TCP stream B → A across the migration back (A2 → A1) finishes without errors', () =>
+    guard(async () => {
+      assert.equal(aSocket, 2);
+      const server = a!.spawn('iperf3 -s -1 -p 5201 --forceflush');
+      await server.waitForLine(/Server listening/, 10_000);
+      const client = b!.spawn(`iperf3 -c ${A_IP} -p 5201 -t 12 -J`);
+      await sleep(4000);
+      await migrateA(0);
+      const r = await client.done;
+      assert.equal(r.rc, 0, r.output);
+      const j = JSON.parse(r.output);
+      assert.equal(j.error, undefined, r.output);
+      const mbit = j.end.sum_received.bits_per_second / 1e6;
+      console.log(`# iperf3 TCP B->A across the migration: ${mbit.toFixed(1)} Mbit/s received, ${j.end.sum_sent.retransmits ?? 0} retransmits`);
+      assert.ok(mbit > 0);
+      assert.ok((await portStats('vm0')).fastFrames > 0);
+    }));
+
+  // ELASTIC_VHOST_MIGRATION_SOAK=N: N more migrations back and forth under one long iperf3 stream
+  const soak = Number(process.env.ELASTIC_VHOST_MIGRATION_SOAK ?? 0);
+  it(`iperf3 TCP B → A across ${soak} migrations back and forth (ELASTIC_VHOST_MIGRATION_SOAK)`, { skip: soak > 0 ? false : 'ELASTIC_VHOST_MIGRATION_SOAK not set' }, () =>
+    guard(async () => {
+      const server = a!.spawn('iperf3 -s -1 -p 5203 --forceflush');
+      await server.waitForLine(/Server listening/, 10_000);
+      const client = b!.spawn(`iperf3 -c ${A_IP} -p 5203 -t ${4 + soak * 4} -J`);
+      await sleep(2000);
+      for (let k = 0; k < soak; k++) {
+        await migrateA(aSocket === 0 ? 2 : 0);
+        await sleep(1500);
+      }
+      const r = await client.done;
+      assert.equal(r.rc, 0, r.output);
+      assert.equal(JSON.parse(r.output).error, undefined, r.output);
+      await waitPing(b!, A_IP, 10_000);
+    }));
+
+  it('migrating twice in a row (A1 → A2 → A1) while B pings: 0 lost', () =>
+    guard(async () => {
+      if (aSocket !== 0) await migrateA(0);
+      const ping = b!.spawn(`ping -c 200 -i 0.05 -W 5 ${A_IP}`);
+      await sleep(1000);
+      await migrateA(2);
+      await migrateA(0);
+      const r = await ping.done;
+      const c = pingCounts(r.output);
+      console.log(`# ping 0.05 s across two migrations: ${c.rx}/${c.tx}`);
+      assert.equal(c.rx, c.tx, r.output);
+      // A answers on A1 again
+      await waitPing(b!, A_IP, 10_000);
+    }));
+});
