@@ -61,11 +61,11 @@ export class DirtyLog {
         this.tally[1] += last - p + 1;
         return;
       }
-      const i = p >>> 3;
-      const b = 1 << (p & 7);
-      // a plain read first: pages already marked (the common case within one batch) cost no
-      // locked instruction
-      if ((bits[i] & b) === 0) Atomics.or(bits, i, b);
+      // Always the locked OR, never "read first, skip if set": a plain read could be served before
+      // the guest-memory stores just made leave this CPU's store buffer, see a bit QEMU is about to
+      // clear, and leave a page QEMU then reads stale unmarked. The locked instruction orders every
+      // earlier store before the mark (as DPDK's __atomic_fetch_or does on x86).
+      Atomics.or(bits, p >>> 3, 1 << (p & 7));
       this.tally[0]++;
     }
   }
