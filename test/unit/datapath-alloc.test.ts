@@ -99,8 +99,11 @@ async function steadyState(drive: Drive, path: Path, frameBytes: number, onPacke
 /** null when the run looks allocation-free, else why not */
 function allocates(m: Measured, drive: Drive): string | null {
   if (m.gcs > MAX_GCS) return `${m.gcs} collections over ${m.frames} frames`;
-  if (m.cleanChunks.length < 5) return `only ${m.cleanChunks.length} of ${FRAMES / CHUNK} chunks without a collection`;
-  const worst = Math.max(...m.cleanChunks);
+  if (m.cleanChunks.length < 6) return `only ${m.cleanChunks.length} of ${FRAMES / CHUNK} chunks without a collection`;
+  // The first clean chunk can still carry the JIT's last tier-ups (the ring call sites see split and
+  // packed rings in this process); an allocation per frame shows in every chunk, so the worst of
+  // the others is what is judged.
+  const worst = Math.max(...m.cleanChunks.slice(1));
   if (worst >= MAX_BYTES_PER_FRAME[drive]) return `${worst.toFixed(2)} bytes per frame allocated`;
   return null;
 }
