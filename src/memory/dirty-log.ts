@@ -12,7 +12,6 @@
 import { native } from '../native';
 
 export const LOG_PAGE = 4096;
-const LOG_PAGE_SHIFT = 12;
 
 export class DirtyLog {
   /** the log bytes: bit p of byte p >> 3 is page p */
@@ -70,12 +69,6 @@ export class DirtyLog {
     }
   }
 
-  /** true when page of gpa is marked (tests) */
-  isMarked(gpa: number): boolean {
-    const p = Math.floor(gpa / LOG_PAGE);
-    return p < this.bits.length * 8 && (this.bits[p >>> 3] & (1 << (p & 7))) !== 0;
-  }
-
   unmap(): void {
     if (this.unmapped) return;
     this.unmapped = true;
@@ -86,5 +79,3 @@ export class DirtyLog {
     }
   }
 }
-
-export { LOG_PAGE_SHIFT };

@@ -8,7 +8,7 @@ import { native } from '../../src/native';
 import { bit, has, VirtioFeature } from '../../src/vhost-user/features';
 import { encode, ProtocolFeature, Req, VERSION } from '../../src/vhost-user/message';
 import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES } from '../../src/vhost-user/session';
-import { closeFd, sleep, waitFor } from './frontend';
+import { closeFd, FrontEnd, sleep, waitFor } from './frontend';
 import { assertNoFdLeak, ethFrame, fdCount, LogCapture, netHdr, packet, receiveN, sendPacket, seqOf, startGuest, startPackedPair, startPair, TestHub } from './helpers';
 
 const PAGE = 4096;
@@ -59,6 +59,14 @@ function changedPages(before: Uint8Array, after: Uint8Array): number[] {
   return out;
 }
 
+/** Migration starts, in QEMU's order: LOG_ALL, then each ring's addresses again with VHOST_VRING_F_LOG. */
+async function startLogging(g: { fe: FrontEnd; rx: { index: number; descGpa: number; usedGpa: number; availGpa: number }; tx: { index: number; descGpa: number; usedGpa: number; availGpa: number } }): Promise<void> {
+  await g.fe.setFeatures(g.fe.features | bit(VirtioFeature.LOG_ALL));
+  for (const vq of [g.rx, g.tx]) {
+    await g.fe.setVringAddr(vq.index, g.fe.ram!.uva(vq.descGpa), g.fe.ram!.uva(vq.usedGpa), g.fe.ram!.uva(vq.availGpa), 1, vq.usedGpa);
+  }
+}
+
 test('LOG_ALL and LOG_SHMFD are offered; SET_LOG_BASE is answered (empty reply) only when LOG_SHMFD is negotiated', async () => {
   assert.ok(has(DEFAULT_FEATURES, VirtioFeature.LOG_ALL));
   assert.ok(has(DEFAULT_PROTOCOL_FEATURES, ProtocolFeature.LOG_SHMFD));
@@ -101,11 +109,7 @@ test('while LOG_ALL is on, every byte written into guest memory has its page mar
   await receiveN(b, 1);
   assert.deepEqual(markedPages(l.bits), []);
 
-  // migration starts: LOG_ALL, then the rings' addresses again with VHOST_VRING_F_LOG (QEMU's order)
-  await b.fe.setFeatures(b.fe.features | bit(VirtioFeature.LOG_ALL));
-  for (const vq of [b.rx, b.tx]) {
-    await b.fe.setVringAddr(vq.index, b.fe.ram!.uva(vq.descGpa), b.fe.ram!.uva(vq.usedGpa), b.fe.ram!.uva(vq.availGpa), 1, vq.usedGpa);
-  }
+  await startLogging(b);
   l.bits.fill(0);
   const ram = b.fe.ram!.view(RAM_GPA, RAM_SIZE);
   const snap = ram.slice();
@@ -147,10 +151,7 @@ test('packed rings: while LOG_ALL is on, every page the back-end writes is marke
   const { a, b, done } = await startPackedPair({ features: FEATURES }, { ram: RAM, rxBuffers: [32, 2048], features: FEATURES });
   const l = makeLog();
   await b.fe.setLogBase(LOG_BYTES, 0, l.fd);
-  await b.fe.setFeatures(b.fe.features | bit(VirtioFeature.LOG_ALL));
-  for (const vq of [b.rx, b.tx]) {
-    await b.fe.setVringAddr(vq.index, b.fe.ram!.uva(vq.descGpa), b.fe.ram!.uva(vq.usedGpa), b.fe.ram!.uva(vq.availGpa), 1, vq.usedGpa);
-  }
+  await startLogging(b);
   l.bits.fill(0);
   const ram = b.fe.ram!.view(RAM_GPA, RAM_SIZE);
   const snap = ram.slice();
