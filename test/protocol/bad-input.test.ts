@@ -461,6 +461,14 @@ for (const req of [Req.SET_VRING_CALL, Req.SET_VRING_ERR, Req.SET_VRING_KICK] as
   });
 }
 
+hostileTest('SET_LOG_FD with a socket instead of an eventfd is refused (the log notification must never block)', false, async (s) => {
+  const [a, b] = native.socketpair();
+  s.fe.send(Req.SET_LOG_FD, VERSION, undefined, [a]);
+  closeFd(a);
+  await expectClosed(s, /VHOST_USER_SET_LOG_FD: SET_LOG_FD fd is not an eventfd \(socket:\[\d+\]\)/);
+  closeFd(b);
+});
+
 test('a call eventfd whose counter the front-end filled to the maximum does not block the back-end', async () => {
   const { a, b, done } = await startPair();
   try {
