@@ -444,6 +444,8 @@ export interface GuestVMOptions {
   params?: GuestParams;
   nics?: NicSpec[];
   memMiB?: number;
+  /** instead of memMiB, in KiB (a multiple of 8) */
+  memKiB?: number;
   smp?: number;
   machine?: MachineType;
   /** Default: selectAccel() (ELASTIC_VHOST_ACCEL or tcg). */
@@ -535,6 +537,7 @@ export class GuestVM extends EventEmitter {
       initrd: o.initrd ?? img.initrd,
       append: guestCmdline(params, o.extraKernelArgs ?? []),
       memMiB: o.memMiB,
+      memKiB: o.memKiB,
       smp: o.smp,
       machine: o.machine,
       accel: this.accel,

@@ -8,6 +8,7 @@ import {
   guestCmdline,
   macForIndex,
   memoryArgs,
+  MIGRATION_SAFE_TCG_RAM_KIB,
   qemuOpts,
   qmpArgs,
   selectAccel,
@@ -53,6 +54,18 @@ describe('qemu-glue/args', () => {
     ]);
     assert.deepEqual(memoryArgs({ sizeMiB: 128, machine: 'pc', shared: false }), ['-m', '128M', '-machine', 'pc']);
     assert.throws(() => memoryArgs({ sizeMiB: 1 }));
+  });
+
+  it('memory in KiB: the same size for -m and the backend, a multiple of 8 KiB (QEMU rounds -m up to it)', () => {
+    assert.deepEqual(memoryArgs({ sizeKiB: MIGRATION_SAFE_TCG_RAM_KIB }), [
+      '-m', '262152K',
+      '-object', 'memory-backend-memfd,id=mem,size=262152K,share=on',
+      '-machine', 'q35,memory-backend=mem',
+    ]);
+    // not a multiple of 64 pages: QEMU 7.2's TCG dirty tracking takes its per-page path
+    assert.notEqual(MIGRATION_SAFE_TCG_RAM_KIB % 256, 0);
+    assert.throws(() => memoryArgs({ sizeKiB: 262148 }), /multiple of 8/);
+    assert.throws(() => memoryArgs({ sizeKiB: 1024 }));
   });
 
   it('socket chardev: back-end server (reconnect) vs QEMU server', () => {
