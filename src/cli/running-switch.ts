@@ -8,7 +8,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Switch } from '../engine/switch';
-import type { UnknownPolicy } from '../engine/monitor';
 import { chainLimitHits } from '../virtio/split-ring';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { VhostUserPort } from '../ports/vhost-user/port';
@@ -18,56 +17,12 @@ import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
 import type { Log } from '../vhost-user/connection';
 import { native } from '../native';
+import { GiB, MiB } from '../defaults';
+import { portSchemaProblem } from './config';
+import type { PortSpec, Settings } from './settings';
 
-const GiB = 1024 * 1024 * 1024;
-const MiB = 1024 * 1024;
 
-/** One vhost-user port (a --socket/--client spec, an entry of the config's `ports`, ctl add-port). */
-export interface PortSpec {
-  /** socket path */
-  path: string;
-  /** 'server' (default): listen on path, QEMU connects; 'client': connect to QEMU listening there, retrying */
-  mode?: 'server' | 'client';
-  /** name in logs, counters and removePort(); default vu<N>:<socket file name> */
-  name?: string;
-  /** static MAC (aa:bb:cc:dd:ee:ff): known from the start, the only source MAC allowed (port security) */
-  mac?: string;
-  /** most local-data-store blocks frames waiting for this port may hold (default: the switch's shareLimit) */
-  share?: number;
-  /** queue pairs offered to this port's front-end (default: the switch's queues) */
-  queues?: number;
-  /** offer checksum/TSO offloads to this port's front-end (default: the switch's offload) */
-  offload?: boolean;
-}
-
-/** Everything the switch is started with, as the command line and the config file give it. */
-export interface Settings {
-  ports: PortSpec[];
-  tap?: string;
-  poolMb: number;
-  blockSize: number;
-  shareLimit?: number;
-  holdMs: number;
-  unknown: UnknownPolicy;
-  macAgeS: number;
-  queues: number;
-  maxPorts: number;
-  maxRegions: number;
-  maxFrameBytes: number;
-  maxChainDescriptors: number;
-  offload: boolean;
-  socketMode: number;
-  statsFile?: string;
-  statsInterval: number;
-  maxGuestMemGb: number;
-  maxTotalMemGb: number;
-  pollUs: number;
-  quiet: boolean;
-  /** an inherited connected socket (backend program conventions): one session, then the process exits */
-  fd?: number;
-}
-
-const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
+export type { PortSpec, Settings } from './settings';
 
 export interface RunningSwitch {
   sw: Switch;
@@ -92,14 +47,9 @@ export interface RunningSwitch {
 
 /** The problem with spec as a port next to `ports` (null: none). */
 export function portSpecProblem(spec: PortSpec, ports: readonly { name: string }[], paths: ReadonlySet<string>): string | null {
-  if (typeof spec.path !== 'string' || spec.path === '') return 'path: must be a non-empty string';
-  if (spec.mode !== undefined && spec.mode !== 'server' && spec.mode !== 'client') return 'mode: must be "server" or "client"';
-  if (spec.name !== undefined && (typeof spec.name !== 'string' || spec.name === '')) return 'name: must be a non-empty string';
-  if (spec.mac !== undefined && !MAC_RE.test(spec.mac)) return `mac: "${spec.mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`;
-  if (spec.share !== undefined && !(Number.isInteger(spec.share) && spec.share >= 1)) return 'share: must be a whole number >= 1';
-  if (spec.queues !== undefined && !(Number.isInteger(spec.queues) && spec.queues >= 1 && spec.queues <= 128)) return 'queues: must be a whole number from 1 to 128';
-  if (spec.offload !== undefined && typeof spec.offload !== 'boolean') return 'offload: must be true or false';
-  if (spec.name !== undefined && ports.some((p) => p.name === spec.name)) return `name: a port named "${spec.name}" exists`;
+  const problem = portSchemaProblem(spec);
+  if (problem !== null) return problem;
+  if (ports.some((p) => p.name === spec.name)) return `name: a port named "${spec.name}" exists`;
   if (paths.has(path.resolve(spec.path))) return `path: ${spec.path} is another port's socket`;
   return null;
 }
@@ -130,13 +80,13 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
   const endpoints = new Map<VhostUserPort, { endpoint: Endpoint; path: string }>();
   let fdPort: VhostUserPort | null = null;
   let tap: TapPort | null = null;
-  let added = 0;
   let closed = false;
   let statsTimer: NodeJS.Timeout | null = null;
 
   const stats = () => ({
     time: new Date().toISOString(),
     engine: sw.stats(),
+    settings: sw.settings(),
     vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
     limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
@@ -155,8 +105,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     if (problem !== null) throw new Error(problem);
     const count = ports.length + (tap ? 1 : 0);
     if (count >= s.maxPorts) throw new Error(`${count} ports already, --max-ports is ${s.maxPorts}`);
-    const name = spec.name ?? `vu${added}:${path.basename(spec.path)}`;
-    if (spec.name === undefined && ports.some((p) => p.name === name)) throw new Error(`name: a port named "${name}" exists; give the port a name`);
+    const name = spec.name;
     const port = new VhostUserPort(sw, {
       name,
       log,
@@ -178,7 +127,6 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     } else {
       endpoint = new Listener(spec.path, acceptor, log, s.socketMode); // throws before anything is kept
     }
-    added++;
     ports.push(port);
     endpoints.set(port, { endpoint, path: path.resolve(spec.path) });
     return port;
@@ -214,7 +162,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     if (s.fd !== undefined) {
       // an inherited, connected socket: one session; when it ends, so does the process
       const fd = s.fd;
-      const port = new VhostUserPort(sw, { name: `fd${fd}`, log, pollLoop, session: sessionOptions({ path: '' }) });
+      const port = new VhostUserPort(sw, { name: `fd${fd}`, log, pollLoop, session: sessionOptions({ name: `fd${fd}`, path: '' }) });
       ports.push(port);
       fdPort = port;
       native.setNonBlocking(fd);
@@ -230,11 +178,11 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     close();
     throw e;
   }
-  if (s.statsInterval > 0 && (s.statsFile || !s.quiet)) {
+  if (s.statsInterval > 0) {
     let last = '';
     statsTimer = setInterval(() => {
       writeStats();
-      if (!s.quiet) {
+      if (s.logCounters && !s.quiet) {
         const t = sw.stats().total as unknown as Record<string, number>;
         const line = Object.entries(t)
           .filter(([, v]) => typeof v === 'number' && v !== 0)

@@ -2,6 +2,7 @@
 // It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
+import { DEFAULTS, GiB } from '../defaults';
 import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
 import { DirtyLog } from '../memory/dirty-log';
 import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
@@ -158,16 +159,15 @@ function fdKind(fd: number): string {
   }
 }
 
-const GiB = 1024 * 1024 * 1024;
-/** per connection: 512 GiB of guest memory (a larger VM needs --max-guest-mem-gb) */
-export const DEFAULT_MAX_MAPPED = 512 * GiB;
-/** all connections together: 4 TiB */
-export const DEFAULT_MAX_TOTAL_MAPPED = 4096 * GiB;
+/** per connection (a larger VM needs --max-guest-mem-gb) */
+export const DEFAULT_MAX_MAPPED = DEFAULTS.maxGuestMemGb * GiB;
+/** all connections together */
+export const DEFAULT_MAX_TOTAL_MAPPED = DEFAULTS.maxTotalMemGb * GiB;
 
 /** queue pairs offered per connection (--queues) */
-export const DEFAULT_MAX_QUEUE_PAIRS = 8;
+export const DEFAULT_MAX_QUEUE_PAIRS = DEFAULTS.queues;
 /** memory regions one connection may have (--max-regions; GET_MAX_MEM_SLOTS) */
-export const DEFAULT_MAX_MEM_SLOTS = 32;
+export const DEFAULT_MAX_MEM_SLOTS = DEFAULTS.maxRegions;
 
 /** requests refused for a limit, process-wide, by limit (the CLI's stats show them) */
 export const limitHits = { regions: 0, mappedBytes: 0, queuePairs: 0 };
