@@ -4,7 +4,9 @@ import { Command, InvalidArgumentError } from 'commander';
 import { CONFIG_SCHEMA, ConfigError, loadConfig } from './config';
 import { commanderOption, intParser, MOST_QUEUE_PAIRS, SETTINGS } from './options';
 import { RunningSwitch, runSwitch } from './running-switch';
-import { CliPortSpec, CommandLine, mergeSettings, Settings, SettingsError } from './settings';
+import { CliPortSpec, CommandLine, mergeSettings, Settings } from './settings';
+import { createLogger } from './logger';
+import type { Log } from '../log';
 
 /** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]" */
 export function parsePortSpec(s: string): CliPortSpec {
@@ -41,10 +43,6 @@ export function parsePortSpec(s: string): CliPortSpec {
 
 function collect<T>(parse: (s: string) => T) {
   return (v: string, prev: T[] = []): T[] => [...prev, parse(v)];
-}
-
-function timestamp(): string {
-  return new Date().toISOString();
 }
 
 export function buildProgram(): Command {
@@ -93,9 +91,14 @@ export function settingsOf(argv: string[]): { settings: Settings; reread: (() =>
   return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)) };
 }
 
-export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch {
-  const { settings } = settingsOf(argv);
-  return runSwitch(settings, log);
+/**
+ * Starts the switch as argv says. Its events go to log when one is given (tests), else to a pino
+ * logger on stdout (JSON lines; pretty on a terminal) at the settings' logLevel.
+ */
+export function start(argv: string[], log?: Log): RunningSwitch {
+  const { settings, reread } = settingsOf(argv);
+  const logger = log === undefined ? createLogger(settings.logLevel) : null;
+  return runSwitch(settings, log ?? logger!.log, { reread: reread ?? undefined, setLogLevel: logger?.setLevel });
 }
 
 /** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
@@ -120,13 +123,14 @@ function main(): void {
     process.exit(1);
   }
   const stop = (sig: string) => {
-    console.log(`${timestamp()} ${sig}: closing every port`);
+    running.log(`${sig}: closing every port`);
     running.close();
     process.exit(0);
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGUSR1', () => console.log(JSON.stringify(running.stats())));
+  process.on('SIGHUP', () => running.reload());
+  process.on('SIGUSR1', () => running.log('SIGUSR1: counters', { stats: running.stats() }));
 }
 
 if (require.main === module) main();

@@ -15,10 +15,13 @@ import { TapPort } from '../ports/tap-port';
 import { PollLoop } from '../ports/poll-loop';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
-import type { Log } from '../vhost-user/connection';
+import { Log, withFields } from '../log';
 import { native } from '../native';
 import { GiB, MiB } from '../defaults';
-import { portSchemaProblem } from './config';
+import { ConfigError, portSchemaProblem } from './config';
+import { applyReload, describeReload, planReload, ReloadResult } from './reload';
+import type { UnknownPolicy } from '../engine/monitor';
+import type { LogLevel } from '../defaults';
 import type { PortSpec, Settings } from './settings';
 
 
@@ -42,7 +45,24 @@ export interface RunningSwitch {
    * Throws when there is no such port (or it is the --fd port, whose end is the process's).
    */
   removePort(name: string): void;
+  /** What it runs with now: the start's settings with what reloads applied. */
+  settings: Settings;
+  /** A port's own share limit (undefined: the default shareLimit), now and from its next attach on. */
+  setPortShare(name: string, share: number | undefined): void;
+  /** Changes a setting that can change while running (options.ts: live). */
+  setLive(key: string, value: unknown): void;
+  /** SIGHUP: reads the config file again and applies what can change while running (null: no --config, or errors; logged). */
+  reload(): ReloadResult | null;
+  /** its log (the ports', the engine's and the command's events) */
+  log: Log;
   close(): void;
+}
+
+export interface RunOptions {
+  /** the settings as the config file says now, with the command line over it (--config given) */
+  reread?: () => Settings;
+  /** the logger's level (logLevel reloaded) */
+  setLogLevel?: (level: LogLevel) => void;
 }
 
 /** The problem with spec as a port next to `ports` (null: none). */
@@ -54,7 +74,7 @@ export function portSpecProblem(spec: PortSpec, ports: readonly { name: string }
   return null;
 }
 
-export function runSwitch(s: Settings, log: Log): RunningSwitch {
+export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): RunningSwitch {
   const sw = new Switch({
     poolBytes: s.poolMb * MiB,
     blockSize: s.blockSize,
@@ -119,22 +139,75 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
       port.bind(fd);
       return true;
     };
+    const portLog = withFields(log, () => ({ port: name }));
     let endpoint: Endpoint;
     if (spec.mode === 'client') {
-      const d = new Dialer(spec.path, acceptor, log);
+      const d = new Dialer(spec.path, acceptor, portLog);
       port.onSessionEnd = () => d.reconnect();
       endpoint = d;
     } else {
-      endpoint = new Listener(spec.path, acceptor, log, s.socketMode); // throws before anything is kept
+      endpoint = new Listener(spec.path, acceptor, portLog, s.socketMode); // throws before anything is kept
     }
     ports.push(port);
     endpoints.set(port, { endpoint, path: path.resolve(spec.path) });
     return port;
   };
 
-  const removePort = (name: string): void => {
+  const portNamed = (name: string): VhostUserPort => {
     const port = ports.find((p) => p.name === name);
     if (!port) throw new Error(`no vhost-user port named "${name}"`);
+    return port;
+  };
+
+  const setPortShare = (name: string, share: number | undefined): void => {
+    const port = portNamed(name);
+    port.shareLimit = share;
+    if (port.index >= 0) sw.setShareLimit(port.index, share);
+  };
+
+  const setLive = (key: string, value: unknown): void => {
+    switch (key) {
+      case 'shareLimit':
+        sw.setDefaultShareLimit(value as number | undefined);
+        // connections without a share of their own follow the default
+        for (const p of ports) if (p.shareLimit === undefined && p.index >= 0) sw.setShareLimit(p.index, undefined);
+        break;
+      case 'holdMs':
+        sw.setHoldTime(value as number);
+        break;
+      case 'unknown':
+        sw.setUnknownPolicy(value as UnknownPolicy);
+        break;
+      case 'logLevel':
+        opts.setLogLevel?.(value as LogLevel);
+        break;
+      case 'logCounters':
+        break; // read at each tick from the settings
+      default:
+        throw new Error(`${key} cannot change while running`);
+    }
+  };
+
+  const reload = (): ReloadResult | null => {
+    if (!opts.reread) {
+      log('reload: started without --config, nothing to read again', { level: 'warn' });
+      return null;
+    }
+    let next: Settings;
+    try {
+      next = opts.reread();
+    } catch (e) {
+      const problems = e instanceof ConfigError ? e.problems : [(e as Error).message];
+      log(`reload: error: nothing changed, the config file has errors: ${problems.join('; ')}`, { level: 'error', problems });
+      return null;
+    }
+    const res = applyReload(running, planReload(running.settings, next));
+    log(describeReload(res), { level: res.refused.length + res.failed.length > 0 ? 'warn' : 'info', reload: res });
+    return res;
+  };
+
+  const removePort = (name: string): void => {
+    const port = portNamed(name);
     if (port === fdPort) throw new Error(`${name} is the --fd port: the process ends with its session`);
     const e = endpoints.get(port);
     // no new front-end first, then the session ends (its queued frames dropped by Switch.detach)
@@ -143,7 +216,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     port.onSessionEnd = () => {};
     port.close();
     ports.splice(ports.indexOf(port), 1);
-    log(`${name}: port removed`);
+    log(`${name}: port removed`, { port: name });
   };
 
   const close = () => {
@@ -157,6 +230,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     sw.close();
   };
 
+  const running: RunningSwitch = { sw, ports, tap, stats, addPort, removePort, settings: s, setPortShare, setLive, reload, log, close };
   try {
     for (const spec of s.ports) addPort(spec);
     if (s.fd !== undefined) {
@@ -167,13 +241,13 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
       fdPort = port;
       native.setNonBlocking(fd);
       port.onSessionEnd = (reason) => {
-        log(`fd ${fd}: session ended${reason ? ` (${reason})` : ''}: exiting`);
+        log(`fd ${fd}: session ended${reason ? ` (${reason})` : ''}: exiting`, { port: port.name });
         close();
         process.exit(reason ? 1 : 0);
       };
       port.bind(fd);
     }
-    if (s.tap) tap = new TapPort(sw, s.tap, log, {}, s.offload);
+    if (s.tap) running.tap = tap = new TapPort(sw, s.tap, log, {}, s.offload);
   } catch (e) {
     close();
     throw e;
@@ -182,17 +256,15 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     let last = '';
     statsTimer = setInterval(() => {
       writeStats();
-      if (s.logCounters && !s.quiet) {
+      if (running.settings.logCounters && !running.settings.quiet) {
         const t = sw.stats().total as unknown as Record<string, number>;
-        const line = Object.entries(t)
-          .filter(([, v]) => typeof v === 'number' && v !== 0)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(' ');
-        if (line && line !== last) log(`counters: ${line}`);
+        const nonZero = Object.entries(t).filter(([, v]) => typeof v === 'number' && v !== 0);
+        const line = nonZero.map(([k, v]) => `${k}=${v}`).join(' ');
+        if (line && line !== last) log(`counters: ${line}`, { counters: Object.fromEntries(nonZero) });
         last = line;
       }
     }, s.statsInterval);
     statsTimer.unref();
   }
-  return { sw, ports, tap, stats, addPort, removePort, close };
+  return running;
 }

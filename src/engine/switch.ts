@@ -56,6 +56,7 @@ import { MAX_FRAME, MIN_FRAME } from '../datapath/layout';
 import type { Frame } from '../datapath/frame';
 import { copies } from '../datapath/copy-list';
 import { DEFAULTS, MiB } from '../defaults';
+import type { Log } from '../log';
 
 /** virtio-net header + Ethernet header */
 export const MIN_FRAME_LEN = MIN_FRAME;
@@ -89,7 +90,7 @@ export interface SwitchOptions {
   tickMs?: number;
   /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
   clock?: () => number;
-  log?: (msg: string) => void;
+  log?: Log;
 }
 
 export interface AttachOptions {
@@ -166,7 +167,7 @@ export class Switch implements Flooder {
   private readonly tickMsGiven: number | undefined;
   private readonly poolBytes: number;
   private readonly clock: () => number;
-  private readonly log: (msg: string) => void;
+  private readonly log: Log;
   private timer: NodeJS.Timeout | null;
   /** [now in ms, last MAC-table aging]: cell 0 is shared with the table, store engine and monitor */
   private readonly time = new Float64Array(2);
@@ -216,7 +217,7 @@ export class Switch implements Flooder {
     }
     this.conns.add(index, port, opts.shareLimit ?? this.defaultShareLimit);
     this.counters.resetPort(index);
-    this.log(`attach ${port.name} as connection ${index}`);
+    this.log(`attach ${port.name} as connection ${index}`, { port: port.name, connection: index });
     if (opts.staticMac !== undefined) this.setStaticMac(index, opts.staticMac);
     return index;
   }
@@ -232,7 +233,7 @@ export class Switch implements Flooder {
     const q = this.unresolvedQueue;
     for (let f = fifo.qHead[q]; f !== -1; f = fifo.frameNext[f]) if (fifo.frameSrc[f] === index) fifo.frameSrc[f] = -1;
     this.conns.remove(index);
-    this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`);
+    this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`, { port: port.name, connection: index, dropped });
   }
 
   /** Set (or with null clear) a port's static MAC. Frames held for that MAC move to its queue. */
@@ -253,9 +254,10 @@ export class Switch implements Flooder {
     this.conns.flushOne(index);
   }
 
-  setShareLimit(index: number, blocks: number): void {
+  /** A connection's share limit (undefined: the default one). Frames queued beyond it stay. */
+  setShareLimit(index: number, blocks: number | undefined): void {
     this.portAt(index);
-    this.conns.shareLimit[index] = blocks;
+    this.conns.shareLimit[index] = blocks ?? this.defaultShareLimit;
   }
 
   /** The share limit of connections attached without one from now on (undefined: half the pool). */
@@ -406,7 +408,7 @@ export class Switch implements Flooder {
   private followTo(hi: number, lo: number, from: number, to: number): void {
     const n = this.monitor.follow(macKey(hi, lo), from, to);
     if (n > 0) {
-      this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`);
+      this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`, { mac: formatMac(macKey(hi, lo)), from, connection: to, frames: n });
       this.monitor.drain(to);
     }
   }
