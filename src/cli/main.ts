@@ -1,33 +1,20 @@
 #!/usr/bin/env node
 // elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { DEFAULT_MAX_PORTS, MAX_FRAME_LEN, MIN_FRAME_LEN, Switch } from '../engine/switch';
-import { DEFAULT_MAX_CHAIN_DESCRIPTORS, chainLimitHits } from '../virtio/split-ring';
+import { DEFAULT_MAX_PORTS, MAX_FRAME_LEN, MIN_FRAME_LEN } from '../engine/switch';
+import { DEFAULT_MAX_CHAIN_DESCRIPTORS } from '../virtio/split-ring';
 import { MAX_SEGMENTS } from '../virtio/chain';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
-import { VhostUserPort } from '../ports/vhost-user/port';
-import { TapPort } from '../ports/tap-port';
-import { Dialer, Endpoint, Listener } from '../vhost-user/server';
-import { DEFAULT_FEATURES, DEFAULT_MAX_MAPPED, DEFAULT_MAX_MEM_SLOTS, DEFAULT_MAX_QUEUE_PAIRS, DEFAULT_MAX_TOTAL_MAPPED, limitHits, OFFLOAD_FEATURES } from '../vhost-user/session';
+import { DEFAULT_MAX_MAPPED, DEFAULT_MAX_MEM_SLOTS, DEFAULT_MAX_QUEUE_PAIRS, DEFAULT_MAX_TOTAL_MAPPED } from '../vhost-user/session';
 import { MAX_TABLE_REGIONS } from '../vhost-user/message';
+import { PortSpec, RunningSwitch, runSwitch, Settings } from './running-switch';
 
 const GiB = 1024 * 1024 * 1024;
-import { PollLoop } from '../ports/poll-loop';
-import { native } from '../native';
 
 /** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
 export const DEFAULT_POLL_US = 0;
 
-export interface PortSpec {
-  path: string;
-  mac?: string;
-  share?: number;
-  name?: string;
-}
-
-/** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME]" */
+/** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]" */
 export function parsePortSpec(s: string): PortSpec {
   const [p, ...opts] = s.split(',');
   if (!p) throw new InvalidArgumentError(`empty socket path in "${s}"`);
@@ -46,8 +33,15 @@ export function parsePortSpec(s: string): PortSpec {
     } else if (k === 'name') {
       if (!v) throw new InvalidArgumentError(`empty name in "${s}"`);
       spec.name = v;
+    } else if (k === 'queues') {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > MOST_QUEUE_PAIRS) throw new InvalidArgumentError(`bad queues "${v}" in "${s}" (1 to ${MOST_QUEUE_PAIRS})`);
+      spec.queues = n;
+    } else if (k === 'offload') {
+      if (v !== 'on' && v !== 'off') throw new InvalidArgumentError(`bad offload "${v}" in "${s}" (on or off)`);
+      spec.offload = v === 'on';
     } else {
-      throw new InvalidArgumentError(`unknown port option "${k}" in "${s}" (mac=, share=, name=)`);
+      throw new InvalidArgumentError(`unknown port option "${k}" in "${s}" (mac=, share=, name=, queues=, offload=)`);
     }
   }
   return spec;
@@ -92,7 +86,7 @@ export function buildProgram(): Command {
   return new Command()
     .name('elastic-vhost')
     .description('vhost-user virtual switch for QEMU guests: frames with no known destination or no free RX buffers wait in an elastic FIFO instead of being dropped')
-    .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME]', collect(parsePortSpec), [])
+    .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]', collect(parsePortSpec), [])
     .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), [])
     .option('-t, --tap <name>', 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself')
     .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB (32 MiB = 16384 blocks of 2 KiB)', atLeastOne, 32)
@@ -126,143 +120,50 @@ export function buildProgram(): Command {
     .option('-q, --quiet', 'log only errors and connection events');
 }
 
-export interface RunningSwitch {
-  sw: Switch;
-  ports: VhostUserPort[];
-  tap: TapPort | null;
-  stats(): object;
-  close(): void;
-}
+export type { PortSpec, RunningSwitch } from './running-switch';
 
 export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch {
   const program = buildProgram();
   program.parse(argv);
   const o = program.opts();
-  const specs: { spec: PortSpec; client: boolean }[] = [
-    ...(o.socket as PortSpec[]).map((spec) => ({ spec, client: false })),
-    ...(o.client as PortSpec[]).map((spec) => ({ spec, client: true })),
+  const ports: PortSpec[] = [
+    ...(o.socket as PortSpec[]).map((spec) => ({ ...spec, mode: 'server' as const })),
+    ...(o.client as PortSpec[]).map((spec) => ({ ...spec, mode: 'client' as const })),
   ];
   if (o.socketPath !== undefined) {
     if (o.fd !== undefined) program.error('--socket-path and --fd exclude each other');
-    specs.push({ spec: { path: o.socketPath, name: 'vhost-user' }, client: false });
+    ports.push({ path: o.socketPath, name: 'vhost-user' });
   }
-  if (specs.length === 0 && !o.tap && o.fd === undefined) {
+  if (ports.length === 0 && !o.tap && o.fd === undefined) {
     program.error('give at least one --socket, --client, --socket-path, --fd or --tap');
   }
-  const wanted = specs.length + (o.tap ? 1 : 0) + (o.fd !== undefined ? 1 : 0);
+  const wanted = ports.length + (o.tap ? 1 : 0) + (o.fd !== undefined ? 1 : 0);
   if (wanted > o.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${o.maxPorts}`);
-  const sw = new Switch({
-    poolBytes: o.poolMb * 1024 * 1024,
+  const settings: Settings = {
+    ports,
+    tap: o.tap,
+    poolMb: o.poolMb,
     blockSize: o.blockSize,
-    holdTimeMs: o.holdMs,
-    unknownPolicy: o.unknown,
-    defaultShareLimit: o.shareLimit,
-    macAgeMs: o.macAgeS * 1000,
+    shareLimit: o.shareLimit,
+    holdMs: o.holdMs,
+    unknown: o.unknown,
+    macAgeS: o.macAgeS,
+    queues: o.queues,
     maxPorts: o.maxPorts,
-    maxFrameLen: o.maxFrameBytes + ENGINE_HDR_LEN,
-    log,
-  });
-  const pollLoop = o.pollUs > 0 ? new PollLoop(o.pollUs) : null;
-  const sessionOptions = {
-    maxQueuePairs: o.queues,
-    maxMemSlots: o.maxRegions,
+    maxRegions: o.maxRegions,
+    maxFrameBytes: o.maxFrameBytes,
     maxChainDescriptors: o.maxChainDescriptors,
-    maxMappedBytes: o.maxGuestMemGb * GiB,
-    maxTotalMappedBytes: o.maxTotalMemGb * GiB,
-    ...(o.offload ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }),
+    offload: o.offload,
+    socketMode: o.socketMode,
+    statsFile: o.statsFile,
+    statsInterval: o.statsInterval,
+    maxGuestMemGb: o.maxGuestMemGb,
+    maxTotalMemGb: o.maxTotalMemGb,
+    pollUs: o.pollUs,
+    quiet: o.quiet === true,
+    fd: o.fd,
   };
-  const ports: VhostUserPort[] = [];
-  const endpoints: Endpoint[] = [];
-  let tap: TapPort | null = null;
-  const stats = () => ({
-    time: new Date().toISOString(),
-    engine: sw.stats(),
-    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
-    tap: tap ? { name: tap.name, counters: tap.counters } : null,
-    limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
-  });
-  let closed = false;
-  let statsTimer: NodeJS.Timeout | null = null;
-  const writeStats = () => {
-    if (!o.statsFile) return;
-    const tmp = `${o.statsFile}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify(stats(), null, 2));
-    fs.renameSync(tmp, o.statsFile);
-  };
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    if (statsTimer) clearInterval(statsTimer);
-    for (const e of endpoints) e.close();
-    for (const p of ports) p.close();
-    tap?.close();
-    writeStats();
-    sw.close();
-  };
-  try {
-    for (const [i, { spec, client }] of specs.entries()) {
-      const name = spec.name ?? `vu${i}:${path.basename(spec.path)}`;
-      const port = new VhostUserPort(sw, {
-        name,
-        log,
-        staticMac: spec.mac,
-        shareLimit: spec.share,
-        pollLoop,
-        session: sessionOptions,
-      });
-      ports.push(port);
-      const acceptor = (fd: number): boolean => {
-        if (port.connected) return false;
-        port.bind(fd);
-        return true;
-      };
-      if (client) {
-        const d = new Dialer(spec.path, acceptor, log);
-        port.onSessionEnd = () => d.reconnect();
-        endpoints.push(d);
-      } else {
-        endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode));
-      }
-    }
-    if (o.fd !== undefined) {
-      // an inherited, connected socket: one session; when it ends, so does the process
-      const port = new VhostUserPort(sw, {
-        name: `fd${o.fd}`,
-        log,
-        pollLoop,
-        session: sessionOptions,
-      });
-      ports.push(port);
-      native.setNonBlocking(o.fd);
-      port.onSessionEnd = (reason) => {
-        log(`fd ${o.fd}: session ended${reason ? ` (${reason})` : ''}: exiting`);
-        close();
-        process.exit(reason ? 1 : 0);
-      };
-      port.bind(o.fd);
-    }
-    if (o.tap) tap = new TapPort(sw, o.tap, log, {}, o.offload as boolean);
-  } catch (e) {
-    close();
-    throw e;
-  }
-  if (o.statsInterval > 0 && (o.statsFile || !o.quiet)) {
-    let last = '';
-    statsTimer = setInterval(() => {
-      writeStats();
-      if (!o.quiet) {
-        const t = sw.stats().total as unknown as Record<string, number>;
-        const line = Object.entries(t)
-          .filter(([, v]) => typeof v === 'number' && v !== 0)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(' ');
-        if (line && line !== last) log(`counters: ${line}`);
-        last = line;
-      }
-    }, o.statsInterval);
-    statsTimer.unref();
-  }
-  return { sw, ports, tap, stats, close };
+  return runSwitch(settings, log);
 }
 
 /** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
