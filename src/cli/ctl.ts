@@ -10,11 +10,10 @@ import * as path from 'node:path';
 import type { FifoView, MacView, PortView } from '../ops/switch-view';
 import type { CaptureSummary } from '../ops/capture';
 import { parseCaptureLimits } from '../ops/capture';
+import { CTL_SOCKET_NAME } from '../ops/ops';
 
-/** the control socket `--ctl` creates when given no path, for sockets in /run/elastic-vhost/ */
-export const DEFAULT_CTL_SOCKET = '/run/elastic-vhost/elastic-vhost.ctl';
-/** the file name of that socket, next to the first port's socket */
-export const CTL_SOCKET_NAME = 'elastic-vhost.ctl';
+/** the control socket `--ctl` creates when given no path, for port sockets in /run/elastic-vhost/ */
+export const DEFAULT_CTL_SOCKET = `/run/elastic-vhost/${CTL_SOCKET_NAME}`;
 
 /** Sends one request, resolves with the reply object. */
 export function request(socketPath: string, req: object, timeoutMs = 30_000): Promise<{ ok: boolean; result?: unknown; error?: string }> {

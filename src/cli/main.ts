@@ -8,6 +8,10 @@ import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { DEFAULT_MAX_MAPPED, DEFAULT_MAX_MEM_SLOTS, DEFAULT_MAX_QUEUE_PAIRS, DEFAULT_MAX_TOTAL_MAPPED } from '../vhost-user/session';
 import { MAX_TABLE_REGIONS } from '../vhost-user/message';
 import { PortSpec, RunningSwitch, runSwitch, Settings } from './running-switch';
+import { defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops';
+import { parseListenAddress } from '../ops/metrics';
+import { parseCaptureSpec } from '../ops/capture';
+import { runCtl } from './ctl';
 
 const GiB = 1024 * 1024 * 1024;
 
@@ -117,12 +121,32 @@ export function buildProgram(): Command {
     .option('--max-guest-mem-gb <n>', 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)', atLeastOne, DEFAULT_MAX_MAPPED / GiB)
     .option('--max-total-mem-gb <n>', 'most guest memory all connections may map together, in GiB', atLeastOne, DEFAULT_MAX_TOTAL_MAPPED / GiB)
     .option('--poll-us <us>', `adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)`, positiveInt, DEFAULT_POLL_US)
-    .option('-q, --quiet', 'log only errors and connection events');
+    .option('-q, --quiet', 'log only errors and connection events')
+    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)', argOf(parseListenAddress, '--metrics'))
+    .option('--ctl [path]', 'control socket for `elastic-vhost ctl` (no PATH: elastic-vhost.ctl next to the first --socket/--client socket)')
+    .addOption(new Option('--ctl-mode <octal>', 'mode of the control socket (octal)').argParser(octalMode).default(0o600, '0600'))
+    .option('--capture <spec>', 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable', collect(argOf(parseCaptureSpec, '--capture')), []);
+}
+
+/** an option parser from a function that throws Error */
+function argOf<T>(parse: (s: string, what: string) => T, what: string) {
+  return (v: string): T => {
+    try {
+      return parse(v, what);
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+  };
+}
+
+function octalMode(v: string): number {
+  if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
+  return parseInt(v, 8);
 }
 
 export type { PortSpec, RunningSwitch } from './running-switch';
 
-export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch {
+export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch & { ops: Ops } {
   const program = buildProgram();
   program.parse(argv);
   const o = program.opts();
@@ -163,13 +187,29 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     quiet: o.quiet === true,
     fd: o.fd,
   };
-  return runSwitch(settings, log);
+  const ops: OpsSettings = {
+    metrics: o.metrics,
+    ctl: o.ctl === true ? defaultCtlPath(ports) : o.ctl,
+    ctlMode: o.ctlMode,
+    captures: o.capture,
+  };
+  const running = runSwitch(settings, log);
+  try {
+    return withOps(running, ports, ops, log);
+  } catch (e) {
+    running.close();
+    throw e;
+  }
 }
 
 /** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
 export const CAPABILITIES = { type: 'net' };
 
 function main(): void {
+  if (process.argv[2] === 'ctl') {
+    void runCtl(process.argv.slice(3)).then((code) => process.exit(code));
+    return;
+  }
   if (process.argv.includes('--print-capabilities')) {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
     process.exit(0);
@@ -181,6 +221,11 @@ function main(): void {
     console.error(`elastic-vhost: ${(e as Error).message}`);
     process.exit(1);
   }
+  (running as RunningSwitch & { ops: Ops }).ops.ready.catch((e) => {
+    console.error(`elastic-vhost: ${(e as Error).message}`);
+    running.close();
+    process.exit(1);
+  });
   const stop = (sig: string) => {
     console.log(`${timestamp()} ${sig}: closing every port`);
     running.close();

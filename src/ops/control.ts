@@ -10,8 +10,9 @@
 // `elastic-vhost ctl` (src/cli/ctl.ts) is the client.
 //
 // A client can neither block nor crash the switch: a line longer than MAX_LINE gets an error reply
-// and the connection is closed; a client whose unread replies pass MAX_UNREAD bytes, or that has
-// more than MAX_PENDING requests waiting, is disconnected (replies are never buffered without
+// and the connection is closed; with more than MAX_PENDING requests waiting for their replies the
+// socket is not read until they are answered (pipelining is fine, its backlog bounded); a client
+// whose unread replies pass MAX_UNREAD bytes is disconnected (replies are never buffered without
 // bound); at most MAX_CLIENTS at once; idle connections close after IDLE_MS.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -169,12 +170,13 @@ export class ControlServer {
         partial = partial.slice(i + 1);
         if (line.length > MAX_LINE) return refuse(`request of ${line.length} bytes, longer than ${MAX_LINE}`);
         if (line.trim() === '') continue;
-        if (++pending > MAX_PENDING) return refuse(`more than ${MAX_PENDING} requests waiting`);
+        pending++;
         chain = chain.then(async () => {
           reply(await this.answer(line));
-          pending--;
+          if (--pending === 0 && s.isPaused()) s.resume();
         });
       }
+      if (pending > MAX_PENDING) s.pause();
       if (partial.length > MAX_LINE) refuse(`request longer than ${MAX_LINE} bytes`);
     });
   }
