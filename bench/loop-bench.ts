@@ -51,6 +51,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TestPmd, testpmdMissing, testpmdPath, vhostVdev, virtioUserVdev, killAllTestPmd, type PmdPortStats, type TestPmdMemory } from '../qemu-glue/testpmd';
+import { parseLogLine } from '../qemu-glue/switch-process';
 
 const MAC = ['02:00:5e:10:00:01', '02:00:5e:10:00:02'];
 const FE_CPU = 0;
@@ -265,7 +266,7 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     while ((i = partial.indexOf('\n')) >= 0) {
       const line = partial.slice(0, i);
       partial = partial.slice(i + 1);
-      log.push(line);
+      log.push(parseLogLine(line).msg);
       if (echo) process.stderr.write(`[ev] ${line}\n`);
     }
   };

@@ -2,6 +2,8 @@
  * Run the elastic-vhost command as a child process (tests, demo): start it with N server-mode
  * sockets in a work directory, wait until it listens, read its counters (--stats-file), stop it
  * with SIGTERM (it must exit 0) or kill it. Every process started here is SIGKILLed on exit.
+ * Its stdout is JSON lines (pino): `log` keeps each event's message (`msg`), `records` the whole
+ * event, so tests match the text people read and, where they need it, the fields.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -29,14 +31,35 @@ export interface SwitchProcessOptions {
   echo?: boolean;
 }
 
+/** One event as the switch logged it: level, time, msg and its fields (port, connection, request…). */
+export type LogRecord = Record<string, unknown> & { msg: string; level: string };
+
+/** A line of its output as an event: its JSON, or (not JSON: a crash on stderr) the line as msg. */
+export function parseLogLine(line: string): LogRecord {
+  if (line.startsWith('{')) {
+    try {
+      const r = JSON.parse(line) as LogRecord;
+      if (typeof r.msg === 'string') return r;
+    } catch {
+      /* not an event */
+    }
+  }
+  return { msg: line, level: 'raw' };
+}
+
 export class SwitchProcess {
+  /** each output line's message (msg of a JSON event, else the line) */
   readonly log: string[] = [];
+  /** each output line as an event, at the same index as in log */
+  readonly records: LogRecord[] = [];
+  /** the output lines as written */
+  readonly lines: string[] = [];
   readonly statsFile: string;
   readonly socketPaths: string[];
   readonly clientSocketPaths: string[];
   private proc: ChildProcess | null = null;
   private exitPromise: Promise<{ code: number | null; signal: NodeJS.Signals | null }> = Promise.resolve({ code: null, signal: null });
-  private waiters: { re: RegExp; from: number; resolve: (l: string) => void }[] = [];
+  private waiters: { match: (r: LogRecord) => boolean; from: number; resolve: (i: number) => void }[] = [];
 
   constructor(private readonly o: SwitchProcessOptions) {
     this.statsFile = path.join(o.workDir, 'switch-stats.json');
@@ -74,11 +97,15 @@ export class SwitchProcess {
       while ((i = partial.indexOf('\n')) >= 0) {
         const line = partial.slice(0, i);
         partial = partial.slice(i + 1);
-        this.log.push(line);
+        const record = parseLogLine(line);
+        this.lines.push(line);
+        this.records.push(record);
+        this.log.push(record.msg);
         if (this.o.echo) process.stderr.write(`[switch] ${line}\n`);
+        const at = this.log.length - 1;
         this.waiters = this.waiters.filter((w) => {
-          if (this.log.length - 1 >= w.from && w.re.test(line)) {
-            w.resolve(line);
+          if (at >= w.from && w.match(record)) {
+            w.resolve(at);
             return false;
           }
           return true;
@@ -90,20 +117,26 @@ export class SwitchProcess {
     for (const s of this.socketPaths) await this.waitLog(new RegExp(`listening on ${escapeRe(s)}$`), timeoutMs, from);
   }
 
-  /** Resolves with the first log line (since line `from`) matching re. */
-  waitLog(re: RegExp, timeoutMs = 15_000, from = 0): Promise<string> {
-    for (let i = from; i < this.log.length; i++) if (re.test(this.log[i])) return Promise.resolve(this.log[i]);
+  /** Resolves with the message of the first event (since line `from`) whose message matches re. */
+  async waitLog(re: RegExp, timeoutMs = 15_000, from = 0): Promise<string> {
+    return (await this.waitRecord((r) => re.test(r.msg), timeoutMs, from, String(re))).msg;
+  }
+
+  /** Resolves with the first event (since line `from`) that match accepts (its fields, its msg). */
+  waitRecord(match: (r: LogRecord) => boolean, timeoutMs = 15_000, from = 0, what = 'the event asked for'): Promise<LogRecord> {
+    for (let i = from; i < this.records.length; i++) if (match(this.records[i])) return Promise.resolve(this.records[i]);
+    const re = what;
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => {
         this.waiters = this.waiters.filter((w) => w !== waiter);
         reject(new Error(`switch log: no line matching ${re} within ${timeoutMs} ms; last lines:\n${this.log.slice(-15).join('\n')}`));
       }, timeoutMs);
       const waiter = {
-        re,
+        match,
         from,
-        resolve: (l: string) => {
+        resolve: (i: number) => {
           clearTimeout(t);
-          resolve(l);
+          resolve(this.records[i]);
         },
       };
       this.waiters.push(waiter);
@@ -115,6 +148,11 @@ export class SwitchProcess {
         }
       });
     });
+  }
+
+  /** Sends sig (SIGHUP: reload the config file; SIGUSR1: log the counters). */
+  signal(sig: NodeJS.Signals): void {
+    this.proc?.kill(sig);
   }
 
   get pid(): number | undefined {

@@ -1,28 +1,22 @@
 #!/usr/bin/env node
 // elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_MAX_PORTS, MAX_FRAME_LEN, MIN_FRAME_LEN } from '../engine/switch';
-import { DEFAULT_MAX_CHAIN_DESCRIPTORS } from '../virtio/split-ring';
-import { MAX_SEGMENTS } from '../virtio/chain';
-import { ENGINE_HDR_LEN } from '../datapath/layout';
-import { DEFAULT_MAX_MAPPED, DEFAULT_MAX_MEM_SLOTS, DEFAULT_MAX_QUEUE_PAIRS, DEFAULT_MAX_TOTAL_MAPPED } from '../vhost-user/session';
-import { MAX_TABLE_REGIONS } from '../vhost-user/message';
-import { PortSpec, RunningSwitch, runSwitch, Settings } from './running-switch';
+import { Command, InvalidArgumentError } from 'commander';
+import { CONFIG_SCHEMA, ConfigError, loadConfig } from './config';
+import { commanderOption, intParser, MOST_QUEUE_PAIRS, parseOctal, SETTINGS } from './options';
+import { RunningSwitch, runSwitch } from './running-switch';
+import { CliPortSpec, CommandLine, mergeSettings, Settings } from './settings';
+import { createLogger } from './logger';
+import type { Log } from '../log';
 import { defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops';
 import { parseListenAddress } from '../ops/metrics';
 import { parseCaptureSpec } from '../ops/capture';
 import { runCtl } from './ctl';
 
-const GiB = 1024 * 1024 * 1024;
-
-/** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
-export const DEFAULT_POLL_US = 0;
-
 /** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]" */
-export function parsePortSpec(s: string): PortSpec {
+export function parsePortSpec(s: string): CliPortSpec {
   const [p, ...opts] = s.split(',');
   if (!p) throw new InvalidArgumentError(`empty socket path in "${s}"`);
-  const spec: PortSpec = { path: p };
+  const spec: CliPortSpec = { path: p };
   for (const o of opts) {
     const eq = o.indexOf('=');
     const k = eq < 0 ? o : o.slice(0, eq);
@@ -55,76 +49,23 @@ function collect<T>(parse: (s: string) => T) {
   return (v: string, prev: T[] = []): T[] => [...prev, parse(v)];
 }
 
-function positiveInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`"${v}" is not a whole number`);
-  return n;
-}
-
-/** a whole number of at least 1 (0 makes no sense for this option) */
-function atLeastOne(v: string): number {
-  const n = positiveInt(v);
-  if (n === 0) throw new InvalidArgumentError('0 makes no sense here: give 1 or more');
-  return n;
-}
-
-/** a whole number in [min, max] (0 refused when min is 1) */
-function inRange(min: number, max: number) {
-  return (v: string): number => {
-    const n = min >= 1 ? atLeastOne(v) : positiveInt(v);
-    if (n < min || n > max) throw new InvalidArgumentError(`give a number from ${min} to ${max}`);
-    return n;
-  };
-}
-
-/** vhost-user rings per connection: 2 per queue pair, ring indices are 8 bits in VRING messages */
-const MOST_QUEUE_PAIRS = 128;
-/** ADD_MEM_REG slots: what libvhost-user and QEMU allow (VHOST_USER_MAX_RAM_SLOTS) */
-const MOST_MEM_SLOTS = 509;
-
-function timestamp(): string {
-  return new Date().toISOString();
-}
-
 export function buildProgram(): Command {
-  return new Command()
+  const program = new Command()
     .name('elastic-vhost')
     .description('vhost-user virtual switch for QEMU guests: frames with no known destination or no free RX buffers wait in an elastic FIFO instead of being dropped')
+    .option('--config <file>', 'settings and ports from this YAML or JSON file (options given here override it; SIGHUP reads it again)')
     .option('-s, --socket <spec>', 'vhost-user port in server mode: listen on PATH, QEMU connects (chardev reconnect=1). Repeatable. Spec: PATH[,mac=MAC][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]', collect(parsePortSpec), [])
-    .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), [])
-    .option('-t, --tap <name>', 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself')
-    .option('--pool-mb <n>', 'size of the local data store (elastic FIFO) in MiB (32 MiB = 16384 blocks of 2 KiB)', atLeastOne, 32)
-    .option('--block-size <bytes>', 'local data store block size (multiple of 8, >= 128)', atLeastOne, 2048)
-    .option('--share-limit <blocks>', 'default most blocks one port may hold queued (default: half the pool)', atLeastOne)
-    .option('--hold-ms <ms>', 'how long frames to an unknown MAC are held before the unknown policy applies', positiveInt, 250)
-    .addOption(new Option('--unknown <policy>', 'what happens to held frames past the hold time').choices(['flood', 'drop']).default('flood'))
-    .option('--mac-age-s <s>', 'forget learned MACs unused for this long', atLeastOne, 300)
-    .option('--queues <n>', 'queue pairs offered per vhost-user port (GET_QUEUE_NUM): a ring beyond is refused', inRange(1, MOST_QUEUE_PAIRS), DEFAULT_MAX_QUEUE_PAIRS)
-    .option('--max-ports <n>', 'most connections (vhost-user ports and the TAP uplink) attached at once; a front-end beyond is refused, counted', atLeastOne, DEFAULT_MAX_PORTS)
-    .option('--max-regions <n>', `most memory regions one connection may have (GET_MAX_MEM_SLOTS; SET_MEM_TABLE carries at most ${MAX_TABLE_REGIONS})`, inRange(1, MOST_MEM_SLOTS), DEFAULT_MAX_MEM_SLOTS)
-    .option('--max-frame-bytes <n>', `largest Ethernet frame taken from a port (a longer one is dropped, counted as tooBig)`, inRange(MIN_FRAME_LEN - ENGINE_HDR_LEN, MAX_FRAME_LEN - ENGINE_HDR_LEN), MAX_FRAME_LEN - ENGINE_HDR_LEN)
-    .option('--max-chain-descriptors <n>', 'most descriptors one descriptor chain may have (a longer one marks its ring broken, counted)', inRange(1, MAX_SEGMENTS), DEFAULT_MAX_CHAIN_DESCRIPTORS)
-    .option('--no-offload', 'offer no checksum/TSO offloads to guests and the TAP uplink (guests then send MTU-sized, checksummed frames)')
-    .addOption(
-      new Option('--socket-mode <octal>', 'mode of the socket files created (octal)')
-        .argParser((v) => {
-          if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
-          return parseInt(v, 8);
-        })
-        .default(0o600, '0600'),
-    )
+    .option('-c, --client <spec>', 'vhost-user port in client mode: connect to QEMU listening on PATH (chardev server=on), retrying. Repeatable; same spec as --socket', collect(parsePortSpec), []);
+  for (const d of SETTINGS) program.addOption(commanderOption(d));
+  return program
     .option('--socket-path <path>', 'one vhost-user port in server mode, as QEMU\'s own back-ends take it (vhost-user.rst, "Backend program conventions"); same as --socket PATH')
-    .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', positiveInt)
+    .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', intParser({ key: 'fd', kind: 'int', flags: '', help: '', min: 0 }))
     .option('--print-capabilities', 'print the back-end capabilities as JSON ({"type": "net"}) and exit')
-    .option('--stats-file <path>', 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)')
-    .option('--stats-interval <ms>', 'period of --stats-file writes and of the log line with counters (0: none)', positiveInt, 1000)
-    .option('--max-guest-mem-gb <n>', 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)', atLeastOne, DEFAULT_MAX_MAPPED / GiB)
-    .option('--max-total-mem-gb <n>', 'most guest memory all connections may map together, in GiB', atLeastOne, DEFAULT_MAX_TOTAL_MAPPED / GiB)
-    .option('--poll-us <us>', `adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)`, positiveInt, DEFAULT_POLL_US)
-    .option('-q, --quiet', 'log only errors and connection events')
+    .option('--print-config-schema', 'print the JSON schema of the --config file and exit')
+    // the operator's tools (src/ops/): command line only for now, not in the config file
     .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)', argOf(parseListenAddress, '--metrics'))
     .option('--ctl [path]', 'control socket for `elastic-vhost ctl` (no PATH: elastic-vhost.ctl next to the first --socket/--client socket)')
-    .addOption(new Option('--ctl-mode <octal>', 'mode of the control socket (octal)').argParser(octalMode).default(0o600, '0600'))
+    .option('--ctl-mode <octal>', 'mode of the control socket (octal)', parseOctal, 0o600)
     .option('--capture <spec>', 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable', collect(argOf(parseCaptureSpec, '--capture')), []);
 }
 
@@ -139,63 +80,49 @@ function argOf<T>(parse: (s: string, what: string) => T, what: string) {
   };
 }
 
-function octalMode(v: string): number {
-  if (!/^0?[0-7]{3}$/.test(v)) throw new InvalidArgumentError(`"${v}" is not an octal mode`);
-  return parseInt(v, 8);
-}
+export type { PortSpec, RunningSwitch, Settings } from './running-switch';
 
-export type { PortSpec, RunningSwitch } from './running-switch';
-
-export function start(argv: string[], log: (msg: string) => void = (m) => console.log(`${timestamp()} ${m}`)): RunningSwitch & { ops: Ops } {
-  const program = buildProgram();
-  program.parse(argv);
+/** The command line as the settings merge takes it. */
+function commandLine(program: Command): CommandLine {
   const o = program.opts();
-  const ports: PortSpec[] = [
-    ...(o.socket as PortSpec[]).map((spec) => ({ ...spec, mode: 'server' as const })),
-    ...(o.client as PortSpec[]).map((spec) => ({ ...spec, mode: 'client' as const })),
+  const ports: CliPortSpec[] = [
+    ...(o.socket as CliPortSpec[]).map((spec) => ({ ...spec, mode: 'server' as const })),
+    ...(o.client as CliPortSpec[]).map((spec) => ({ ...spec, mode: 'client' as const })),
   ];
   if (o.socketPath !== undefined) {
     if (o.fd !== undefined) program.error('--socket-path and --fd exclude each other');
     ports.push({ path: o.socketPath, name: 'vhost-user' });
   }
-  if (ports.length === 0 && !o.tap && o.fd === undefined) {
-    program.error('give at least one --socket, --client, --socket-path, --fd or --tap');
+  return { values: o, given: (k) => program.getOptionValueSource(k) === 'cli', ports };
+}
+
+/** The settings of argv (and its --config file); throws ConfigError or SettingsError, or exits on a bad command line. */
+export function settingsOf(argv: string[]): { settings: Settings; reread: (() => Settings) | null; ops: OpsSettings } {
+  const program = buildProgram();
+  program.parse(argv);
+  const cli = commandLine(program);
+  const file = program.opts().config as string | undefined;
+  const settings = mergeSettings(cli, file === undefined ? null : loadConfig(file));
+  if (settings.ports.length === 0 && !settings.tap && settings.fd === undefined) {
+    program.error('give at least one --socket, --client, --socket-path, --fd or --tap (or ports in the --config file)');
   }
-  const wanted = ports.length + (o.tap ? 1 : 0) + (o.fd !== undefined ? 1 : 0);
-  if (wanted > o.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${o.maxPorts}`);
-  const settings: Settings = {
-    ports,
-    tap: o.tap,
-    poolMb: o.poolMb,
-    blockSize: o.blockSize,
-    shareLimit: o.shareLimit,
-    holdMs: o.holdMs,
-    unknown: o.unknown,
-    macAgeS: o.macAgeS,
-    queues: o.queues,
-    maxPorts: o.maxPorts,
-    maxRegions: o.maxRegions,
-    maxFrameBytes: o.maxFrameBytes,
-    maxChainDescriptors: o.maxChainDescriptors,
-    offload: o.offload,
-    socketMode: o.socketMode,
-    statsFile: o.statsFile,
-    statsInterval: o.statsInterval,
-    maxGuestMemGb: o.maxGuestMemGb,
-    maxTotalMemGb: o.maxTotalMemGb,
-    pollUs: o.pollUs,
-    quiet: o.quiet === true,
-    fd: o.fd,
-  };
-  const ops: OpsSettings = {
-    metrics: o.metrics,
-    ctl: o.ctl === true ? defaultCtlPath(ports) : o.ctl,
-    ctlMode: o.ctlMode,
-    captures: o.capture,
-  };
-  const running = runSwitch(settings, log);
+  const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
+  if (wanted > settings.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${settings.maxPorts}`);
+  const o = program.opts();
+  const ops: OpsSettings = { metrics: o.metrics, ctl: o.ctl === true ? defaultCtlPath(settings.ports) : o.ctl, ctlMode: o.ctlMode, captures: o.capture };
+  return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops };
+}
+
+/**
+ * Starts the switch as argv says. Its events go to log when one is given (tests), else to a pino
+ * logger on stdout (JSON lines; pretty on a terminal) at the settings' logLevel.
+ */
+export function start(argv: string[], log?: Log): RunningSwitch & { ops: Ops } {
+  const { settings, reread, ops } = settingsOf(argv);
+  const logger = log === undefined ? createLogger(settings.logLevel) : null;
+  const running = runSwitch(settings, log ?? logger!.log, { reread: reread ?? undefined, setLogLevel: logger?.setLevel });
   try {
-    return withOps(running, ports, ops, log);
+    return withOps(running, settings.ports, ops, running.log);
   } catch (e) {
     running.close();
     throw e;
@@ -214,26 +141,33 @@ function main(): void {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
     process.exit(0);
   }
-  let running: RunningSwitch;
+  if (process.argv.includes('--print-config-schema')) {
+    process.stdout.write(`${JSON.stringify(CONFIG_SCHEMA, null, 2)}\n`);
+    process.exit(0);
+  }
+  let running: RunningSwitch & { ops: Ops };
   try {
     running = start(process.argv);
   } catch (e) {
-    console.error(`elastic-vhost: ${(e as Error).message}`);
+    // a config error: one line per problem, "file:line: key: what"
+    if (e instanceof ConfigError) for (const p of e.problems) console.error(p);
+    else console.error(`elastic-vhost: ${(e as Error).message}`);
     process.exit(1);
   }
-  (running as RunningSwitch & { ops: Ops }).ops.ready.catch((e) => {
+  running.ops.ready.catch((e) => {
     console.error(`elastic-vhost: ${(e as Error).message}`);
     running.close();
     process.exit(1);
   });
   const stop = (sig: string) => {
-    console.log(`${timestamp()} ${sig}: closing every port`);
+    running.log(`${sig}: closing every port`);
     running.close();
     process.exit(0);
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGUSR1', () => console.log(JSON.stringify(running.stats())));
+  process.on('SIGHUP', () => running.reload());
+  process.on('SIGUSR1', () => running.log('SIGUSR1: counters', { stats: running.stats() }));
 }
 
 if (require.main === module) main();

@@ -8,7 +8,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Switch } from '../engine/switch';
-import type { UnknownPolicy } from '../engine/monitor';
 import { chainLimitHits } from '../virtio/split-ring';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { VhostUserPort } from '../ports/vhost-user/port';
@@ -16,58 +15,17 @@ import { TapPort } from '../ports/tap-port';
 import { PollLoop } from '../ports/poll-loop';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
-import type { Log } from '../vhost-user/connection';
+import { Log, withFields } from '../log';
 import { native } from '../native';
+import { GiB, MiB } from '../defaults';
+import { ConfigError, portSchemaProblem } from './config';
+import { applyReload, describeReload, planReload, ReloadResult } from './reload';
+import type { UnknownPolicy } from '../engine/monitor';
+import type { LogLevel } from '../defaults';
+import type { PortSpec, Settings } from './settings';
 
-const GiB = 1024 * 1024 * 1024;
-const MiB = 1024 * 1024;
 
-/** One vhost-user port (a --socket/--client spec, an entry of the config's `ports`, ctl add-port). */
-export interface PortSpec {
-  /** socket path */
-  path: string;
-  /** 'server' (default): listen on path, QEMU connects; 'client': connect to QEMU listening there, retrying */
-  mode?: 'server' | 'client';
-  /** name in logs, counters and removePort(); default vu<N>:<socket file name> */
-  name?: string;
-  /** static MAC (aa:bb:cc:dd:ee:ff): known from the start, the only source MAC allowed (port security) */
-  mac?: string;
-  /** most local-data-store blocks frames waiting for this port may hold (default: the switch's shareLimit) */
-  share?: number;
-  /** queue pairs offered to this port's front-end (default: the switch's queues) */
-  queues?: number;
-  /** offer checksum/TSO offloads to this port's front-end (default: the switch's offload) */
-  offload?: boolean;
-}
-
-/** Everything the switch is started with, as the command line and the config file give it. */
-export interface Settings {
-  ports: PortSpec[];
-  tap?: string;
-  poolMb: number;
-  blockSize: number;
-  shareLimit?: number;
-  holdMs: number;
-  unknown: UnknownPolicy;
-  macAgeS: number;
-  queues: number;
-  maxPorts: number;
-  maxRegions: number;
-  maxFrameBytes: number;
-  maxChainDescriptors: number;
-  offload: boolean;
-  socketMode: number;
-  statsFile?: string;
-  statsInterval: number;
-  maxGuestMemGb: number;
-  maxTotalMemGb: number;
-  pollUs: number;
-  quiet: boolean;
-  /** an inherited connected socket (backend program conventions): one session, then the process exits */
-  fd?: number;
-}
-
-const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
+export type { PortSpec, Settings } from './settings';
 
 export interface RunningSwitch {
   sw: Switch;
@@ -87,24 +45,36 @@ export interface RunningSwitch {
    * Throws when there is no such port (or it is the --fd port, whose end is the process's).
    */
   removePort(name: string): void;
+  /** What it runs with now: the start's settings with what reloads applied. */
+  settings: Settings;
+  /** A port's own share limit (undefined: the default shareLimit), now and from its next attach on. */
+  setPortShare(name: string, share: number | undefined): void;
+  /** Changes a setting that can change while running (options.ts: live). */
+  setLive(key: string, value: unknown): void;
+  /** SIGHUP: reads the config file again and applies what can change while running (null: no --config, or errors; logged). */
+  reload(): ReloadResult | null;
+  /** its log (the ports', the engine's and the command's events) */
+  log: Log;
   close(): void;
+}
+
+export interface RunOptions {
+  /** the settings as the config file says now, with the command line over it (--config given) */
+  reread?: () => Settings;
+  /** the logger's level (logLevel reloaded) */
+  setLogLevel?: (level: LogLevel) => void;
 }
 
 /** The problem with spec as a port next to `ports` (null: none). */
 export function portSpecProblem(spec: PortSpec, ports: readonly { name: string }[], paths: ReadonlySet<string>): string | null {
-  if (typeof spec.path !== 'string' || spec.path === '') return 'path: must be a non-empty string';
-  if (spec.mode !== undefined && spec.mode !== 'server' && spec.mode !== 'client') return 'mode: must be "server" or "client"';
-  if (spec.name !== undefined && (typeof spec.name !== 'string' || spec.name === '')) return 'name: must be a non-empty string';
-  if (spec.mac !== undefined && !MAC_RE.test(spec.mac)) return `mac: "${spec.mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`;
-  if (spec.share !== undefined && !(Number.isInteger(spec.share) && spec.share >= 1)) return 'share: must be a whole number >= 1';
-  if (spec.queues !== undefined && !(Number.isInteger(spec.queues) && spec.queues >= 1 && spec.queues <= 128)) return 'queues: must be a whole number from 1 to 128';
-  if (spec.offload !== undefined && typeof spec.offload !== 'boolean') return 'offload: must be true or false';
-  if (spec.name !== undefined && ports.some((p) => p.name === spec.name)) return `name: a port named "${spec.name}" exists`;
+  const problem = portSchemaProblem(spec);
+  if (problem !== null) return problem;
+  if (ports.some((p) => p.name === spec.name)) return `name: a port named "${spec.name}" exists`;
   if (paths.has(path.resolve(spec.path))) return `path: ${spec.path} is another port's socket`;
   return null;
 }
 
-export function runSwitch(s: Settings, log: Log): RunningSwitch {
+export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): RunningSwitch {
   const sw = new Switch({
     poolBytes: s.poolMb * MiB,
     blockSize: s.blockSize,
@@ -130,13 +100,13 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
   const endpoints = new Map<VhostUserPort, { endpoint: Endpoint; path: string }>();
   let fdPort: VhostUserPort | null = null;
   let tap: TapPort | null = null;
-  let added = 0;
   let closed = false;
   let statsTimer: NodeJS.Timeout | null = null;
 
   const stats = () => ({
     time: new Date().toISOString(),
     engine: sw.stats(),
+    settings: sw.settings(),
     vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
     limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
@@ -155,8 +125,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     if (problem !== null) throw new Error(problem);
     const count = ports.length + (tap ? 1 : 0);
     if (count >= s.maxPorts) throw new Error(`${count} ports already, --max-ports is ${s.maxPorts}`);
-    const name = spec.name ?? `vu${added}:${path.basename(spec.path)}`;
-    if (spec.name === undefined && ports.some((p) => p.name === name)) throw new Error(`name: a port named "${name}" exists; give the port a name`);
+    const name = spec.name;
     const port = new VhostUserPort(sw, {
       name,
       log,
@@ -170,23 +139,75 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
       port.bind(fd);
       return true;
     };
+    const portLog = withFields(log, () => ({ port: name }));
     let endpoint: Endpoint;
     if (spec.mode === 'client') {
-      const d = new Dialer(spec.path, acceptor, log);
+      const d = new Dialer(spec.path, acceptor, portLog);
       port.onSessionEnd = () => d.reconnect();
       endpoint = d;
     } else {
-      endpoint = new Listener(spec.path, acceptor, log, s.socketMode); // throws before anything is kept
+      endpoint = new Listener(spec.path, acceptor, portLog, s.socketMode); // throws before anything is kept
     }
-    added++;
     ports.push(port);
     endpoints.set(port, { endpoint, path: path.resolve(spec.path) });
     return port;
   };
 
-  const removePort = (name: string): void => {
+  const portNamed = (name: string): VhostUserPort => {
     const port = ports.find((p) => p.name === name);
     if (!port) throw new Error(`no vhost-user port named "${name}"`);
+    return port;
+  };
+
+  const setPortShare = (name: string, share: number | undefined): void => {
+    const port = portNamed(name);
+    port.shareLimit = share;
+    if (port.index >= 0) sw.setShareLimit(port.index, share);
+  };
+
+  const setLive = (key: string, value: unknown): void => {
+    switch (key) {
+      case 'shareLimit':
+        sw.setDefaultShareLimit(value as number | undefined);
+        // connections without a share of their own follow the default
+        for (const p of ports) if (p.shareLimit === undefined && p.index >= 0) sw.setShareLimit(p.index, undefined);
+        break;
+      case 'holdMs':
+        sw.setHoldTime(value as number);
+        break;
+      case 'unknown':
+        sw.setUnknownPolicy(value as UnknownPolicy);
+        break;
+      case 'logLevel':
+        opts.setLogLevel?.(value as LogLevel);
+        break;
+      case 'logCounters':
+        break; // read at each tick from the settings
+      default:
+        throw new Error(`${key} cannot change while running`);
+    }
+  };
+
+  const reload = (): ReloadResult | null => {
+    if (!opts.reread) {
+      log('reload: started without --config, nothing to read again', { level: 'warn' });
+      return null;
+    }
+    let next: Settings;
+    try {
+      next = opts.reread();
+    } catch (e) {
+      const problems = e instanceof ConfigError ? e.problems : [(e as Error).message];
+      log(`reload: error: nothing changed, the config file has errors: ${problems.join('; ')}`, { level: 'error', problems });
+      return null;
+    }
+    const res = applyReload(running, planReload(running.settings, next));
+    log(describeReload(res), { level: res.refused.length + res.failed.length > 0 ? 'warn' : 'info', reload: res });
+    return res;
+  };
+
+  const removePort = (name: string): void => {
+    const port = portNamed(name);
     if (port === fdPort) throw new Error(`${name} is the --fd port: the process ends with its session`);
     const e = endpoints.get(port);
     // no new front-end first, then the session ends (its queued frames dropped by Switch.detach)
@@ -195,7 +216,7 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     port.onSessionEnd = () => {};
     port.close();
     ports.splice(ports.indexOf(port), 1);
-    log(`${name}: port removed`);
+    log(`${name}: port removed`, { port: name });
   };
 
   const close = () => {
@@ -209,42 +230,41 @@ export function runSwitch(s: Settings, log: Log): RunningSwitch {
     sw.close();
   };
 
+  const running: RunningSwitch = { sw, ports, tap, stats, addPort, removePort, settings: s, setPortShare, setLive, reload, log, close };
   try {
     for (const spec of s.ports) addPort(spec);
     if (s.fd !== undefined) {
       // an inherited, connected socket: one session; when it ends, so does the process
       const fd = s.fd;
-      const port = new VhostUserPort(sw, { name: `fd${fd}`, log, pollLoop, session: sessionOptions({ path: '' }) });
+      const port = new VhostUserPort(sw, { name: `fd${fd}`, log, pollLoop, session: sessionOptions({ name: `fd${fd}`, path: '' }) });
       ports.push(port);
       fdPort = port;
       native.setNonBlocking(fd);
       port.onSessionEnd = (reason) => {
-        log(`fd ${fd}: session ended${reason ? ` (${reason})` : ''}: exiting`);
+        log(`fd ${fd}: session ended${reason ? ` (${reason})` : ''}: exiting`, { port: port.name });
         close();
         process.exit(reason ? 1 : 0);
       };
       port.bind(fd);
     }
-    if (s.tap) tap = new TapPort(sw, s.tap, log, {}, s.offload);
+    if (s.tap) running.tap = tap = new TapPort(sw, s.tap, log, {}, s.offload);
   } catch (e) {
     close();
     throw e;
   }
-  if (s.statsInterval > 0 && (s.statsFile || !s.quiet)) {
+  if (s.statsInterval > 0) {
     let last = '';
     statsTimer = setInterval(() => {
       writeStats();
-      if (!s.quiet) {
+      if (running.settings.logCounters && !running.settings.quiet) {
         const t = sw.stats().total as unknown as Record<string, number>;
-        const line = Object.entries(t)
-          .filter(([, v]) => typeof v === 'number' && v !== 0)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(' ');
-        if (line && line !== last) log(`counters: ${line}`);
+        const nonZero = Object.entries(t).filter(([, v]) => typeof v === 'number' && v !== 0);
+        const line = nonZero.map(([k, v]) => `${k}=${v}`).join(' ');
+        if (line && line !== last) log(`counters: ${line}`, { counters: Object.fromEntries(nonZero) });
         last = line;
       }
     }, s.statsInterval);
     statsTimer.unref();
   }
-  return { sw, ports, tap, stats, addPort, removePort, close };
+  return running;
 }

@@ -12,6 +12,7 @@
 // passed as an argument.
 
 import { ETH_DST, ETH_SRC } from '../datapath/layout';
+import { DEFAULTS } from '../defaults';
 
 /** Result of classify(): a connection index (>= 0) or one of these two. */
 export type Destination = number;
@@ -94,8 +95,8 @@ export class MacTable {
    * time: the cell holding "now" in ms (shared with the switch); the table only reads it.
    */
   constructor(
-    capacity = 8192,
-    readonly ageMs = 300_000,
+    capacity = DEFAULTS.macTableSize,
+    readonly ageMs = DEFAULTS.macAgeS * 1000,
     readonly time: Float64Array = new Float64Array(1),
   ) {
     let bits = 4;

@@ -55,30 +55,32 @@ import { StoreEngine } from './store-engine';
 import { MAX_FRAME, MIN_FRAME } from '../datapath/layout';
 import type { Frame } from '../datapath/frame';
 import { copies } from '../datapath/copy-list';
+import { DEFAULTS, MiB } from '../defaults';
+import type { Log } from '../log';
 
 /** virtio-net header + Ethernet header */
 export const MIN_FRAME_LEN = MIN_FRAME;
 /** virtio-net header + a 64 KiB GSO payload + Ethernet header with one VLAN tag */
 export const MAX_FRAME_LEN = MAX_FRAME;
 /** most connections at once (--max-ports) */
-export const DEFAULT_MAX_PORTS = 64;
+export const DEFAULT_MAX_PORTS = DEFAULTS.maxPorts;
 
 export interface SwitchOptions {
-  /** size of the local data store in bytes (default 8 MiB: 4096 blocks of 2 KiB) */
+  /** size of the local data store in bytes (default DEFAULTS.poolMb MiB) */
   poolBytes?: number;
-  /** block size in bytes, a multiple of 8, >= 128 (default 2048: one block per 1518-byte frame + header) */
+  /** block size in bytes, a multiple of 8, >= 128 (default DEFAULTS.blockSize: one block per 1518-byte frame + header) */
   blockSize?: number;
-  /** how long a frame to an unknown MAC is held before the unknownPolicy applies (default 250 ms) */
+  /** how long a frame to an unknown MAC is held before the unknownPolicy applies (default DEFAULTS.holdMs) */
   holdTimeMs?: number;
-  /** what happens to held frames past the hold time (default 'flood') */
+  /** what happens to held frames past the hold time (default DEFAULTS.unknown) */
   unknownPolicy?: UnknownPolicy;
   /** most blocks one connection's numbered queue may hold (default half the pool) */
   defaultShareLimit?: number;
   /** most blocks the unresolved queue may hold (default a quarter of the pool) */
   unresolvedShareLimit?: number;
-  /** learned MACs unused this long are forgotten (default 300 s) */
+  /** learned MACs unused this long are forgotten (default DEFAULTS.macAgeS) */
   macAgeMs?: number;
-  /** MAC table slots (default 8192; at most 3/4 are used) */
+  /** MAC table slots (default DEFAULTS.macTableSize; at most 3/4 are used) */
   macTableSize?: number;
   /** most connections at once (default DEFAULT_MAX_PORTS); a connection beyond is refused, counted */
   maxPorts?: number;
@@ -88,7 +90,7 @@ export interface SwitchOptions {
   tickMs?: number;
   /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
   clock?: () => number;
-  log?: (msg: string) => void;
+  log?: Log;
 }
 
 export interface AttachOptions {
@@ -134,6 +136,23 @@ export interface SwitchStats {
   ports: PortStats[];
 }
 
+export interface SwitchSettings {
+  poolBytes: number;
+  blockSize: number;
+  holdTimeMs: number;
+  unknownPolicy: UnknownPolicy;
+  defaultShareLimit: number;
+  macAgeMs: number;
+  macTableSize: number;
+  maxPorts: number;
+  maxFrameLen: number;
+}
+
+/** the tick period for a hold time: a quarter of it, 10…1000 ms */
+function tickFor(holdTimeMs: number): number {
+  return Math.min(1000, Math.max(10, holdTimeMs / 4));
+}
+
 export interface MacEntry {
   mac: string;
   index: number;
@@ -150,10 +169,13 @@ export class Switch implements Flooder {
   private readonly storeEngine: StoreEngine;
   private readonly monitor: Monitor;
   private readonly unresolvedQueue: number;
-  private readonly defaultShareLimit: number;
+  private defaultShareLimit: number;
+  /** tickMs as given (undefined: it follows the hold time) */
+  private readonly tickMsGiven: number | undefined;
+  private readonly poolBytes: number;
   private readonly clock: () => number;
-  private readonly log: (msg: string) => void;
-  private readonly timer: NodeJS.Timeout | null;
+  private readonly log: Log;
+  private timer: NodeJS.Timeout | null;
   /** [now in ms, last MAC-table aging]: cell 0 is shared with the table, store engine and monitor */
   private readonly time = new Float64Array(2);
   /** no timer: read the clock once per batch */
@@ -164,8 +186,8 @@ export class Switch implements Flooder {
   private refusedConnections = 0;
 
   constructor(opts: SwitchOptions = {}) {
-    const blockSize = opts.blockSize ?? 2048;
-    const poolBytes = opts.poolBytes ?? 8 * 1024 * 1024;
+    const blockSize = opts.blockSize ?? DEFAULTS.blockSize;
+    const poolBytes = opts.poolBytes ?? DEFAULTS.poolMb * MiB;
     const maxPorts = opts.maxPorts ?? DEFAULT_MAX_PORTS;
     this.maxFrameLen = opts.maxFrameLen ?? MAX_FRAME_LEN;
     if (!(this.maxFrameLen >= MIN_FRAME_LEN && this.maxFrameLen <= MAX_FRAME_LEN)) {
@@ -176,16 +198,18 @@ export class Switch implements Flooder {
     this.unresolvedQueue = maxPorts;
     this.counters = new Counters(maxPorts);
     const blocks = this.fifo.blockCount;
+    this.poolBytes = poolBytes;
     this.defaultShareLimit = opts.defaultShareLimit ?? Math.max(1, blocks >>> 1);
     this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2), this.time);
-    const holdTimeMs = opts.holdTimeMs ?? 250;
-    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? 'flood', this.time);
-    this.table = new MacTable(opts.macTableSize ?? 8192, opts.macAgeMs ?? 300_000, this.time);
+    const holdTimeMs = opts.holdTimeMs ?? DEFAULTS.holdMs;
+    this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? DEFAULTS.unknown, this.time);
+    this.table = new MacTable(opts.macTableSize ?? DEFAULTS.macTableSize, opts.macAgeMs ?? DEFAULTS.macAgeS * 1000, this.time);
     this.clock = opts.clock ?? Date.now;
     this.log = opts.log ?? (() => {});
     this.time[0] = this.clock();
     this.time[1] = this.time[0];
-    const tickMs = opts.tickMs ?? Math.min(1000, Math.max(10, holdTimeMs / 4));
+    this.tickMsGiven = opts.tickMs;
+    const tickMs = opts.tickMs ?? tickFor(holdTimeMs);
     this.timer = tickMs > 0 ? setInterval(() => this.tick(), tickMs).unref() : null;
     this.clockPerBatch = this.timer === null;
     this.stale = this.clockPerBatch;
@@ -200,7 +224,7 @@ export class Switch implements Flooder {
     }
     this.conns.add(index, port, opts.shareLimit ?? this.defaultShareLimit);
     this.counters.resetPort(index);
-    this.log(`attach ${port.name} as connection ${index}`);
+    this.log(`attach ${port.name} as connection ${index}`, { port: port.name, connection: index });
     if (opts.staticMac !== undefined) this.setStaticMac(index, opts.staticMac);
     return index;
   }
@@ -216,7 +240,7 @@ export class Switch implements Flooder {
     const q = this.unresolvedQueue;
     for (let f = fifo.qHead[q]; f !== -1; f = fifo.frameNext[f]) if (fifo.frameSrc[f] === index) fifo.frameSrc[f] = -1;
     this.conns.remove(index);
-    this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`);
+    this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`, { port: port.name, connection: index, dropped });
   }
 
   /** Set (or with null clear) a port's static MAC. Frames held for that MAC move to its queue. */
@@ -237,9 +261,44 @@ export class Switch implements Flooder {
     this.conns.flushOne(index);
   }
 
-  setShareLimit(index: number, blocks: number): void {
+  /** A connection's share limit (undefined: the default one). Frames queued beyond it stay. */
+  setShareLimit(index: number, blocks: number | undefined): void {
     this.portAt(index);
-    this.conns.shareLimit[index] = blocks;
+    this.conns.shareLimit[index] = blocks ?? this.defaultShareLimit;
+  }
+
+  /** The share limit of connections attached without one from now on (undefined: half the pool). */
+  setDefaultShareLimit(blocks: number | undefined): void {
+    this.defaultShareLimit = blocks ?? Math.max(1, this.fifo.blockCount >>> 1);
+  }
+
+  /** Hold time of frames to an unknown MAC from now on; the tick follows it unless tickMs was given. */
+  setHoldTime(ms: number): void {
+    if (!(Number.isInteger(ms) && ms >= 0)) throw new RangeError(`hold time ${ms} ms`);
+    this.monitor.holdTimeMs = ms;
+    if (this.tickMsGiven !== undefined || this.timer === null) return;
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this.tick(), tickFor(ms)).unref();
+  }
+
+  setUnknownPolicy(policy: UnknownPolicy): void {
+    if (policy !== 'flood' && policy !== 'drop') throw new RangeError(`unknown policy ${String(policy)}`);
+    this.monitor.unknownPolicy = policy;
+  }
+
+  /** What the switch runs with now (defaults filled in). */
+  settings(): SwitchSettings {
+    return {
+      poolBytes: this.poolBytes,
+      blockSize: this.fifo.blockSize,
+      holdTimeMs: this.monitor.holdTimeMs,
+      unknownPolicy: this.monitor.unknownPolicy,
+      defaultShareLimit: this.defaultShareLimit,
+      macAgeMs: this.table.ageMs,
+      macTableSize: this.table.capacity,
+      maxPorts: this.conns.maxPorts,
+      maxFrameLen: this.maxFrameLen,
+    };
   }
 
   /** One frame from connection src. Its copies (to destinations, into the local data store) are
@@ -356,7 +415,7 @@ export class Switch implements Flooder {
   private followTo(hi: number, lo: number, from: number, to: number): void {
     const n = this.monitor.follow(macKey(hi, lo), from, to);
     if (n > 0) {
-      this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`);
+      this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`, { mac: formatMac(macKey(hi, lo)), from, connection: to, frames: n });
       this.monitor.drain(to);
     }
   }

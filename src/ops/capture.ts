@@ -16,6 +16,7 @@ import { copies } from '../datapath/copy-list';
 import { native } from '../native';
 import type { FrameCapture } from '../datapath/capture';
 import type { Frame } from '../datapath/frame';
+import type { Log } from '../log';
 
 const PCAP_MAGIC_USEC = 0xa1b2c3d4;
 const LINKTYPE_ETHERNET = 1;
@@ -320,7 +321,7 @@ export function parseCaptureLimits(opts: string[], where: string): CaptureLimits
 export class CaptureManager {
   private readonly running = new Map<string, { capture: PcapCapture; port: CapturablePort }>();
 
-  constructor(private readonly log: (msg: string) => void, private readonly bufferBytes = DEFAULT_CAPTURE_BUFFER) {}
+  constructor(private readonly log: Log, private readonly bufferBytes = DEFAULT_CAPTURE_BUFFER) {}
 
   start(port: CapturablePort, file: string, limits: CaptureLimits = {}): CaptureSummary {
     if (this.running.has(port.name)) throw new Error(`port ${port.name} is already being captured (to ${this.running.get(port.name)!.capture.file})`);
@@ -328,7 +329,7 @@ export class CaptureManager {
     this.running.set(port.name, { capture, port });
     port.setCapture(capture);
     const caps = [limits.maxBytes !== undefined ? `max-bytes=${limits.maxBytes}` : '', limits.maxFrames !== undefined ? `max-frames=${limits.maxFrames}` : ''].filter(Boolean).join(' ');
-    this.log(`capture of ${port.name} to ${file} started${caps ? ` (${caps})` : ''}`);
+    this.log(`capture of ${port.name} to ${file} started${caps ? ` (${caps})` : ''}`, { port: port.name, path: file });
     return capture.summary;
   }
 
@@ -371,6 +372,13 @@ export class CaptureManager {
 
   private logEnd(s: CaptureSummary): void {
     const err = s.ended !== null && s.ended.startsWith('error') ? 'error: ' : '';
-    this.log(`${err}capture of ${s.port} to ${s.file} ended (${s.ended}): ${s.frames} frames, ${s.bytes} bytes${s.dropped > 0 ? `, ${s.dropped} records dropped (the writer was behind)` : ''}`);
+    this.log(`${err}capture of ${s.port} to ${s.file} ended (${s.ended}): ${s.frames} frames, ${s.bytes} bytes${s.dropped > 0 ? `, ${s.dropped} records dropped (the writer was behind)` : ''}`, {
+      level: err ? 'error' : s.dropped > 0 ? 'warn' : 'info',
+      port: s.port,
+      path: s.file,
+      frames: s.frames,
+      bytes: s.bytes,
+      dropped: s.dropped,
+    });
   }
 }

@@ -17,6 +17,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { removeStaleSocket } from '../vhost-user/server';
+import type { Log } from '../log';
 import type { CaptureLimits } from './capture';
 import { fifoView, macViews, portViews, type AddPortRequest, type OpsHost } from './switch-view';
 
@@ -100,14 +101,14 @@ export class ControlServer {
   private readonly clients = new Set<net.Socket>();
   private closed = false;
 
-  private constructor(readonly path: string, private readonly host: OpsHost, private readonly log: (msg: string) => void) {
+  private constructor(readonly path: string, private readonly host: OpsHost, private readonly log: Log) {
     this.server = net.createServer((s) => this.accept(s));
     this.server.maxConnections = MAX_CLIENTS;
   }
 
   /** Listens on path (a stale socket file is replaced, a live one refused), mode applied before
    * anyone can connect: the socket is created under a umask that leaves only the owner's bits. */
-  static listen(path: string, host: OpsHost, log: (msg: string) => void, mode = 0o600): Promise<ControlServer> {
+  static listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
     removeStaleSocket(path);
     const c = new ControlServer(path, host, log);
     return new Promise((resolve, reject) => {
@@ -116,7 +117,7 @@ export class ControlServer {
       try {
         c.server.listen(path, () => {
           c.server.off('error', reject);
-          c.server.on('error', (e) => log(`ctl: error: ${e.message}`));
+          c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
           try {
             fs.chmodSync(path, mode);
           } catch (e) {
@@ -125,7 +126,7 @@ export class ControlServer {
             return;
           }
           c.server.unref();
-          log(`ctl: listening on ${path}`);
+          log(`ctl: listening on ${path}`, { path });
           resolve(c);
         });
       } finally {
@@ -153,12 +154,12 @@ export class ControlServer {
       if (s.destroyed) return;
       s.write(`${JSON.stringify(msg)}\n`);
       if (s.writableLength > MAX_UNREAD) {
-        this.log(`ctl: error: a client does not read its replies (${s.writableLength} bytes unread): disconnected`);
+        this.log(`ctl: error: a client does not read its replies (${s.writableLength} bytes unread): disconnected`, { level: 'error' });
         s.destroy();
       }
     };
     const refuse = (why: string): void => {
-      this.log(`ctl: error: ${why}: client disconnected`);
+      this.log(`ctl: error: ${why}: client disconnected`, { level: 'error' });
       if (!s.destroyed) s.end(`${JSON.stringify({ ok: false, error: why })}\n`);
       s.destroy();
     };
@@ -189,7 +190,7 @@ export class ControlServer {
       req = v as Request;
     } catch (e) {
       const why = e instanceof BadRequest ? e.message : `not JSON: ${(e as Error).message}`;
-      this.log(`ctl: error: bad request: ${why}`);
+      this.log(`ctl: error: bad request: ${why}`, { level: 'error' });
       return { ok: false, error: `bad request: ${why}` };
     }
     const id = req.id;
@@ -198,7 +199,7 @@ export class ControlServer {
       return id === undefined ? { ok: true, result } : { id, ok: true, result };
     } catch (e) {
       const msg = (e as Error).message;
-      this.log(`ctl: error: ${String(req.cmd)}: ${msg}`);
+      this.log(`ctl: error: ${String(req.cmd)}: ${msg}`, { level: 'error', command: String(req.cmd) });
       return id === undefined ? { ok: false, error: msg } : { id, ok: false, error: msg };
     }
   }

@@ -16,6 +16,7 @@ import type { TapCounters } from '../ports/tap-port';
 import { limitHits } from '../vhost-user/session';
 import { chainLimitHits } from '../virtio/split-ring';
 import { portViews, type OpsHost, type PortView } from './switch-view';
+import type { Log } from '../log';
 
 type Labels = Record<string, string>;
 type Sample = [Labels, number];
@@ -223,7 +224,7 @@ export interface MetricsServer {
   close(): void;
 }
 
-export function startMetricsServer(host: OpsHost, listen: { host: string; port: number }, log: (msg: string) => void): Promise<MetricsServer> {
+export function startMetricsServer(host: OpsHost, listen: { host: string; port: number }, log: Log): Promise<MetricsServer> {
   const metrics = new Metrics(host);
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
@@ -238,7 +239,7 @@ export function startMetricsServer(host: OpsHost, listen: { host: string; port: 
     metrics.scrape().then(
       (text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(req.method === 'HEAD' ? undefined : text),
       (e) => {
-        log(`metrics: error: scrape failed: ${(e as Error)?.stack ?? String(e)}`);
+        log(`metrics: error: scrape failed: ${(e as Error)?.stack ?? String(e)}`, { level: 'error' });
         res.writeHead(500, { 'Content-Type': 'text/plain' }).end('scrape failed\n');
       },
     );
@@ -252,12 +253,12 @@ export function startMetricsServer(host: OpsHost, listen: { host: string; port: 
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {
       server.off('error', reject);
-      server.on('error', (e) => log(`metrics: error: ${e.message}`));
+      server.on('error', (e) => log(`metrics: error: ${e.message}`, { level: 'error' }));
       server.unref();
       const a = server.address() as AddressInfo;
       const h = a.family === 'IPv6' ? `[${a.address}]` : a.address;
       const url = `http://${h}:${a.port}/metrics`;
-      log(`metrics: serving ${url}`);
+      log(`metrics: serving ${url}`, { url });
       resolve({
         url,
         close: () => {

@@ -2,7 +2,7 @@
 // (--ctl) and packet captures (--capture, ctl capture). Started after the switch, closed before it.
 import * as path from 'node:path';
 import type { RunningSwitch, PortSpec } from '../cli/running-switch';
-import { VhostUserPort } from '../ports/vhost-user/port';
+import type { Log } from '../log';
 import { CaptureManager, type CaptureLimits } from './capture';
 import { ControlServer } from './control';
 import { startMetricsServer, type MetricsServer } from './metrics';
@@ -35,40 +35,42 @@ export function defaultCtlPath(ports: readonly PortSpec[]): string {
 }
 
 /**
- * Wraps a running switch with its ops tools. initial: the port specs it was started with, in the
- * order runSwitch added them (their mode and path are shown by `ctl ports` and the info metric).
- * The switch's close() then completes the captures and closes the servers first.
+ * Wraps a running switch with its ops tools. initial: the port specs it was started with (their
+ * mode and path are shown by `ctl ports` and the info metric; so are those of ports added later,
+ * by ctl or by a reload). The switch's close() then completes the captures and closes the servers
+ * first.
  */
-export function withOps<R extends RunningSwitch>(running: R, initial: readonly PortSpec[], s: OpsSettings, log: (msg: string) => void): R & { ops: Ops } {
-  const where = new WeakMap<VhostUserPort, { mode: PortRecord['mode']; path: string }>();
-  initial.forEach((spec, i) => {
-    const p = running.ports[i];
-    if (p) where.set(p, { mode: spec.mode === 'client' ? 'client' : 'server', path: path.resolve(spec.path) });
-  });
+export function withOps<R extends RunningSwitch>(running: R, initial: readonly PortSpec[], s: OpsSettings, log: Log): R & { ops: Ops } {
+  const added = new Map<string, PortSpec>();
+  const specOf = (name: string): PortSpec | undefined => added.get(name) ?? running.settings.ports.find((p) => p.name === name) ?? initial.find((p) => p.name === name);
   const captures = new CaptureManager(log);
   const host: OpsHost = {
     sw: running.sw,
     captures,
     ports: () => {
       const out: PortRecord[] = running.ports.map((p) => {
-        const w = where.get(p);
-        return { name: p.name, mode: w ? w.mode : 'fd', path: w ? w.path : '', port: p };
+        const spec = specOf(p.name);
+        return spec ? { name: p.name, mode: spec.mode === 'client' ? 'client' : 'server', path: path.resolve(spec.path), port: p } : { name: p.name, mode: 'fd', path: '', port: p };
       });
       if (running.tap) out.push({ name: running.tap.name, mode: 'tap', path: running.tap.ifname, port: running.tap });
       return out;
     },
     addPort: (req) => {
-      const spec: PortSpec = { path: req.path, mode: req.client ? 'client' : 'server' };
-      if (req.name !== undefined) spec.name = req.name;
+      // the command line's default name for a port given without one
+      const name = req.name ?? `vu${running.ports.length}:${path.basename(req.path)}`;
+      const spec: PortSpec = { name, path: req.path, mode: req.client ? 'client' : 'server' };
       if (req.mac !== undefined) spec.mac = req.mac;
       if (req.share !== undefined) spec.share = req.share;
       const p = running.addPort(spec);
-      const w = { mode: spec.mode as PortRecord['mode'], path: path.resolve(spec.path) };
-      where.set(p, w);
-      log(`${p.name}: port added (${w.mode}, ${w.path})`);
-      return { name: p.name, ...w, port: p };
+      added.set(p.name, spec);
+      const mode = spec.mode as PortRecord['mode'];
+      log(`${p.name}: port added (${mode}, ${path.resolve(spec.path)})`, { port: p.name, path: path.resolve(spec.path) });
+      return { name: p.name, mode, path: path.resolve(spec.path), port: p };
     },
-    removePort: (name) => running.removePort(name),
+    removePort: (name) => {
+      running.removePort(name);
+      added.delete(name);
+    },
   };
 
   const all = host.ports();

@@ -76,14 +76,14 @@ export class TapPort implements EnginePort {
     this.index = sw.attach(this, opts);
     this.poller = native.poll(this.fd, (status, events) => this.onReady(status, events));
     this.poller.start(native.POLL_READABLE);
-    this.log(`${this.name}: uplink attached`);
+    this.log(`${this.name}: uplink attached`, { port: this.name, connection: this.index });
   }
 
   private onReady(status: number, events: number): void {
     if (this.closed) return;
     if (status < 0) {
       // the TAP device was deleted under us (or its fd broke): the uplink is gone, the rest goes on
-      this.log(`${this.name}: error: the TAP device is gone (poll status ${status}); uplink detached, its queued frames dropped`);
+      this.log(`${this.name}: error: the TAP device is gone (poll status ${status}); uplink detached, its queued frames dropped`, { level: 'error', port: this.name, connection: this.index });
       this.close();
       return;
     }
@@ -95,7 +95,7 @@ export class TapPort implements EnginePort {
       if (events & native.POLL_READABLE) this.readFrames();
     } catch (e) {
       // a bug on the data path must not take every port down; the uplink stays up
-      this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`);
+      this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`, { level: 'error', port: this.name, connection: this.index });
     }
   }
 
@@ -110,7 +110,7 @@ export class TapPort implements EnginePort {
       try {
         len = native.read(this.fd, buf, at, SLOT);
       } catch (e) {
-        this.log(`${this.name}: read: ${(e as Error).message}`);
+        this.log(`${this.name}: read: ${(e as Error).message}`, { level: 'error', port: this.name, connection: this.index });
         break;
       }
       if (len < 0) break;

@@ -7,7 +7,8 @@ import { HDR_SIZE, MAX_PAYLOAD, Message, payloadSize, requestName } from './mess
 /** More fds than any request carries (SET_MEM_TABLE: 8); a peer sending more is broken. */
 const MAX_FDS = 16;
 
-export type Log = (msg: string) => void;
+export type { Log } from '../log';
+import type { Log } from '../log';
 
 export class Connection {
   private readonly buf = new Uint8Array(HDR_SIZE + MAX_PAYLOAD);
@@ -56,7 +57,7 @@ export class Connection {
       if (this.outQueue.length > 0) {
         if (!this.pausedLogged) {
           this.pausedLogged = true;
-          this.log(`${this.name}: the front-end is not reading its replies: reading from it paused until it does`);
+          this.log(`${this.name}: the front-end is not reading its replies: reading from it paused until it does`, { level: 'warn' });
         }
         return;
       }
@@ -80,9 +81,9 @@ export class Connection {
         const req = this.view.getUint32(0, true);
         const size = this.view.getUint32(8, true);
         const rule = payloadSize.get(req);
-        if (!rule) return this.fail(`${requestName(req)}: request not supported by this back-end`);
+        if (!rule) return this.fail(`${requestName(req)}: request not supported by this back-end`, requestName(req));
         if (size > MAX_PAYLOAD || size < rule[0] || size > rule[1]) {
-          return this.fail(`${requestName(req)}: payload size ${size} outside [${rule[0]}, ${rule[1]}]`);
+          return this.fail(`${requestName(req)}: payload size ${size} outside [${rule[0]}, ${rule[1]}]`, requestName(req));
         }
       }
       if (this.have >= HDR_SIZE && this.have === HDR_SIZE + this.view.getUint32(8, true)) this.dispatch();
@@ -102,7 +103,7 @@ export class Connection {
     } catch (e) {
       // The handler owns fds it kept; any it did not take over are closed by it or here via msg.fds.
       for (const fd of msg.fds) safeClose(fd);
-      this.fail(`${requestName(request)}: ${(e as Error).message}`);
+      this.fail(`${requestName(request)}: ${(e as Error).message}`, requestName(request));
     }
   }
 
@@ -157,9 +158,9 @@ export class Connection {
   }
 
   /** The one path for a broken peer: log, close this connection only. */
-  fail(reason: string): void {
+  fail(reason: string, request?: string): void {
     if (this.closed) return;
-    this.log(`${this.name}: error: ${reason}; closing connection`);
+    this.log(`${this.name}: error: ${reason}; closing connection`, { level: 'error', request });
     this.close(reason);
   }
 

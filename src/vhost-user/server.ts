@@ -50,18 +50,18 @@ export class Listener implements Endpoint {
         try {
           c = native.unixAccept(this.fd);
         } catch (e) {
-          this.log(`${path}: accept: ${(e as Error).message}`);
+          this.log(`${path}: accept: ${(e as Error).message}`, { level: 'error', path });
           return;
         }
         if (c < 0) return;
         if (!accept(c)) {
-          this.log(`${path}: refused a second front-end while one is connected`);
+          this.log(`${path}: refused a second front-end while one is connected`, { level: 'warn', path });
           safeClose(c);
         }
       }
     });
     this.poller.start(native.POLL_READABLE);
-    this.log(`listening on ${path}`);
+    this.log(`listening on ${path}`, { path });
   }
 
   close(): void {
@@ -101,13 +101,13 @@ export class Dialer implements Endpoint {
     try {
       fd = native.unixConnect(this.path);
     } catch (e) {
-      if (!this.warned) this.log(`${this.path}: cannot connect yet (${(e as Error).message}); retrying every ${this.retryMs} ms`);
+      if (!this.warned) this.log(`${this.path}: cannot connect yet (${(e as Error).message}); retrying every ${this.retryMs} ms`, { level: 'warn', path: this.path });
       this.warned = true;
       this.reconnect();
       return;
     }
     this.warned = false;
-    this.log(`${this.path}: connected to front-end`);
+    this.log(`${this.path}: connected to front-end`, { path: this.path });
     if (!this.accept(fd)) safeClose(fd);
   }
 

@@ -2,6 +2,7 @@
 // It knows nothing of switching; the device (a virtio-net port) is told about kicks and ring state.
 import * as fs from 'node:fs';
 import { native, Poller } from '../native';
+import { DEFAULTS, GiB } from '../defaults';
 import { GuestMemory, mapInSlices, MemRegion, Region } from '../memory/guest-memory';
 import { DirtyLog } from '../memory/dirty-log';
 import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
@@ -158,16 +159,15 @@ function fdKind(fd: number): string {
   }
 }
 
-const GiB = 1024 * 1024 * 1024;
-/** per connection: 512 GiB of guest memory (a larger VM needs --max-guest-mem-gb) */
-export const DEFAULT_MAX_MAPPED = 512 * GiB;
-/** all connections together: 4 TiB */
-export const DEFAULT_MAX_TOTAL_MAPPED = 4096 * GiB;
+/** per connection (a larger VM needs --max-guest-mem-gb) */
+export const DEFAULT_MAX_MAPPED = DEFAULTS.maxGuestMemGb * GiB;
+/** all connections together */
+export const DEFAULT_MAX_TOTAL_MAPPED = DEFAULTS.maxTotalMemGb * GiB;
 
 /** queue pairs offered per connection (--queues) */
-export const DEFAULT_MAX_QUEUE_PAIRS = 8;
+export const DEFAULT_MAX_QUEUE_PAIRS = DEFAULTS.queues;
 /** memory regions one connection may have (--max-regions; GET_MAX_MEM_SLOTS) */
-export const DEFAULT_MAX_MEM_SLOTS = 32;
+export const DEFAULT_MAX_MEM_SLOTS = DEFAULTS.maxRegions;
 
 /** requests refused for a limit, process-wide, by limit (the CLI's stats show them) */
 export const limitHits = { regions: 0, mappedBytes: 0, queuePairs: 0 };
@@ -290,20 +290,22 @@ export class Session {
    * would disagree on the state), or logged and ignored. Any other error closes the connection.
    */
   private dispatch(m: Message): void {
+    const request = requestName(m.request);
+    this.log(`${this.name}: ${request}`, { level: 'debug', request });
     try {
       this.handle(m);
     } catch (e) {
       if (!(e instanceof Refusal)) throw e;
       for (const fd of m.fds.splice(0)) safeClose(fd);
-      const what = `${this.name}: error: ${requestName(m.request)}: ${e.message}`;
+      const what = `${this.name}: error: ${request}: ${e.message}`;
       if (HAS_REPLY.has(m.request)) {
-        this.log(`${what}; refused (zero-length reply)`);
+        this.log(`${what}; refused (zero-length reply)`, { level: 'error', request });
         this.conn.send(encode(m.request, VERSION | FLAG_REPLY));
       } else if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
-        this.log(`${what}; refused (non-zero reply)`);
+        this.log(`${what}; refused (non-zero reply)`, { level: 'error', request });
         this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(1)));
       } else if (e.withoutAck === 'ignore') {
-        this.log(`${what}; ignored (no reply asked for)`);
+        this.log(`${what}; ignored (no reply asked for)`, { level: 'error', request });
       } else {
         throw new Error(`${e.message} (refused; no reply asked for)`);
       }
@@ -321,7 +323,7 @@ export class Session {
     if (r !== ring) return;
     const prefix = `${ring.name}: `;
     const why = ring.broken ?? 'broken';
-    this.log(`${prefix}error: ${why.startsWith(prefix) ? why.slice(prefix.length) : why}; ring marked broken`);
+    this.log(`${prefix}error: ${why.startsWith(prefix) ? why.slice(prefix.length) : why}; ring marked broken`, { level: 'error', ring: ring.index });
     if (ring.errFd >= 0) {
       try {
         native.eventfdWrite(ring.errFd, 1);
@@ -365,8 +367,8 @@ export class Session {
           r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
           if (defaultEnabled) r.enable(true);
         }
-        this.log(`${this.name}: features ${virtioFeatureNames(f)}`);
-        if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`);
+        this.log(`${this.name}: features ${virtioFeatureNames(f)}`, { request: requestName(Req.SET_FEATURES), features: virtioFeatureNames(f).split('|') });
+        if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`, { level: 'warn', request: requestName(Req.SET_FEATURES), unmet });
         this.device.featuresNegotiated(this.netConfig);
         this.tellMtu();
         this.applyLog();
@@ -380,7 +382,7 @@ export class Session {
         const f = p.getBigUint64(0, true);
         if (f & ~this.offeredProtocol) throw new Refusal(`protocol features include ones not offered: ${protocolFeatureNames(f & ~this.offeredProtocol)}`);
         this.protocolFeatures = f;
-        this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`);
+        this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`, { request: requestName(Req.SET_PROTOCOL_FEATURES), protocolFeatures: protocolFeatureNames(f).split('|') });
         break;
       }
       case Req.SET_OWNER:
@@ -455,7 +457,7 @@ export class Session {
           // the kernel's form (a user address of the front-end's): nothing a separate process can
           // log into. No reply is expected without LOG_SHMFD; logging stays off.
           for (const fd of m.fds.splice(0)) safeClose(fd);
-          this.log(`${this.name}: error: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated: ignored, no dirty-page log`);
+          this.log(`${this.name}: error: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated: ignored, no dirty-page log`, { level: 'error', request: requestName(Req.SET_LOG_BASE) });
           return;
         }
         this.setLogBase(m);
@@ -539,7 +541,7 @@ export class Session {
         // without an ack the front-end is not told, and the guest is given its MTU anyway: none is enforced
         if (mtu < 68 || mtu > 65535) throw new Refusal(`MTU ${mtu} outside [68, 65535]`, 'ignore');
         this.mtu = mtu;
-        this.log(`${this.name}: MTU ${mtu}`);
+        this.log(`${this.name}: MTU ${mtu}`, { request: requestName(Req.NET_SET_MTU), mtu });
         this.tellMtu();
         break;
       }
@@ -591,7 +593,7 @@ export class Session {
   private setStatus(v: number): void {
     if (v > 0xff) throw new Refusal(`status 0x${v.toString(16)} is not a status byte`);
     this.status = v;
-    this.log(`${this.name}: device status 0x${v.toString(16)}`);
+    this.log(`${this.name}: device status 0x${v.toString(16)}`, { request: requestName(Req.SET_STATUS), status: v });
     if (v === 0) for (const r of this.rings) this.stopRing(r);
     else this.syncAll();
   }
@@ -640,6 +642,7 @@ export class Session {
         `${this.name}: memory table: ${regions
           .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
           .join(', ')}`,
+        { request: requestName(m.request) },
       );
     });
   }
@@ -726,7 +729,7 @@ export class Session {
     this.logMissedSeen = 0;
     this.applyLog();
     old?.unmap();
-    this.log(`${this.name}: dirty-page log of ${size} bytes (${log.pages} pages of 4 KiB)`);
+    this.log(`${this.name}: dirty-page log of ${size} bytes (${log.pages} pages of 4 KiB)`, { request: requestName(Req.SET_LOG_BASE) });
   }
 
   /**
@@ -767,7 +770,7 @@ export class Session {
     }
     if (log.missed !== this.logMissedSeen) {
       if (this.logMissedSeen === 0) {
-        this.log(`${this.name}: error: dirty-page log of ${log.pages} pages is too small for the guest memory written (page beyond its end): those writes are not logged`);
+        this.log(`${this.name}: error: dirty-page log of ${log.pages} pages is too small for the guest memory written (page beyond its end): those writes are not logged`, { level: 'error' });
       }
       this.logMissedSeen = log.missed;
     }
@@ -812,7 +815,7 @@ export class Session {
   private noteSeal(r: Region): void {
     if (r.sealed || this.unsealedNoted) return;
     this.unsealedNoted = true;
-    this.log(`${this.name}: memory region at 0x${r.desc.guestPhysAddr.toString(16)} cannot be sealed against shrinking (not a sealable memfd): the front-end is trusted not to truncate it`);
+    this.log(`${this.name}: memory region at 0x${r.desc.guestPhysAddr.toString(16)} cannot be sealed against shrinking (not a sealable memfd): the front-end is trusted not to truncate it`, { level: 'warn' });
   }
 
   private resetupRings(): void {
@@ -886,7 +889,7 @@ export class Session {
    * not take the process and every other port down: log it, close this connection only.
    */
   internalError(where: string, e: unknown): void {
-    this.log(`${this.name}: internal error during ${where}: ${(e as Error)?.stack ?? String(e)}`);
+    this.log(`${this.name}: internal error during ${where}: ${(e as Error)?.stack ?? String(e)}`, { level: 'error' });
     this.conn.fail(`internal error during ${where}`);
   }
 
@@ -992,7 +995,7 @@ export class Session {
     this.dropLog();
     this.mem.clear();
     this.account(0);
-    this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`);
+    this.log(`${this.name}: disconnected${reason ? ` (${reason})` : ''}`, reason ? { reason } : undefined);
     this.device.disconnected(reason);
   }
 }

@@ -12,6 +12,7 @@ import { GuestMemory, Translation } from '../memory/guest-memory';
 import { Segments, MAX_CHAINS, MAX_SEGMENTS } from './chain';
 import type { Virtqueue } from './virtqueue';
 import type { DirtyLog } from '../memory/dirty-log';
+import { DEFAULTS } from '../defaults';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -22,7 +23,7 @@ export const MAX_RING_SIZE = 32768;
 /** longest single buffer taken (1 GiB): lengths stay far from the Int32 segment fields' limit */
 export const MAX_DESC_LEN = 1 << 30;
 /** most descriptors one chain may have, indirect ones included (--max-chain-descriptors) */
-export const DEFAULT_MAX_CHAIN_DESCRIPTORS = MAX_SEGMENTS;
+export const DEFAULT_MAX_CHAIN_DESCRIPTORS = DEFAULTS.maxChainDescriptors;
 /** chains refused for having more than maxChain descriptors, process-wide ([0]) */
 export const chainLimitHits = new Float64Array(1);
 

@@ -91,7 +91,7 @@ export async function teardown(vms: (GuestVM | undefined)[], sw: SwitchProcess |
   }
   if (sw) {
     if (failed) {
-      fs.writeFileSync(path.join(dir, 'switch.log'), sw.log.join('\n') + '\n');
+      fs.writeFileSync(path.join(dir, 'switch.log'), sw.lines.join('\n') + '\n');
       console.log(`# switch log (last 40 lines; all of it in ${path.join(dir, 'switch.log')}):\n${sw.log.slice(-40).join('\n')}`);
     }
     await sw.stop();

@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import assert from 'node:assert/strict';
 import { EngineApi, PortAttachOptions } from '../../src/ports/engine-api';
+import type { LogFields } from '../../src/log';
 import { EnginePort, ENGINE_HDR_LEN } from '../../src/engine/port';
 import type { Frame } from '../../src/datapath/frame';
 import { copies } from '../../src/datapath/copy-list';
@@ -61,8 +62,15 @@ export class CapturePort implements EnginePort {
 }
 
 export class LogCapture {
+  /** the messages logged at info level and above (what the command logs by default) */
   readonly lines: string[] = [];
-  readonly fn = (msg: string): void => {
+  /** debug events (one per vhost-user request) */
+  readonly debug: string[] = [];
+  readonly fn = (msg: string, fields?: LogFields): void => {
+    if (fields?.level === 'debug') {
+      this.debug.push(msg);
+      return;
+    }
     this.lines.push(msg);
     if (process.env.VHOST_TEST_LOG) console.log(`[log] ${msg}`);
   };

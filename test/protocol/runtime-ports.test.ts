@@ -101,9 +101,11 @@ test('addPort refuses a bad spec, a name or socket in use, and --max-ports, crea
   try {
     assert.throws(() => r.addPort({ name: 'vm0', path: sock('x') }), /name: a port named "vm0" exists/);
     assert.throws(() => r.addPort({ name: 'other', path: sock('vm0') }), /path: .*vm0.sock is another port's socket/);
-    assert.throws(() => r.addPort({ name: 'm', path: sock('m'), mac: '52:54:00:00:01' }), /mac: .* is not a MAC address/);
-    assert.throws(() => r.addPort({ name: 's', path: sock('s'), share: 0 }), /share: must be a whole number >= 1/);
-    assert.throws(() => r.addPort({ name: 'q', path: sock('q'), queues: 129 }), /queues: must be a whole number from 1 to 128/);
+    assert.throws(() => r.addPort({ name: 'm', path: sock('m'), mac: '52:54:00:00:01' }), /^Error: mac: must be a MAC address aa:bb:cc:dd:ee:ff$/);
+    assert.throws(() => r.addPort({ name: 's', path: sock('s'), share: 0 }), /^Error: share: must be >= 1$/);
+    assert.throws(() => r.addPort({ name: 'q', path: sock('q'), queues: 129 }), /^Error: queues: must be <= 128$/);
+    assert.throws(() => r.addPort({ path: sock('n') } as never), /^Error: name: is required$/);
+    assert.throws(() => r.addPort({ name: 'u', path: sock('u'), sahre: 3 } as never), /^Error: sahre: unknown key \(known: name, path, mode, mac, share, queues, offload\)$/);
     assert.throws(() => r.addPort({ name: 'd', path: path.join(dir, 'no-such-dir', 'd.sock') }), /ENOENT|No such file/);
     assert.deepEqual(fs.readdirSync(dir), ['vm0.sock'], 'no socket created by a refused add');
     assert.equal(r.ports.length, 1);

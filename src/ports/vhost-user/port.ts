@@ -11,7 +11,8 @@ import type { EnginePort } from '../../engine/port';
 import { Frame } from '../../datapath/frame';
 import { ETH_HDR_LEN, ETH_TYPE, ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
-import { Connection, Log } from '../../vhost-user/connection';
+import { Connection } from '../../vhost-user/connection';
+import { Log, withFields } from '../../log';
 import type { Virtqueue } from '../../virtio/virtqueue';
 import { DEFAULT_NET_CONFIG, NetConfig } from '../../virtio/net-config';
 import type { GuestMemory } from '../../memory/guest-memory';
@@ -137,10 +138,15 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private mem: GuestMemory | null = null;
   private readonly pollLoop: PollLoop | null;
   private readonly log: Log;
+  /** the session's and connection's log: every event names this port and its connection */
+  private readonly sessionLog: Log;
   /** SEND_RARP's frame (control path) */
   private readonly rarpBytes = new Uint8Array(ENGINE_HDR_LEN + 60);
   private rarpArea = 0;
   private readonly rarpFrame = new Frame();
+  /** most local-data-store blocks frames waiting for this port may hold, from the next attach on
+   * (undefined: the switch's default); a reload changes it, and the attached connection's too */
+  shareLimit: number | undefined;
   /** called when the session ends (server/client code uses it to accept or reconnect) */
   onSessionEnd: (reason: string | null) => void = () => {};
 
@@ -173,7 +179,9 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   constructor(private readonly sw: EngineApi, private readonly opts: VhostUserPortOptions) {
     this.name = opts.name;
     this.log = opts.log;
+    this.sessionLog = withFields(opts.log, () => (this.index >= 0 ? { port: this.name, connection: this.index } : { port: this.name }));
     this.pollLoop = opts.pollLoop ?? null;
+    this.shareLimit = opts.shareLimit;
   }
 
   get connected(): boolean {
@@ -189,19 +197,19 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   bind(fd: number): void {
     if (this.session) throw new Error(`${this.name}: a front-end is already connected`);
     try {
-      this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.opts.shareLimit });
+      this.index = this.sw.attach(this, { staticMac: this.opts.staticMac, shareLimit: this.shareLimit });
     } catch (e) {
       // a limit of the switch (--max-ports): this front-end is refused, counted by the switch
       native.close(fd);
-      this.log(`${this.name}: error: front-end refused: ${(e as Error).message}`);
+      this.log(`${this.name}: error: front-end refused: ${(e as Error).message}`, { level: 'error', port: this.name });
       return;
     }
-    const conn = new Connection(fd, this.name, this.log);
-    this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.log });
+    const conn = new Connection(fd, this.name, this.sessionLog);
+    this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.sessionLog });
     this.rx.ring = null;
     this.wantRx = false;
     conn.start();
-    this.log(`${this.name}: front-end connected`);
+    this.sessionLog(`${this.name}: front-end connected`);
   }
 
   close(): void {

@@ -1,0 +1,96 @@
+// What the switch runs with: the defaults (src/defaults.ts), over them the config file, over that
+// what the command line gave. Ports: the config's, then the command line's; a command-line port
+// with the name of a config port takes its place.
+import * as path from 'node:path';
+import type { UnknownPolicy } from '../engine/monitor';
+import type { LogLevel } from '../defaults';
+import type { ConfigValues } from './config';
+import { defaultOf, SETTINGS } from './options';
+
+/** One vhost-user port (a --socket/--client spec, an entry of the config's `ports`, ctl add-port). */
+export interface PortSpec {
+  /** name in logs, counters, SIGHUP reloads and removePort() (the command line's default: vu<N>:<socket file name>) */
+  name: string;
+  /** socket path */
+  path: string;
+  /** 'server' (default): listen on path, QEMU connects; 'client': connect to QEMU listening there, retrying */
+  mode?: 'server' | 'client';
+  /** static MAC (aa:bb:cc:dd:ee:ff): known from the start, the only source MAC allowed (port security) */
+  mac?: string;
+  /** most local-data-store blocks frames waiting for this port may hold (default: the switch's shareLimit) */
+  share?: number;
+  /** queue pairs offered to this port's front-end (default: the switch's queues) */
+  queues?: number;
+  /** offer checksum/TSO offloads to this port's front-end (default: the switch's offload) */
+  offload?: boolean;
+}
+
+/** A port as the command line gives it: the name may be left to the default. */
+export type CliPortSpec = Omit<PortSpec, 'name'> & { name?: string };
+
+/** Everything the switch is started with. Keys are the config file's (see options.ts). */
+export interface Settings {
+  ports: PortSpec[];
+  tap?: string;
+  poolMb: number;
+  blockSize: number;
+  shareLimit?: number;
+  holdMs: number;
+  unknown: UnknownPolicy;
+  macAgeS: number;
+  queues: number;
+  maxPorts: number;
+  maxRegions: number;
+  maxFrameBytes: number;
+  maxChainDescriptors: number;
+  offload: boolean;
+  socketMode: number;
+  statsFile?: string;
+  statsInterval: number;
+  maxGuestMemGb: number;
+  maxTotalMemGb: number;
+  pollUs: number;
+  logLevel: LogLevel;
+  logCounters: boolean;
+  quiet: boolean;
+  /** an inherited connected socket (backend program conventions): one session, then the process exits */
+  fd?: number;
+}
+
+/** What the command line said: its values, and which of them were given (not defaults). */
+export interface CommandLine {
+  values: Record<string, unknown>;
+  given(key: string): boolean;
+  ports: CliPortSpec[];
+}
+
+export class SettingsError extends Error {}
+
+export function mergeSettings(cli: CommandLine, config: ConfigValues | null): Settings {
+  const out: Record<string, unknown> = {};
+  for (const d of SETTINGS) {
+    let v = defaultOf(d.key);
+    const c = config?.[d.key];
+    if (c !== undefined) v = d.kind === 'octal' ? parseInt(c as string, 8) : c;
+    if (cli.given(d.key)) v = cli.values[d.key];
+    if (v !== undefined) out[d.key] = v;
+  }
+  const ports: CliPortSpec[] = (config?.ports ?? []).map((p) => ({ ...p }));
+  for (const p of cli.ports) {
+    const same = p.name === undefined ? -1 : ports.findIndex((q) => q.name === p.name);
+    if (same >= 0) ports[same] = p;
+    else ports.push(p);
+  }
+  const named: PortSpec[] = ports.map((p, i) => ({ ...p, name: p.name ?? `vu${i}:${path.basename(p.path)}` }));
+  for (const k of ['name', 'path'] as const) {
+    const seen = new Set<string>();
+    for (const p of named) {
+      const v = k === 'path' ? path.resolve(p.path) : p.name;
+      if (seen.has(v)) throw new SettingsError(`two ports with the ${k} ${k === 'path' ? p.path : v}`);
+      seen.add(v);
+    }
+  }
+  out.ports = named;
+  if (cli.values.fd !== undefined) out.fd = cli.values.fd;
+  return out as unknown as Settings;
+}
