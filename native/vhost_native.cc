@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -167,6 +168,8 @@ struct AddonData {
   Napi::Reference<Napi::Value> copy_list_keep;
   // the busy-poll spinner (see "idle" below)
   struct Idle* idle = nullptr;
+  // clockRead()'s cell: [seconds, microseconds] of CLOCK_REALTIME
+  uint32_t clock_word[2] = {0, 0};
 };
 
 AddonData* Data(const Napi::CallbackInfo& info);
@@ -757,6 +760,24 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
 
 AddonData* Data(const Napi::CallbackInfo& info) { return info.Env().GetInstanceData<AddonData>(); }
 
+// clockWord() -> Uint32Array(2) over this environment's clock cell; clockRead() fills it with
+// CLOCK_REALTIME as [seconds, microseconds] and returns nothing: a time returned to JavaScript is
+// a heap double per call, and packet capture stamps every record on the data path.
+Napi::Value ClockWord(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  AddonData* d = Data(info);
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, d->clock_word, sizeof d->clock_word, [](Napi::Env, void*) {});
+  return Napi::Uint32Array::New(env, 2, ab, 0);
+}
+
+void ClockRead(const Napi::CallbackInfo& info) {
+  AddonData* d = Data(info);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  d->clock_word[0] = static_cast<uint32_t>(ts.tv_sec);
+  d->clock_word[1] = static_cast<uint32_t>(ts.tv_nsec / 1000);
+}
+
 void InvalidateAreas(AddonData* d, const uint8_t* addr, size_t len) {
   if (d == nullptr) return;
   for (size_t i = 1; i < d->areas.size(); i++) {
@@ -1275,6 +1296,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("areaLength", Napi::Function::New<AreaLength>(env, "areaLength"));
   exports.Set("setCopyList", Napi::Function::New<SetCopyList>(env, "setCopyList"));
   exports.Set("runCopies", Napi::Function::New<RunCopies>(env, "runCopies"));
+  exports.Set("clockWord", Napi::Function::New<ClockWord>(env, "clockWord"));
+  exports.Set("clockRead", Napi::Function::New<ClockRead>(env, "clockRead"));
   exports.Set("setIdle", Napi::Function::New<SetIdle>(env, "setIdle"));
   exports.Set("idleStart", Napi::Function::New<IdleStart>(env, "idleStart"));
   exports.Set("idleStop", Napi::Function::New<IdleStop>(env, "idleStop"));

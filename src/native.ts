@@ -87,6 +87,11 @@ export interface NativeAddon {
   setCopyList(list: Uint32Array): void;
   /** runs the first count copies of the list in order; returns how many were refused (bad area or range) */
   runCopies(count: number): number;
+  /** a Uint32Array(2) over this thread's clock cell, which clockRead() fills */
+  clockWord(): Uint32Array;
+  /** CLOCK_REALTIME into the clock cell as [seconds, microseconds]; returns nothing, so reading the
+   *  time per frame allocates nothing (Date.now() and performance.now() return heap doubles) */
+  clockRead(): void;
 
   /** the callback of this thread's idle spinner (adaptive polling): run every loop turn while started */
   setIdle(cb: () => void): void;

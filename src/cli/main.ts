@@ -2,11 +2,15 @@
 // elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
 import { Command, InvalidArgumentError } from 'commander';
 import { CONFIG_SCHEMA, ConfigError, loadConfig } from './config';
-import { commanderOption, intParser, MOST_QUEUE_PAIRS, SETTINGS } from './options';
+import { commanderOption, intParser, MOST_QUEUE_PAIRS, parseOctal, SETTINGS } from './options';
 import { RunningSwitch, runSwitch } from './running-switch';
 import { CliPortSpec, CommandLine, mergeSettings, Settings } from './settings';
 import { createLogger } from './logger';
 import type { Log } from '../log';
+import { defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops';
+import { parseListenAddress } from '../ops/metrics';
+import { parseCaptureSpec } from '../ops/capture';
+import { runCtl } from './ctl';
 
 /** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]" */
 export function parsePortSpec(s: string): CliPortSpec {
@@ -57,7 +61,23 @@ export function buildProgram(): Command {
     .option('--socket-path <path>', 'one vhost-user port in server mode, as QEMU\'s own back-ends take it (vhost-user.rst, "Backend program conventions"); same as --socket PATH')
     .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', intParser({ key: 'fd', kind: 'int', flags: '', help: '', min: 0 }))
     .option('--print-capabilities', 'print the back-end capabilities as JSON ({"type": "net"}) and exit')
-    .option('--print-config-schema', 'print the JSON schema of the --config file and exit');
+    .option('--print-config-schema', 'print the JSON schema of the --config file and exit')
+    // the operator's tools (src/ops/): command line only for now, not in the config file
+    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)', argOf(parseListenAddress, '--metrics'))
+    .option('--ctl [path]', 'control socket for `elastic-vhost ctl` (no PATH: elastic-vhost.ctl next to the first --socket/--client socket)')
+    .option('--ctl-mode <octal>', 'mode of the control socket (octal)', parseOctal, 0o600)
+    .option('--capture <spec>', 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable', collect(argOf(parseCaptureSpec, '--capture')), []);
+}
+
+/** an option parser from a function that throws Error */
+function argOf<T>(parse: (s: string, what: string) => T, what: string) {
+  return (v: string): T => {
+    try {
+      return parse(v, what);
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+  };
 }
 
 export type { PortSpec, RunningSwitch, Settings } from './running-switch';
@@ -77,7 +97,7 @@ function commandLine(program: Command): CommandLine {
 }
 
 /** The settings of argv (and its --config file); throws ConfigError or SettingsError, or exits on a bad command line. */
-export function settingsOf(argv: string[]): { settings: Settings; reread: (() => Settings) | null } {
+export function settingsOf(argv: string[]): { settings: Settings; reread: (() => Settings) | null; ops: OpsSettings } {
   const program = buildProgram();
   program.parse(argv);
   const cli = commandLine(program);
@@ -88,23 +108,35 @@ export function settingsOf(argv: string[]): { settings: Settings; reread: (() =>
   }
   const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
   if (wanted > settings.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${settings.maxPorts}`);
-  return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)) };
+  const o = program.opts();
+  const ops: OpsSettings = { metrics: o.metrics, ctl: o.ctl === true ? defaultCtlPath(settings.ports) : o.ctl, ctlMode: o.ctlMode, captures: o.capture };
+  return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops };
 }
 
 /**
  * Starts the switch as argv says. Its events go to log when one is given (tests), else to a pino
  * logger on stdout (JSON lines; pretty on a terminal) at the settings' logLevel.
  */
-export function start(argv: string[], log?: Log): RunningSwitch {
-  const { settings, reread } = settingsOf(argv);
+export function start(argv: string[], log?: Log): RunningSwitch & { ops: Ops } {
+  const { settings, reread, ops } = settingsOf(argv);
   const logger = log === undefined ? createLogger(settings.logLevel) : null;
-  return runSwitch(settings, log ?? logger!.log, { reread: reread ?? undefined, setLogLevel: logger?.setLevel });
+  const running = runSwitch(settings, log ?? logger!.log, { reread: reread ?? undefined, setLogLevel: logger?.setLevel });
+  try {
+    return withOps(running, settings.ports, ops, running.log);
+  } catch (e) {
+    running.close();
+    throw e;
+  }
 }
 
 /** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
 export const CAPABILITIES = { type: 'net' };
 
 function main(): void {
+  if (process.argv[2] === 'ctl') {
+    void runCtl(process.argv.slice(3)).then((code) => process.exit(code));
+    return;
+  }
   if (process.argv.includes('--print-capabilities')) {
     process.stdout.write(`${JSON.stringify(CAPABILITIES)}\n`);
     process.exit(0);
@@ -113,7 +145,7 @@ function main(): void {
     process.stdout.write(`${JSON.stringify(CONFIG_SCHEMA, null, 2)}\n`);
     process.exit(0);
   }
-  let running: RunningSwitch;
+  let running: RunningSwitch & { ops: Ops };
   try {
     running = start(process.argv);
   } catch (e) {
@@ -122,6 +154,11 @@ function main(): void {
     else console.error(`elastic-vhost: ${(e as Error).message}`);
     process.exit(1);
   }
+  running.ops.ready.catch((e) => {
+    console.error(`elastic-vhost: ${(e as Error).message}`);
+    running.close();
+    process.exit(1);
+  });
   const stop = (sig: string) => {
     running.log(`${sig}: closing every port`);
     running.close();

@@ -186,10 +186,10 @@ export class MacTable {
     return this.sweep((slot) => this.aged(slot));
   }
 
-  /** for tests and stats */
-  *entriesOf(): IterableIterator<{ key: number; port: number; isStatic: boolean }> {
+  /** for tests and stats (control path); seen: when the MAC was last learned or refreshed, ms */
+  *entriesOf(): IterableIterator<{ key: number; port: number; isStatic: boolean; seen: number }> {
     for (let i = 0; i < this.capacity; i++) {
-      if (this.keys[i] !== EMPTY) yield { key: this.keys[i], port: this.ports[i], isStatic: this.flags[i] !== 0 };
+      if (this.keys[i] !== EMPTY) yield { key: this.keys[i], port: this.ports[i], isStatic: this.flags[i] !== 0, seen: this.seen[i] };
     }
   }
 

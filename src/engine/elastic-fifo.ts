@@ -189,6 +189,13 @@ export class ElasticFifo {
     frame.segEnd = k;
   }
 
+  /** When queue q's first frame was stored (ms, the engine's clock), NaN when q is empty: the age
+   * of a queue's oldest frame, read on the control path from the stamp the hold timer uses. */
+  headTime(q: number): number {
+    const head = this.qHead[q];
+    return head === NIL ? NaN : this.frameTime[head];
+  }
+
   push(q: number, head: number): void {
     this.frameNext[head] = NIL;
     const tail = this.qTail[q];

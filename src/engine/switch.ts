@@ -110,6 +110,8 @@ export interface PoolStats {
   blocksReturned: number;
   unresolvedFrames: number;
   unresolvedBlocks: number;
+  /** how long the oldest unresolved frame has waited, ms (null: none waits) */
+  unresolvedOldestMs: number | null;
 }
 
 export interface PortStats extends TrafficCounts {
@@ -119,6 +121,9 @@ export interface PortStats extends TrafficCounts {
   shareLimit: number;
   queuedFrames: number;
   queuedBlocks: number;
+  /** how long the oldest frame queued for this connection has waited, ms (null: none waits);
+   * stamped with the engine's clock, so within one tick (tickMs) */
+  queuedOldestMs: number | null;
   wantsResources: boolean;
 }
 
@@ -152,6 +157,8 @@ export interface MacEntry {
   mac: string;
   index: number;
   isStatic: boolean;
+  /** since the MAC was last seen as a source, ms (null for a static MAC: it never ages) */
+  ageMs: number | null;
 }
 
 export class Switch implements Flooder {
@@ -429,6 +436,11 @@ export class Switch implements Flooder {
   stats(): SwitchStats {
     const fifo = this.fifo;
     const conns = this.conns;
+    const now = this.clock();
+    const age = (q: number): number | null => {
+      const t = fifo.headTime(q);
+      return Number.isNaN(t) ? null : Math.max(0, now - t);
+    };
     const ports: PortStats[] = [];
     for (let k = 0; k < conns.attachedCount; k++) {
       const i = conns.attached[k];
@@ -440,6 +452,7 @@ export class Switch implements Flooder {
         shareLimit: conns.shareLimit[i],
         queuedFrames: fifo.qFrames[i],
         queuedBlocks: fifo.qBlocks[i],
+        queuedOldestMs: age(i),
         wantsResources: conns.wanting[i] !== 0,
         ...this.counters.snapshot(i),
       });
@@ -457,6 +470,7 @@ export class Switch implements Flooder {
         blocksReturned: fifo.blocksReturned,
         unresolvedFrames: fifo.qFrames[this.unresolvedQueue],
         unresolvedBlocks: fifo.qBlocks[this.unresolvedQueue],
+        unresolvedOldestMs: age(this.unresolvedQueue),
       },
       macTable: { entries: this.table.size, capacity: this.table.capacity },
       refusedConnections: this.refusedConnections,
@@ -466,7 +480,10 @@ export class Switch implements Flooder {
 
   macEntries(): MacEntry[] {
     const out: MacEntry[] = [];
-    for (const e of this.table.entriesOf()) out.push({ mac: formatMac(e.key), index: e.port, isStatic: e.isStatic });
+    const now = this.clock();
+    for (const e of this.table.entriesOf()) {
+      out.push({ mac: formatMac(e.key), index: e.port, isStatic: e.isStatic, ageMs: e.isStatic ? null : Math.max(0, now - e.seen) });
+    }
     return out;
   }
 

@@ -15,6 +15,7 @@ import { Frame } from '../datapath/frame';
 import { copies } from '../datapath/copy-list';
 import { Log } from '../vhost-user/connection';
 import { EngineApi, PortAttachOptions } from './engine-api';
+import type { FrameCapture } from '../datapath/capture';
 
 /** receive slots: frames read in one callback before the copy list must run */
 const SLOTS = 16;
@@ -51,6 +52,8 @@ export class TapPort implements EnginePort {
   private readonly outArea: number;
   private want = false;
   private closed = false;
+  /** packet capture: frames read from the host and written to it (null: none) */
+  private capture: FrameCapture | null = null;
 
   /**
    * offload: TUNSETOFFLOAD CSUM|TSO4|TSO6|TSO_ECN, so the kernel hands us GSO frames with partial
@@ -115,6 +118,7 @@ export class TapPort implements EnginePort {
       this.counters.fromHostFrames++;
       this.counters.fromHostBytes += len - ENGINE_HDR_LEN;
       this.inFrame.setBytes(this.inArea, buf, at, len);
+      if (this.capture !== null) this.capture.frame(this.inFrame);
       this.sw.input(this.index, this.inFrame);
     }
     this.sw.flush();
@@ -144,7 +148,16 @@ export class TapPort implements EnginePort {
     if (n < 0) return false;
     this.counters.toHostFrames++;
     this.counters.toHostBytes += len - ENGINE_HDR_LEN;
+    // what the kernel took: the out buffer's Ethernet bytes (the next frame's copy into it is
+    // recorded after this one, so it runs after it)
+    const cap = this.capture;
+    if (cap !== null && cap.begin(len - ENGINE_HDR_LEN)) cap.fromArea(this.outArea, ENGINE_HDR_LEN, len - ENGINE_HDR_LEN);
     return true;
+  }
+
+  /** Packet capture on (frames from the host as read, to the host as written) or off. */
+  setCapture(capture: FrameCapture | null): void {
+    this.capture = capture;
   }
 
   flush(): void {

@@ -532,3 +532,15 @@ test('no fd leak over 200 create/close cycles of every fd-producing call', async
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('clockRead fills the clock cell with CLOCK_REALTIME as [seconds, microseconds], returning nothing', () => {
+  const w = native.clockWord();
+  assert.equal(w.length, 2);
+  const before = Date.now();
+  assert.equal(native.clockRead(), undefined);
+  const after = Date.now();
+  const ms = w[0] * 1000 + w[1] / 1000;
+  assert.ok(w[1] < 1_000_000, `microseconds ${w[1]}`);
+  assert.ok(ms >= before - 1 && ms <= after + 1, `${ms} not within [${before}, ${after}]`);
+  assert.equal(native.clockWord()[0], w[0], 'one cell per thread, shared by every view');
+});

@@ -24,6 +24,7 @@ import { PollLoop, Pollable } from '../poll-loop';
 import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_TOO_BIG, VhostRx } from './rx';
 import { VhostTx } from './tx';
 import { copies } from '../../datapath/copy-list';
+import type { FrameCapture } from '../../datapath/capture';
 
 /** an 802.1Q / 802.1ad tag */
 const VLAN_TAG_LEN = 4;
@@ -213,6 +214,12 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   close(): void {
     this.session?.close();
+  }
+
+  /** Packet capture on (both directions: TX as taken from the guest, RX as written to it) or off. */
+  setCapture(capture: FrameCapture | null): void {
+    this.tx.capture = capture;
+    this.rx.capture = capture;
   }
 
   // ---- SessionDevice: the session's one-way events ----

@@ -15,6 +15,7 @@ import { GuestMemory } from '../../memory/guest-memory';
 import { Segments, MAX_CHAINS } from '../../virtio/chain';
 import { BROKEN } from '../../virtio/split-ring';
 import type { Virtqueue } from '../../virtio/virtqueue';
+import type { FrameCapture } from '../../datapath/capture';
 
 export const RES_OK = 0;
 /** too few RX buffers now: give back what was taken, try again later */
@@ -91,6 +92,8 @@ export class VhostRx {
   private piece = 0;
   private pieceAt = 0;
   private pieceLeft = 0;
+  /** packet capture of what the guest receives (null: none, the usual case) */
+  capture: FrameCapture | null = null;
 
   constructor(private readonly counters: RxCounters) {}
 
@@ -234,8 +237,18 @@ export class VhostRx {
     if (ok) {
       this.counters.rxFrames++;
       this.counters.rxBytes += pieces.total;
+      if (this.capture !== null) this.captureWrite(this.capture, frame, pieces);
     }
     return ok;
+  }
+
+  /** The packet as written into the guest's buffers: the same pieces, read from the same places. */
+  private captureWrite(cap: FrameCapture, frame: Frame | null, pieces: Pieces): void {
+    if (!cap.begin(pieces.total)) return;
+    for (let p = 0; p < pieces.count; p++) {
+      if (pieces.kind[p] === PIECE_FRAME) cap.fromFrame(frame as Frame, pieces.off[p], pieces.len[p]);
+      else cap.fromArea(pieces.area[p], pieces.off[p], pieces.len[p]);
+    }
   }
 
   /** Records copies of up to room bytes of the pieces to area[at…]; returns bytes, -1 on a refused range. */

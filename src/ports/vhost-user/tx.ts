@@ -14,6 +14,7 @@ import type { Virtqueue } from '../../virtio/virtqueue';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE } from '../../virtio/net-header';
 import { checkSenderHeader, GSO_HDRS, newGsoInfo, OFFLOAD_OK } from '../../virtio/offload';
 import { EngineApi } from '../engine-api';
+import type { FrameCapture } from '../../datapath/capture';
 
 export interface TxCounters {
   txFrames: number;
@@ -35,6 +36,8 @@ export class VhostTx {
   /** contiguous headers for checkSenderHeader (sized for its length checks, filled only at the front) */
   private readonly head = new Uint8Array(ENGINE_HDR_LEN + MAX_ETH_LEN);
   private readonly gso = newGsoInfo();
+  /** packet capture of what the guest sends (null: none, the usual case) */
+  capture: FrameCapture | null = null;
 
   constructor(private readonly counters: TxCounters) {
     const f = this.frame;
@@ -66,6 +69,8 @@ export class VhostTx {
         this.counters.txDropped++;
       } else {
         this.describe(hdrLen, total);
+        // as the guest sent it, before the switch judges it (a frame dropped below is in the capture)
+        if (this.capture !== null) this.capture.frame(this.frame);
         if (this.checkOffload(txOffload)) {
           this.counters.txFrames++;
           this.counters.txBytes += total - hdrLen;

@@ -1,0 +1,218 @@
+// The control socket (--ctl PATH): a Unix socket, mode 0600 unless told otherwise, speaking
+// line-delimited JSON. One request per line, one reply line per request, in order:
+//
+//   → {"id": 1, "cmd": "ports"}
+//   ← {"id": 1, "ok": true, "result": [...]}
+//   ← {"id": 1, "ok": false, "error": "no port vm9"}
+//
+// Commands: ports, macs, fifo, captures, capture {port, file, maxBytes?, maxFrames?},
+// capture-stop {port}, add-port {path, client?, mac?, share?, name?}, remove-port {name}.
+// `elastic-vhost ctl` (src/cli/ctl.ts) is the client.
+//
+// A client can neither block nor crash the switch: a line longer than MAX_LINE gets an error reply
+// and the connection is closed; with more than MAX_PENDING requests waiting for their replies the
+// socket is not read until they are answered (pipelining is fine, its backlog bounded); a client
+// whose unread replies pass MAX_UNREAD bytes is disconnected (replies are never buffered without
+// bound); at most MAX_CLIENTS at once; idle connections close after IDLE_MS.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { removeStaleSocket } from '../vhost-user/server';
+import type { Log } from '../log';
+import type { CaptureLimits } from './capture';
+import { fifoView, macViews, portViews, type AddPortRequest, type OpsHost } from './switch-view';
+
+export const MAX_LINE = 64 * 1024;
+export const MAX_UNREAD = 4 * 1024 * 1024;
+export const MAX_PENDING = 64;
+export const MAX_CLIENTS = 16;
+export const IDLE_MS = 60_000;
+
+type Request = Record<string, unknown> & { cmd?: unknown; id?: unknown };
+
+class BadRequest extends Error {}
+
+function str(req: Request, key: string, required = true): string | undefined {
+  const v = req[key];
+  if (v === undefined && !required) return undefined;
+  if (typeof v !== 'string' || v === '') throw new BadRequest(`"${key}" must be a non-empty string`);
+  return v;
+}
+
+function count(req: Request, key: string): number | undefined {
+  const v = req[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new BadRequest(`"${key}" must be a whole number >= 1`);
+  return v;
+}
+
+/** One request → its result (throws with the reason). */
+export async function handleRequest(host: OpsHost, req: Request): Promise<unknown> {
+  switch (req.cmd) {
+    case 'ports':
+      return portViews(host);
+    case 'macs':
+      return macViews(host);
+    case 'fifo':
+      return fifoView(host);
+    case 'captures':
+      return host.captures.list();
+    case 'capture': {
+      const name = str(req, 'port') as string;
+      const file = str(req, 'file') as string;
+      const limits: CaptureLimits = {};
+      const maxBytes = count(req, 'maxBytes');
+      const maxFrames = count(req, 'maxFrames');
+      if (maxBytes !== undefined) limits.maxBytes = maxBytes;
+      if (maxFrames !== undefined) limits.maxFrames = maxFrames;
+      const r = host.ports().find((p) => p.name === name);
+      if (!r) throw new BadRequest(`no port ${name} (ports: ${host.ports().map((p) => p.name).join(', ') || 'none'})`);
+      return host.captures.start(r.port, file, limits);
+    }
+    case 'capture-stop':
+      return host.captures.stop(str(req, 'port') as string);
+    case 'add-port': {
+      const a: AddPortRequest = { path: str(req, 'path') as string };
+      if (req.client !== undefined) {
+        if (typeof req.client !== 'boolean') throw new BadRequest('"client" must be true or false');
+        a.client = req.client;
+      }
+      const mac = str(req, 'mac', false);
+      if (mac !== undefined) a.mac = mac;
+      const share = count(req, 'share');
+      if (share !== undefined) a.share = share;
+      const name = str(req, 'name', false);
+      if (name !== undefined) a.name = name;
+      const r = host.addPort(a);
+      return { name: r.name, mode: r.mode, path: r.path };
+    }
+    case 'remove-port': {
+      const name = str(req, 'name') as string;
+      if (host.captures.has(name)) await host.captures.stop(name);
+      host.removePort(name);
+      return { name };
+    }
+    default:
+      throw new BadRequest(`unknown command ${JSON.stringify(req.cmd)} (ports, macs, fifo, captures, capture, capture-stop, add-port, remove-port)`);
+  }
+}
+
+export class ControlServer {
+  private readonly server: net.Server;
+  private readonly clients = new Set<net.Socket>();
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly host: OpsHost, private readonly log: Log) {
+    this.server = net.createServer((s) => this.accept(s));
+    this.server.maxConnections = MAX_CLIENTS;
+  }
+
+  /** Listens on path (a stale socket file is replaced, a live one refused), mode applied before
+   * anyone can connect: the socket is created under a umask that leaves only the owner's bits. */
+  static listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
+    removeStaleSocket(path);
+    const c = new ControlServer(path, host, log);
+    return new Promise((resolve, reject) => {
+      c.server.once('error', reject);
+      const old = process.umask(0o177);
+      try {
+        c.server.listen(path, () => {
+          c.server.off('error', reject);
+          c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
+          try {
+            fs.chmodSync(path, mode);
+          } catch (e) {
+            c.close();
+            reject(e);
+            return;
+          }
+          c.server.unref();
+          log(`ctl: listening on ${path}`, { path });
+          resolve(c);
+        });
+      } finally {
+        process.umask(old);
+      }
+    });
+  }
+
+  private accept(s: net.Socket): void {
+    if (this.closed) {
+      s.destroy();
+      return;
+    }
+    this.clients.add(s);
+    s.unref();
+    s.setTimeout(IDLE_MS, () => s.destroy());
+    s.on('close', () => this.clients.delete(s));
+    s.on('error', () => {
+      /* the client went away: nothing to tell anyone */
+    });
+    let partial = '';
+    let pending = 0;
+    let chain: Promise<void> = Promise.resolve();
+    const reply = (msg: object): void => {
+      if (s.destroyed) return;
+      s.write(`${JSON.stringify(msg)}\n`);
+      if (s.writableLength > MAX_UNREAD) {
+        this.log(`ctl: error: a client does not read its replies (${s.writableLength} bytes unread): disconnected`, { level: 'error' });
+        s.destroy();
+      }
+    };
+    const refuse = (why: string): void => {
+      this.log(`ctl: error: ${why}: client disconnected`, { level: 'error' });
+      if (!s.destroyed) s.end(`${JSON.stringify({ ok: false, error: why })}\n`);
+      s.destroy();
+    };
+    s.setEncoding('utf8');
+    s.on('data', (d: string) => {
+      partial += d;
+      for (let i = partial.indexOf('\n'); i >= 0; i = partial.indexOf('\n')) {
+        const line = partial.slice(0, i);
+        partial = partial.slice(i + 1);
+        if (line.length > MAX_LINE) return refuse(`request of ${line.length} bytes, longer than ${MAX_LINE}`);
+        if (line.trim() === '') continue;
+        pending++;
+        chain = chain.then(async () => {
+          reply(await this.answer(line));
+          if (--pending === 0 && s.isPaused()) s.resume();
+        });
+      }
+      if (pending > MAX_PENDING) s.pause();
+      if (partial.length > MAX_LINE) refuse(`request longer than ${MAX_LINE} bytes`);
+    });
+  }
+
+  private async answer(line: string): Promise<object> {
+    let req: Request;
+    try {
+      const v: unknown = JSON.parse(line);
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new BadRequest('a request is a JSON object');
+      req = v as Request;
+    } catch (e) {
+      const why = e instanceof BadRequest ? e.message : `not JSON: ${(e as Error).message}`;
+      this.log(`ctl: error: bad request: ${why}`, { level: 'error' });
+      return { ok: false, error: `bad request: ${why}` };
+    }
+    const id = req.id;
+    try {
+      const result = await handleRequest(this.host, req);
+      return id === undefined ? { ok: true, result } : { id, ok: true, result };
+    } catch (e) {
+      const msg = (e as Error).message;
+      this.log(`ctl: error: ${String(req.cmd)}: ${msg}`, { level: 'error', command: String(req.cmd) });
+      return id === undefined ? { ok: false, error: msg } : { id, ok: false, error: msg };
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.clients) s.destroy();
+    this.server.close();
+    try {
+      fs.unlinkSync(this.path);
+    } catch {
+      /* gone already */
+    }
+  }
+}

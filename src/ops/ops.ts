@@ -1,0 +1,122 @@
+// The operator's tools around a running switch: Prometheus metrics (--metrics), the control socket
+// (--ctl) and packet captures (--capture, ctl capture). Started after the switch, closed before it.
+import * as path from 'node:path';
+import type { RunningSwitch, PortSpec } from '../cli/running-switch';
+import type { Log } from '../log';
+import { CaptureManager, type CaptureLimits } from './capture';
+import { ControlServer } from './control';
+import { startMetricsServer, type MetricsServer } from './metrics';
+import type { OpsHost, PortRecord } from './switch-view';
+
+export interface OpsSettings {
+  /** --metrics: where to serve /metrics */
+  metrics?: { host: string; port: number };
+  /** --ctl: the control socket's path, and its mode */
+  ctl?: string;
+  ctlMode: number;
+  /** --capture: captures started with the switch */
+  captures: { port: string; file: string; limits: CaptureLimits }[];
+}
+
+export interface Ops {
+  readonly host: OpsHost;
+  /** resolves once the metrics server and control socket listen; rejects when one cannot */
+  readonly ready: Promise<void>;
+  /** captures completed, servers closed (synchronous: it runs at exit) */
+  close(): void;
+}
+
+/** The control socket `--ctl` makes when given no path: this name next to the first port's socket. */
+export const CTL_SOCKET_NAME = 'elastic-vhost.ctl';
+
+export function defaultCtlPath(ports: readonly PortSpec[]): string {
+  if (ports.length === 0) throw new Error('--ctl: give a PATH (there is no --socket or --client to put the control socket next to)');
+  return path.join(path.dirname(path.resolve(ports[0].path)), CTL_SOCKET_NAME);
+}
+
+/**
+ * Wraps a running switch with its ops tools. initial: the port specs it was started with (their
+ * mode and path are shown by `ctl ports` and the info metric; so are those of ports added later,
+ * by ctl or by a reload). The switch's close() then completes the captures and closes the servers
+ * first.
+ */
+export function withOps<R extends RunningSwitch>(running: R, initial: readonly PortSpec[], s: OpsSettings, log: Log): R & { ops: Ops } {
+  const added = new Map<string, PortSpec>();
+  const specOf = (name: string): PortSpec | undefined => added.get(name) ?? running.settings.ports.find((p) => p.name === name) ?? initial.find((p) => p.name === name);
+  const captures = new CaptureManager(log);
+  const host: OpsHost = {
+    sw: running.sw,
+    captures,
+    ports: () => {
+      const out: PortRecord[] = running.ports.map((p) => {
+        const spec = specOf(p.name);
+        return spec ? { name: p.name, mode: spec.mode === 'client' ? 'client' : 'server', path: path.resolve(spec.path), port: p } : { name: p.name, mode: 'fd', path: '', port: p };
+      });
+      if (running.tap) out.push({ name: running.tap.name, mode: 'tap', path: running.tap.ifname, port: running.tap });
+      return out;
+    },
+    addPort: (req) => {
+      // the command line's default name for a port given without one
+      const name = req.name ?? `vu${running.ports.length}:${path.basename(req.path)}`;
+      const spec: PortSpec = { name, path: req.path, mode: req.client ? 'client' : 'server' };
+      if (req.mac !== undefined) spec.mac = req.mac;
+      if (req.share !== undefined) spec.share = req.share;
+      const p = running.addPort(spec);
+      added.set(p.name, spec);
+      const mode = spec.mode as PortRecord['mode'];
+      log(`${p.name}: port added (${mode}, ${path.resolve(spec.path)})`, { port: p.name, path: path.resolve(spec.path) });
+      return { name: p.name, mode, path: path.resolve(spec.path), port: p };
+    },
+    removePort: (name) => {
+      running.removePort(name);
+      added.delete(name);
+    },
+  };
+
+  const all = host.ports();
+  try {
+    for (const c of s.captures) {
+      const r = all.find((p) => p.name === c.port);
+      if (!r) throw new Error(`--capture ${c.port}=…: no port named ${c.port} (ports: ${all.map((p) => p.name).join(', ')})`);
+      captures.start(r.port, c.file, c.limits);
+    }
+  } catch (e) {
+    captures.stopAllSync();
+    throw e;
+  }
+
+  let metrics: MetricsServer | null = null;
+  let ctl: ControlServer | null = null;
+  let closed = false;
+  const ready = (async () => {
+    const m = s.metrics;
+    if (m) metrics = await startMetricsServer(host, m, log).catch((e: Error) => Promise.reject(new Error(`--metrics ${m.host}:${m.port}: ${e.message}`)));
+    const c = s.ctl;
+    if (c) ctl = await ControlServer.listen(c, host, log, s.ctlMode).catch((e: Error) => Promise.reject(new Error(`--ctl ${c}: ${e.message}`)));
+    if (closed) {
+      metrics?.close();
+      ctl?.close();
+    }
+  })();
+  ready.catch(() => {}); // the caller decides; an unobserved rejection must not end the process
+  const ops: Ops = {
+    host,
+    ready,
+    close: () => {
+      if (closed) return;
+      closed = true;
+      captures.stopAllSync();
+      ctl?.close();
+      metrics?.close();
+    },
+  };
+  // every way out (SIGTERM, the --fd session's end, an error) leaves complete capture files
+  process.once('exit', ops.close);
+  const closeSwitch = running.close.bind(running);
+  running.close = () => {
+    ops.close();
+    process.off('exit', ops.close);
+    closeSwitch();
+  };
+  return Object.assign(running, { ops });
+}

@@ -1,0 +1,195 @@
+// What the operator's tools (metrics, control socket) see of a running switch, built on request
+// from the counters the data path already keeps — never per frame. One set of plain objects, so
+// `ctl ports --json` and the Prometheus names read the same numbers.
+import type { Switch, PortStats, PoolStats } from '../engine/switch';
+import type { TrafficCounts } from '../engine/counters';
+import { VhostUserPort, type PortCounters } from '../ports/vhost-user/port';
+import type { TapPort, TapCounters } from '../ports/tap-port';
+import { virtioFeatureNames, protocolFeatureNames } from '../vhost-user/features';
+import type { CaptureManager, CaptureSummary } from './capture';
+
+/** A port as the process configured it. */
+export interface PortRecord {
+  name: string;
+  /** 'server' (we listen), 'client' (we dial QEMU), 'fd' (an inherited socket), 'tap' */
+  mode: 'server' | 'client' | 'fd' | 'tap';
+  /** socket path, or the TAP device's name */
+  path: string;
+  port: VhostUserPort | TapPort;
+}
+
+/** A vhost-user port to add at run time: the --socket/--client spec. */
+export interface AddPortRequest {
+  path: string;
+  client?: boolean;
+  mac?: string;
+  share?: number;
+  name?: string;
+}
+
+/** The running switch as the ops tools use it (src/cli/main.ts provides it). */
+export interface OpsHost {
+  readonly sw: Switch;
+  ports(): PortRecord[];
+  readonly captures: CaptureManager;
+  /** adds a vhost-user port at run time; throws with the reason when it cannot */
+  addPort(req: AddPortRequest): PortRecord;
+  /** removes a port at run time (its front-end disconnected, its socket closed) */
+  removePort(name: string): void;
+}
+
+export interface RingView {
+  index: number;
+  /** 'rx' or 'tx' as the guest sees it: the switch writes RX rings and reads TX rings */
+  kind: 'rx' | 'tx';
+  layout: 'split' | 'packed';
+  size: number;
+  started: boolean;
+  enabled: boolean;
+  broken: string | null;
+  lastAvail: number;
+  usedIdx: number;
+}
+
+export interface QueueView {
+  frames: number;
+  blocks: number;
+  shareLimit: number;
+  oldestMs: number | null;
+}
+
+export interface PortView {
+  name: string;
+  mode: PortRecord['mode'];
+  path: string;
+  /** connected: a front-end (or the TAP device) is attached to the engine */
+  state: 'connected' | 'waiting';
+  /** connection number in the engine while connected */
+  connection: number | null;
+  staticMac: string | null;
+  features: string[];
+  protocolFeatures: string[];
+  mtu: number | null;
+  rings: RingView[];
+  /** the port's own counters (kept across reconnects) */
+  counters: PortCounters | TapCounters;
+  /** the engine's counters of the connection (since it attached), null while not connected */
+  engine: TrafficCounts | null;
+  queue: QueueView | null;
+  capture: CaptureSummary | null;
+}
+
+function names(s: string): string[] {
+  return s === '(none)' ? [] : s.split('|');
+}
+
+export function portViews(host: OpsHost, stats = host.sw.stats()): PortView[] {
+  const byIndex = new Map<number, PortStats>(stats.ports.map((p) => [p.index, p]));
+  const captures = new Map(host.captures.list().map((c) => [c.port, c]));
+  return host.ports().map((r) => {
+    const p = r.port;
+    const index = p.index;
+    // by number and name: a closed TAP port keeps its old number, which a new connection may reuse
+    const found = index >= 0 ? byIndex.get(index) : undefined;
+    const e = found && found.name === p.name ? found : undefined;
+    const view: PortView = {
+      name: r.name,
+      mode: r.mode,
+      path: r.path,
+      state: e ? 'connected' : 'waiting',
+      connection: e ? index : null,
+      staticMac: e ? e.staticMac : null,
+      features: [],
+      protocolFeatures: [],
+      mtu: null,
+      rings: [],
+      counters: { ...p.counters },
+      engine: e ? trafficOf(e) : null,
+      queue: e ? { frames: e.queuedFrames, blocks: e.queuedBlocks, shareLimit: e.shareLimit, oldestMs: e.queuedOldestMs } : null,
+      capture: captures.get(r.name) ?? null,
+    };
+    if (p instanceof VhostUserPort && p.session) {
+      const s = p.session;
+      view.features = s.featuresSet ? names(virtioFeatureNames(s.features)) : [];
+      view.protocolFeatures = names(protocolFeatureNames(s.protocolFeatures));
+      view.mtu = s.mtu > 0 ? s.mtu : null;
+      view.rings = s.rings
+        .filter((q) => q.addrSet || q.started)
+        .map((q) => ({
+          index: q.index,
+          kind: q.index % 2 === 0 ? 'rx' : 'tx',
+          layout: q.packed ? 'packed' : 'split',
+          size: q.num,
+          started: q.started,
+          enabled: q.enabled,
+          broken: q.broken,
+          lastAvail: q.lastAvail,
+          usedIdx: q.usedIdx,
+        }));
+    }
+    return view;
+  });
+}
+
+function trafficOf(e: PortStats): TrafficCounts {
+  return {
+    rxFrames: e.rxFrames,
+    rxBytes: e.rxBytes,
+    fastFrames: e.fastFrames,
+    fastBytes: e.fastBytes,
+    storedFrames: e.storedFrames,
+    storedBytes: e.storedBytes,
+    drainedFrames: e.drainedFrames,
+    drainedBytes: e.drainedBytes,
+    resolvedFrames: e.resolvedFrames,
+    followedFrames: e.followedFrames,
+    holdFlooded: e.holdFlooded,
+    drops: { ...e.drops },
+    dropped: e.dropped,
+  };
+}
+
+export interface MacView {
+  mac: string;
+  port: string | null;
+  connection: number;
+  static: boolean;
+  /** seconds since last seen as a source (null: static, never ages) */
+  ageS: number | null;
+}
+
+export function macViews(host: OpsHost): MacView[] {
+  const nameOf = connectionNames(host);
+  return host.sw
+    .macEntries()
+    .map((e) => ({ mac: e.mac, port: nameOf.get(e.index) ?? null, connection: e.index, static: e.isStatic, ageS: e.ageMs === null ? null : e.ageMs / 1000 }))
+    .sort((a, b) => (a.connection - b.connection) || a.mac.localeCompare(b.mac));
+}
+
+export interface FifoView {
+  pool: PoolStats;
+  queues: ({ port: string; connection: number } & QueueView)[];
+  unresolved: { frames: number; blocks: number; oldestMs: number | null };
+}
+
+export function fifoView(host: OpsHost, stats = host.sw.stats()): FifoView {
+  const nameOf = connectionNames(host);
+  return {
+    pool: stats.pool,
+    queues: stats.ports.map((p) => ({
+      port: nameOf.get(p.index) ?? p.name,
+      connection: p.index,
+      frames: p.queuedFrames,
+      blocks: p.queuedBlocks,
+      shareLimit: p.shareLimit,
+      oldestMs: p.queuedOldestMs,
+    })),
+    unresolved: { frames: stats.pool.unresolvedFrames, blocks: stats.pool.unresolvedBlocks, oldestMs: stats.pool.unresolvedOldestMs },
+  };
+}
+
+function connectionNames(host: OpsHost): Map<number, string> {
+  const m = new Map<number, string>();
+  for (const r of host.ports()) if (r.port.index >= 0) m.set(r.port.index, r.name);
+  return m;
+}
