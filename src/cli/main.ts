@@ -16,6 +16,9 @@ import { MAX_TABLE_REGIONS } from '../vhost-user/message';
 const GiB = 1024 * 1024 * 1024;
 import { PollLoop } from '../ports/poll-loop';
 import { native } from '../native';
+import { parseWebAddress, WebView } from '../ops/web';
+import { webSample } from '../ops/web-sample';
+import { resolveSocketOwner } from './socket-owner';
 
 /** --poll-us default: event mode (see README, "Polling", for the measurement behind it) */
 export const DEFAULT_POLL_US = 0;
@@ -115,6 +118,15 @@ export function buildProgram(): Command {
         })
         .default(0o600, '0600'),
     )
+    .option('--socket-owner <user>', 'give the socket files created to this user (name or uid), e.g. the one libvirt runs QEMU as')
+    .option('--socket-group <group>', 'give the socket files created to this group (name or gid), e.g. libvirt-qemu with --socket-mode 0660')
+    .option('--web <[addr:]port>', 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given', (v: string) => {
+      try {
+        return parseWebAddress(v);
+      } catch (e) {
+        throw new InvalidArgumentError((e as Error).message);
+      }
+    })
     .option('--socket-path <path>', 'one vhost-user port in server mode, as QEMU\'s own back-ends take it (vhost-user.rst, "Backend program conventions"); same as --socket PATH')
     .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', positiveInt)
     .option('--print-capabilities', 'print the back-end capabilities as JSON ({"type": "net"}) and exit')
@@ -130,6 +142,8 @@ export interface RunningSwitch {
   sw: Switch;
   ports: VhostUserPort[];
   tap: TapPort | null;
+  /** --web: its `listening` rejects when the address cannot be had */
+  web: WebView | null;
   stats(): object;
   close(): void;
 }
@@ -148,6 +162,12 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
   }
   if (specs.length === 0 && !o.tap && o.fd === undefined) {
     program.error('give at least one --socket, --client, --socket-path, --fd or --tap');
+  }
+  let socketOwner: ReturnType<typeof resolveSocketOwner> = null;
+  try {
+    socketOwner = resolveSocketOwner(o.socketOwner, o.socketGroup);
+  } catch (e) {
+    program.error((e as Error).message);
   }
   const wanted = specs.length + (o.tap ? 1 : 0) + (o.fd !== undefined ? 1 : 0);
   if (wanted > o.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${o.maxPorts}`);
@@ -174,6 +194,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
   const ports: VhostUserPort[] = [];
   const endpoints: Endpoint[] = [];
   let tap: TapPort | null = null;
+  let web: WebView | null = null;
   const stats = () => ({
     time: new Date().toISOString(),
     engine: sw.stats(),
@@ -193,6 +214,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     if (closed) return;
     closed = true;
     if (statsTimer) clearInterval(statsTimer);
+    web?.close();
     for (const e of endpoints) e.close();
     for (const p of ports) p.close();
     tap?.close();
@@ -221,7 +243,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
         port.onSessionEnd = () => d.reconnect();
         endpoints.push(d);
       } else {
-        endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode));
+        endpoints.push(new Listener(spec.path, acceptor, log, o.socketMode, socketOwner));
       }
     }
     if (o.fd !== undefined) {
@@ -242,6 +264,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
       port.bind(o.fd);
     }
     if (o.tap) tap = new TapPort(sw, o.tap, log, {}, o.offload as boolean);
+    if (o.web) web = new WebView({ address: o.web, sample: () => webSample(sw, ports, tap), log });
   } catch (e) {
     close();
     throw e;
@@ -262,7 +285,7 @@ export function start(argv: string[], log: (msg: string) => void = (m) => consol
     }, o.statsInterval);
     statsTimer.unref();
   }
-  return { sw, ports, tap, stats, close };
+  return { sw, ports, tap, web, stats, close };
 }
 
 /** --print-capabilities (vhost-user.rst, "Backend program conventions"): before any other validation */
@@ -280,6 +303,11 @@ function main(): void {
     console.error(`elastic-vhost: ${(e as Error).message}`);
     process.exit(1);
   }
+  running.web?.listening.catch((e: Error) => {
+    console.error(`elastic-vhost: --web: ${e.message}`);
+    running.close();
+    process.exit(1);
+  });
   const stop = (sig: string) => {
     console.log(`${timestamp()} ${sig}: closing every port`);
     running.close();
