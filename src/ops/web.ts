@@ -9,7 +9,7 @@
 // The switch's event loop is shared with the data path, so nothing here may wait on a client:
 // writes are never awaited, a client that does not read costs at most SLOW_CLIENT_BYTES plus one
 // sample of memory, and the timer samples only while someone is watching. Read-only: GET and
-// HEAD of three paths, nothing else.
+// HEAD of three paths, nothing else; on loopback, only for a loopback Host.
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -67,6 +67,15 @@ interface Client {
   lastWrite: number;
 }
 
+const LOOPBACK_HOST = /^(localhost|[^.:]+\.localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]|::1)$/i;
+
+/** Host header without its port */
+function hostName(h: string | undefined): string {
+  if (h === undefined) return '';
+  const m = /^(\[[^\]]*\]|[^:]*)(?::\d+)?$/.exec(h);
+  return m ? m[1] : h;
+}
+
 /** the page: next to this file in src/, or (compiled) dist/src/ops → src/ops/web */
 function pagePath(): string {
   const candidates = [path.join(__dirname, 'web', 'index.html'), path.join(__dirname, '..', '..', '..', 'src', 'ops', 'web', 'index.html')];
@@ -94,12 +103,16 @@ export class WebView {
   private last: Buffer | null = null;
   private sampleFailed = false;
   private closed = false;
+  /** bound to loopback: only requests naming a loopback host are served (a web page elsewhere
+   * could otherwise read the switch's state through DNS rebinding) */
+  private readonly loopbackOnly: boolean;
 
   constructor(private readonly o: WebViewOptions) {
     this.intervalMs = o.intervalMs ?? DEFAULT_WEB_INTERVAL_MS;
     this.maxClients = o.maxClients ?? DEFAULT_WEB_MAX_CLIENTS;
     this.stuckClientMs = o.stuckClientMs ?? 10_000;
     this.page = fs.readFileSync(pagePath());
+    this.loopbackOnly = LOOPBACK_HOST.test(o.address.host.includes(':') ? `[${o.address.host}]` : o.address.host);
     const server = http.createServer((req, res) => this.onRequest(req, res));
     this.server = server;
     // a browser keeps a few connections per page; beyond that, sockets are refused by the kernel queue
@@ -143,6 +156,10 @@ export class WebView {
     const head = req.method === 'HEAD';
     if (req.method !== 'GET' && !head) {
       res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain', ...SECURITY_HEADERS }).end('only GET and HEAD\n');
+      return;
+    }
+    if (this.loopbackOnly && !LOOPBACK_HOST.test(hostName(req.headers.host))) {
+      res.writeHead(403, { 'Content-Type': 'text/plain', ...SECURITY_HEADERS }).end('this view answers requests for a loopback host only\n');
       return;
     }
     const p = (req.url ?? '/').split('?')[0];

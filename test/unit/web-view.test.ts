@@ -13,9 +13,9 @@ import { MAX_MACS, webSample } from '../../src/ops/web-sample';
 import { Switch } from '../../src/engine/switch';
 import { BCAST, FakeClock, TestPort, frame, input, mac } from './engine-helpers';
 
-function get(port: number, p: string, method = 'GET'): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function get(port: number, p: string, method = 'GET', host?: string): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: p, method }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, method, ...(host ? { headers: { Host: host } } : {}) }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d) => (body += d));
@@ -106,6 +106,9 @@ describe('web view server', () => {
       assert.equal(r.headers.allow, 'GET, HEAD');
     }
     for (const p of ['/nope', '/events/x', '/../etc/passwd', '/index.htm']) assert.equal((await get(port, p)).status, 404, p);
+    // bound to loopback: a request for another host name (DNS rebinding) is refused
+    for (const h of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost']) assert.equal((await get(port, '/state.json', 'GET', h)).status, 200, h);
+    for (const h of [`evil.example:${port}`, 'evil.example', `127.0.0.1.evil.example:${port}`]) assert.equal((await get(port, '/state.json', 'GET', h)).status, 403, h);
     const sub = await subscribe(port);
     assert.equal(sub.status, 200);
     await until('3 samples', () => sub.samples.length >= 3);
@@ -165,7 +168,7 @@ describe('web view server', () => {
     const stuck = net.connect(port, '127.0.0.1');
     await new Promise((r) => stuck.once('connect', r));
     stuck.pause();
-    stuck.write('GET /events HTTP/1.1\r\nHost: x\r\n\r\n');
+    stuck.write('GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
     stuck.on('error', () => {}); // the reset of a dropped connection
     const closed = new Promise<void>((r) => stuck.once('close', () => r()));
     await until('the stuck client dropped', () => view.stats().dropped === 1, 30_000);
