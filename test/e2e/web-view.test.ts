@@ -111,6 +111,12 @@ describe('live web view in headless Chromium', { timeout: 400_000 }, () => {
       const queued = (await sw!.freshStats()).engine.ports.find((p: { name: string }) => p.name === 'vm1').queuedFrames;
       console.log(`# page shows ${held!.held} frames held for vm1, the switch's counters ${queued}: ${held!.cells.join(' | ')}`);
       assert.equal(held!.held, queued);
+      if (held!.held < N) {
+        // where the missing datagrams went: the sender's own drops, or not seen by the switch at all
+        const fromA = await row('vm0');
+        const link = await a!.exec('cat /sys/class/net/eth0/statistics/tx_packets /sys/class/net/eth0/statistics/tx_dropped; tc -s qdisc show dev eth0 2>/dev/null | grep -i drop', { timeoutMs: 10_000 });
+        console.log(`# only ${held!.held} of ${N} held; vm0 row: ${fromA!.cells.join(' | ')}; A's eth0 tx_packets, tx_dropped, qdisc: ${link.output.replace(/\n/g, ' ')}`);
+      }
       assert.ok(held!.waiting, 'vm1 not shown as unable to take frames');
       assert.match(held!.cells[2] ?? '', /frames held/);
       // let the plot show a plateau, then take the picture this project exists for
