@@ -11,6 +11,7 @@ import { defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops'
 import { parseListenAddress } from '../ops/metrics';
 import { parseCaptureSpec } from '../ops/capture';
 import { runCtl } from './ctl';
+import { parseWebAddress } from '../ops/web';
 
 /** "PATH[,mac=aa:bb:cc:dd:ee:ff][,share=BLOCKS][,name=NAME][,queues=N][,offload=on|off]" */
 export function parsePortSpec(s: string): CliPortSpec {
@@ -66,6 +67,7 @@ export function buildProgram(): Command {
     .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)', argOf(parseListenAddress, '--metrics'))
     .option('--ctl [path]', 'control socket for `elastic-vhost ctl` (no PATH: elastic-vhost.ctl next to the first --socket/--client socket)')
     .option('--ctl-mode <octal>', 'mode of the control socket (octal)', parseOctal, 0o600)
+    .option('--web <[addr:]port>', 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given', argOf(parseWebAddress, '--web'))
     .option('--capture <spec>', 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable', collect(argOf(parseCaptureSpec, '--capture')), []);
 }
 
@@ -109,7 +111,7 @@ export function settingsOf(argv: string[]): { settings: Settings; reread: (() =>
   const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
   if (wanted > settings.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${settings.maxPorts}`);
   const o = program.opts();
-  const ops: OpsSettings = { metrics: o.metrics, ctl: o.ctl === true ? defaultCtlPath(settings.ports) : o.ctl, ctlMode: o.ctlMode, captures: o.capture };
+  const ops: OpsSettings = { metrics: o.metrics, ctl: o.ctl === true ? defaultCtlPath(settings.ports) : o.ctl, ctlMode: o.ctlMode, web: o.web, captures: o.capture };
   return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops };
 }
 

@@ -60,6 +60,8 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'maxChainDescriptors', kind: 'int', flags: '--max-chain-descriptors <n>', min: 1, max: MAX_SEGMENTS, help: 'most descriptors one descriptor chain may have (a longer one marks its ring broken, counted)' },
   { key: 'offload', kind: 'bool', flags: '--no-offload', help: 'offer no checksum/TSO offloads to guests and the TAP uplink (guests then send MTU-sized, checksummed frames)' },
   { key: 'socketMode', kind: 'octal', flags: '--socket-mode <octal>', help: 'mode of the socket files created (octal)' },
+  { key: 'socketOwner', kind: 'string', flags: '--socket-owner <user>', help: 'give the socket files created to this user (name or uid), e.g. the one libvirt runs QEMU as' },
+  { key: 'socketGroup', kind: 'string', flags: '--socket-group <group>', help: 'give the socket files created to this group (name or gid), e.g. libvirt-qemu with --socket-mode 0660' },
   { key: 'statsFile', kind: 'string', flags: '--stats-file <path>', help: 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)' },
   { key: 'statsInterval', kind: 'int', flags: '--stats-interval <ms>', min: 0, help: 'period of --stats-file writes and of the --log-counters line (0: none)' },
   { key: 'maxGuestMemGb', kind: 'int', flags: '--max-guest-mem-gb <n>', min: 1, help: 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)' },

@@ -5,6 +5,7 @@
 //                       ◄── TapPort
 //   addPort(spec): a new port with its socket; removePort(name): its socket closed, its session
 //   ended, the frames queued for it dropped and counted (Switch.detach), other ports untouched.
+import { resolveSocketOwner } from './socket-owner';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Switch } from '../engine/switch';
@@ -75,6 +76,8 @@ export function portSpecProblem(spec: PortSpec, ports: readonly { name: string }
 }
 
 export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): RunningSwitch {
+  // names resolved once, before anything is opened: an unknown one is an error naming its option
+  const socketOwner = resolveSocketOwner(s.socketOwner, s.socketGroup);
   const sw = new Switch({
     poolBytes: s.poolMb * MiB,
     blockSize: s.blockSize,
@@ -146,7 +149,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
       port.onSessionEnd = () => d.reconnect();
       endpoint = d;
     } else {
-      endpoint = new Listener(spec.path, acceptor, portLog, s.socketMode); // throws before anything is kept
+      endpoint = new Listener(spec.path, acceptor, portLog, s.socketMode, socketOwner); // throws before anything is kept
     }
     ports.push(port);
     endpoints.set(port, { endpoint, path: path.resolve(spec.path) });

@@ -45,6 +45,8 @@ export interface Settings {
   maxChainDescriptors: number;
   offload: boolean;
   socketMode: number;
+  socketOwner?: string;
+  socketGroup?: string;
   statsFile?: string;
   statsInterval: number;
   maxGuestMemGb: number;

@@ -7,6 +7,8 @@ import { CaptureManager, type CaptureLimits } from './capture';
 import { ControlServer } from './control';
 import { startMetricsServer, type MetricsServer } from './metrics';
 import type { OpsHost, PortRecord } from './switch-view';
+import { WebView, type WebAddress } from './web';
+import { webSample } from './web-sample';
 
 export interface OpsSettings {
   /** --metrics: where to serve /metrics */
@@ -14,6 +16,8 @@ export interface OpsSettings {
   /** --ctl: the control socket's path, and its mode */
   ctl?: string;
   ctlMode: number;
+  /** --web: where to serve the live web view */
+  web?: WebAddress;
   /** --capture: captures started with the switch */
   captures: { port: string; file: string; limits: CaptureLimits }[];
 }
@@ -87,15 +91,23 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
 
   let metrics: MetricsServer | null = null;
   let ctl: ControlServer | null = null;
+  let web: WebView | null = null;
   let closed = false;
   const ready = (async () => {
     const m = s.metrics;
     if (m) metrics = await startMetricsServer(host, m, log).catch((e: Error) => Promise.reject(new Error(`--metrics ${m.host}:${m.port}: ${e.message}`)));
     const c = s.ctl;
     if (c) ctl = await ControlServer.listen(c, host, log, s.ctlMode).catch((e: Error) => Promise.reject(new Error(`--ctl ${c}: ${e.message}`)));
+    const w = s.web;
+    if (w && !closed) {
+      const view = new WebView({ address: w, sample: () => webSample(running.sw, running.ports, running.tap), log });
+      web = view;
+      await view.listening.catch((e: Error) => Promise.reject(new Error(`--web: ${e.message}`)));
+    }
     if (closed) {
       metrics?.close();
       ctl?.close();
+      web?.close();
     }
   })();
   ready.catch(() => {}); // the caller decides; an unobserved rejection must not end the process
@@ -108,6 +120,7 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
       captures.stopAllSync();
       ctl?.close();
       metrics?.close();
+      web?.close();
     },
   };
   // every way out (SIGTERM, the --fd session's end, an error) leaves complete capture files

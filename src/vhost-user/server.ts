@@ -40,9 +40,21 @@ export class Listener implements Endpoint {
   private readonly poller: Poller;
   private closed = false;
 
-  constructor(readonly path: string, accept: Acceptor, private readonly log: Log, mode = 0o600) {
+  /** owner: uid and gid for the socket file (-1 keeps that one), as --socket-owner/--socket-group say */
+  constructor(readonly path: string, accept: Acceptor, private readonly log: Log, mode = 0o600, owner: { uid: number; gid: number } | null = null) {
     removeStaleSocket(path);
-    this.fd = native.unixListen(path, 16, mode);
+    // with a new owner: only this process's user may connect until chown, then the mode applies
+    this.fd = native.unixListen(path, 16, owner === null ? mode : mode & 0o700);
+    if (owner !== null) {
+      try {
+        fs.chownSync(path, owner.uid, owner.gid);
+        fs.chmodSync(path, mode);
+      } catch (e) {
+        safeClose(this.fd);
+        fs.rmSync(path, { force: true });
+        throw new Error(`${path}: cannot give the socket to uid ${owner.uid} gid ${owner.gid}: ${(e as Error).message}`);
+      }
+    }
     this.poller = native.poll(this.fd, (status) => {
       if (this.closed || status < 0) return;
       for (;;) {

@@ -1,0 +1,88 @@
+// What one sample of the web view holds: built from Switch.stats() and macEntries() on the web
+// view's timer (never per frame), sent as JSON to every page. Short keys: a page gets several a
+// second, each with every port.
+import type { Switch } from '../engine/switch';
+
+/** A port as the CLI lists it: index is its connection number, -1 while nothing is attached. */
+export interface ListedPort {
+  readonly name: string;
+  readonly index: number;
+}
+
+export interface PortSample {
+  name: string;
+  kind: 'vhost-user' | 'tap';
+  /** connection number, -1 while no front-end is attached */
+  conn: number;
+  up: boolean;
+  /** frames and blocks waiting in this connection's queue of the elastic FIFO */
+  held: number;
+  heldBlocks: number;
+  /** frames wait because the guest has no RX buffers (or its RX ring is stopped: a paused guest) */
+  waiting: boolean;
+  share: number;
+  mac: string | null;
+  /** engine counters: frames from this port; to it on the fast path; stored for it; drained to it; dropped */
+  rx: number;
+  fast: number;
+  stored: number;
+  drained: number;
+  dropped: number;
+}
+
+export interface WebSample {
+  /** ms since the epoch */
+  t: number;
+  pool: { blocks: number; blockSize: number; inUse: number; highWater: number; unresolved: number };
+  total: { rx: number; fast: number; stored: number; drained: number; dropped: number };
+  ports: PortSample[];
+  /** [MAC, connection, 1 if static], at most MAX_MACS of them */
+  macs: [string, number, number][];
+  macCount: number;
+}
+
+/** MAC entries sent per sample: a page cannot show a full 6144-entry table usefully anyway */
+export const MAX_MACS = 256;
+
+export function webSample(sw: Switch, vhostUser: readonly ListedPort[], tap: ListedPort | null, now = Date.now()): WebSample {
+  const s = sw.stats();
+  const byConn = new Map(s.ports.map((p) => [p.index, p]));
+  const ports: PortSample[] = [];
+  const add = (p: ListedPort, kind: PortSample['kind']): void => {
+    const e = p.index >= 0 ? byConn.get(p.index) : undefined;
+    ports.push({
+      name: p.name,
+      kind,
+      conn: e ? p.index : -1,
+      up: e !== undefined,
+      held: e?.queuedFrames ?? 0,
+      heldBlocks: e?.queuedBlocks ?? 0,
+      waiting: e?.wantsResources ?? false,
+      share: e?.shareLimit ?? 0,
+      mac: e?.staticMac ?? null,
+      rx: e?.rxFrames ?? 0,
+      fast: e?.fastFrames ?? 0,
+      stored: e?.storedFrames ?? 0,
+      drained: e?.drainedFrames ?? 0,
+      dropped: e?.dropped ?? 0,
+    });
+  };
+  for (const p of vhostUser) add(p, 'vhost-user');
+  if (tap) add(tap, 'tap');
+  const macs: [string, number, number][] = [];
+  const entries = sw.macEntries();
+  entries.sort((a, b) => (a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0));
+  for (const m of entries) {
+    if (macs.length === MAX_MACS) break;
+    macs.push([m.mac, m.index, m.isStatic ? 1 : 0]);
+  }
+  const t = s.total;
+  return {
+    t: now,
+    pool: { blocks: s.pool.blocks, blockSize: s.pool.blockSize, inUse: s.pool.blocksInUse, highWater: s.pool.highWater, unresolved: s.pool.unresolvedFrames },
+    total: { rx: t.rxFrames, fast: t.fastFrames, stored: t.storedFrames, drained: t.drainedFrames, dropped: t.dropped },
+    ports,
+    macs,
+    macCount: entries.length,
+  };
+}

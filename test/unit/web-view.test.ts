@@ -1,0 +1,238 @@
+/**
+ * The web view's server (src/ops/web.ts) over real HTTP sockets, and its sample of a real Switch
+ * (src/ops/web-sample.ts): the paths it serves and refuses, the client limit, samples pushed only
+ * while someone watches, and a client that stops reading is skipped and then dropped while the
+ * others go on — with the bytes left unsent to it bounded.
+ */
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { parseWebAddress, SLOW_CLIENT_BYTES, WebView, type WebViewOptions } from '../../src/ops/web';
+import { MAX_MACS, webSample } from '../../src/ops/web-sample';
+import { Switch } from '../../src/engine/switch';
+import { BCAST, FakeClock, TestPort, frame, input, mac } from './engine-helpers';
+
+function get(port: number, p: string, method = 'GET', host?: string): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, method, ...(host ? { headers: { Host: host } } : {}) }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** An /events reader: the samples it got, parsed. */
+function subscribe(port: number): Promise<{ samples: unknown[]; close(): void; status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/events' }, (res) => {
+      const samples: unknown[] = [];
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const ev = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = ev.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+          if (data) samples.push(JSON.parse(data));
+        }
+      });
+      res.on('error', () => {});
+      resolve({ samples, close: () => req.destroy(), status: res.statusCode ?? 0 });
+    });
+    req.on('error', reject);
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+async function startView(o: Partial<WebViewOptions> & Pick<WebViewOptions, 'sample'>): Promise<{ view: WebView; port: number; logs: string[] }> {
+  const logs: string[] = [];
+  const view = new WebView({ address: { host: '127.0.0.1', port: 0 }, log: (m) => logs.push(m), ...o });
+  const a = await view.listening;
+  return { view, port: a.port, logs };
+}
+
+describe('web view: [ADDR:]PORT', () => {
+  it('is loopback unless an address is given; IPv6 in brackets; anything else refused', () => {
+    assert.deepEqual(parseWebAddress('8080'), { host: '127.0.0.1', port: 8080 });
+    assert.deepEqual(parseWebAddress('0.0.0.0:9000'), { host: '0.0.0.0', port: 9000 });
+    assert.deepEqual(parseWebAddress('[::1]:8080'), { host: '::1', port: 8080 });
+    assert.deepEqual(parseWebAddress('localhost:0'), { host: 'localhost', port: 0 });
+    for (const bad of ['', ':8080', '70000', 'host:', '::1:8080', '1.2.3', 'a b:80', '8080x']) {
+      assert.throws(() => parseWebAddress(bad), /is not \[ADDR:\]PORT/, bad);
+    }
+  });
+});
+
+describe('web view server', () => {
+  const views: WebView[] = [];
+  after(() => {
+    for (const v of views) v.close();
+  });
+
+  it('serves the page, one sample as JSON and the event stream; refuses other methods and paths', async () => {
+    let n = 0;
+    const { view, port } = await startView({ sample: () => ({ n: ++n }), intervalMs: 50 });
+    views.push(view);
+    const page = await get(port, '/');
+    assert.equal(page.status, 200);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    assert.match(page.body, /new EventSource\('events'\)/);
+    assert.match(String(page.headers['content-security-policy']), /default-src 'none'/);
+    const head = await get(port, '/index.html', 'HEAD');
+    assert.equal(head.status, 200);
+    assert.equal(head.body, '');
+    const state = await get(port, '/state.json?x=1');
+    assert.equal(state.status, 200);
+    assert.ok(typeof JSON.parse(state.body).n === 'number');
+    for (const m of ['POST', 'PUT', 'DELETE']) {
+      const r = await get(port, '/', m);
+      assert.equal(r.status, 405, m);
+      assert.equal(r.headers.allow, 'GET, HEAD');
+    }
+    for (const p of ['/nope', '/events/x', '/../etc/passwd', '/index.htm']) assert.equal((await get(port, p)).status, 404, p);
+    // bound to loopback: a request for another host name (DNS rebinding) is refused
+    for (const h of [`localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`, 'localhost']) assert.equal((await get(port, '/state.json', 'GET', h)).status, 200, h);
+    for (const h of [`evil.example:${port}`, 'evil.example', `127.0.0.1.evil.example:${port}`]) assert.equal((await get(port, '/state.json', 'GET', h)).status, 403, h);
+    const sub = await subscribe(port);
+    assert.equal(sub.status, 200);
+    await until('3 samples', () => sub.samples.length >= 3);
+    sub.close();
+  });
+
+  it('samples only while a client watches, at the interval, the same sample to every client', async () => {
+    let calls = 0;
+    const { view, port } = await startView({ sample: () => ({ call: ++calls }), intervalMs: 50 });
+    views.push(view);
+    await sleep(300);
+    assert.equal(calls, 0, 'sampled with nobody watching');
+    const a = await subscribe(port);
+    const b = await subscribe(port);
+    await until('10 samples', () => a.samples.length >= 10 && b.samples.length >= 10);
+    const t0 = Date.now();
+    const c0 = calls;
+    await sleep(500);
+    const rate = (calls - c0) / ((Date.now() - t0) / 1000);
+    assert.ok(rate > 10 && rate < 30, `${rate.toFixed(1)} samples/s at a 50 ms interval`);
+    // every sample went to both: b's are a's (b may have started one sample later)
+    const last = (a.samples.at(-1) as { call: number }).call;
+    assert.ok(b.samples.some((s) => (s as { call: number }).call === last - 1));
+    a.close();
+    b.close();
+    await until('clients gone', () => view.stats().clients === 0);
+    const c1 = calls;
+    await sleep(300);
+    assert.equal(calls, c1, 'still sampling after every client left');
+  });
+
+  it('at most maxClients streams; one more gets 503 and is counted', async () => {
+    const { view, port, logs } = await startView({ sample: () => ({}), intervalMs: 100, maxClients: 2 });
+    views.push(view);
+    const a = await subscribe(port);
+    const b = await subscribe(port);
+    await until('2 clients', () => view.stats().clients === 2);
+    const c = await get(port, '/events');
+    assert.equal(c.status, 503);
+    assert.equal(view.stats().refused, 1);
+    assert.ok(logs.some((l) => /web: refused .*2 clients already watching/.test(l)), logs.join('\n'));
+    a.close();
+    await until('a slot free', () => view.stats().clients === 1);
+    const d = await subscribe(port);
+    assert.equal(d.status, 200);
+    b.close();
+    d.close();
+  });
+
+  it('a client that stops reading is skipped, then dropped; the others go on; unsent bytes stay bounded', async () => {
+    const pad = 'x'.repeat(64 * 1024);
+    let n = 0;
+    const { view, port, logs } = await startView({ sample: () => ({ n: ++n, pad }), intervalMs: 10, stuckClientMs: 1000 });
+    views.push(view);
+    const reader = await subscribe(port);
+    // a raw client that sends its request and then never reads: its socket buffers fill
+    const stuck = net.connect(port, '127.0.0.1');
+    await new Promise((r) => stuck.once('connect', r));
+    stuck.pause();
+    stuck.write('GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    stuck.on('error', () => {}); // the reset of a dropped connection
+    const closed = new Promise<void>((r) => stuck.once('close', () => r()));
+    await until('the stuck client dropped', () => view.stats().dropped === 1, 30_000);
+    // reading again, it finds its connection closed by the server
+    stuck.resume();
+    await closed;
+    const s = view.stats();
+    console.log(`# stuck client: ${s.skipped} samples skipped before the drop, at most ${s.maxUnsent} bytes unsent to one client (limit ${SLOW_CLIENT_BYTES})`);
+    assert.ok(s.skipped > 0, 'never skipped');
+    // the check runs before each write: what is left unsent never exceeds the limit by more than one sample
+    assert.ok(s.maxUnsent <= SLOW_CLIENT_BYTES + pad.length + 100, `${s.maxUnsent} bytes unsent`);
+    assert.ok(logs.some((l) => /web: dropped .*read nothing for/.test(l)), logs.join('\n'));
+    const got = reader.samples.length;
+    await until('the reader still served', () => reader.samples.length > got + 5);
+    assert.equal(view.stats().clients, 1);
+    reader.close();
+  });
+
+  it('a listen error is reported through `listening`', async () => {
+    const { view, port } = await startView({ sample: () => ({}) });
+    views.push(view);
+    const second = new WebView({ address: { host: '127.0.0.1', port }, sample: () => ({}), log: () => {} });
+    await assert.rejects(second.listening, /EADDRINUSE/);
+    second.close();
+  });
+});
+
+describe('web view sample of a switch', () => {
+  it('ports with their connection, held frames and counters; the MAC table', () => {
+    const clock = new FakeClock();
+    const sw = new Switch({ poolBytes: 256 * 2048, blockSize: 2048, tickMs: 0, clock: clock.now });
+    const pa = new TestPort('a');
+    const pb = new TestPort('b', { buffers: 0 });
+    const ia = sw.attach(pa);
+    const ib = sw.attach(pb, { staticMac: mac(2) });
+    // b has no RX buffers: what a sends it is held for it
+    input(sw, ia, frame(BCAST, mac(1), 0));
+    for (let i = 1; i <= 5; i++) input(sw, ia, frame(mac(2), mac(1), i));
+    sw.flush();
+    const listed = [
+      { name: 'a', index: ia },
+      { name: 'b', index: ib },
+      { name: 'c', index: -1 },
+    ];
+    const s = webSample(sw, listed, null, 1234);
+    assert.equal(s.t, 1234);
+    assert.equal(s.ports.length, 3);
+    const [a, b, c] = s.ports;
+    assert.deepEqual([a.name, a.conn, a.up, a.held, a.rx], ['a', ia, true, 0, 6]);
+    assert.deepEqual([b.name, b.conn, b.up, b.held, b.waiting, b.mac, b.stored], ['b', ib, true, 6, true, mac(2), 6]);
+    assert.deepEqual([c.conn, c.up, c.held], [-1, false, 0]);
+    assert.equal(s.pool.inUse, 6);
+    assert.deepEqual(s.macs, [[mac(1), ia, 0], [mac(2), ib, 1]]);
+    assert.equal(s.macCount, 2);
+    pb.post(100);
+    sw.resourcesAvailable(ib);
+    const s2 = webSample(sw, listed, null);
+    assert.deepEqual([s2.ports[1].held, s2.ports[1].drained, s2.pool.inUse], [0, 6, 0]);
+    // a large table is cut at MAX_MACS entries, the count says how many there are
+    for (let i = 0; i < MAX_MACS + 10; i++) input(sw, ia, frame(mac(2), mac(1000 + i), 100 + i));
+    sw.flush();
+    const s3 = webSample(sw, listed, null);
+    assert.equal(s3.macs.length, MAX_MACS);
+    assert.equal(s3.macCount, MAX_MACS + 12);
+    sw.close();
+  });
+});
