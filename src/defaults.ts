@@ -19,6 +19,7 @@ export interface Defaults {
   maxChainDescriptors: number;
   offload: boolean;
   socketMode: number;
+  ctlMode: number;
   statsInterval: number;
   maxGuestMemGb: number;
   maxTotalMemGb: number;
@@ -52,6 +53,8 @@ export const DEFAULTS: Readonly<Defaults> = Object.freeze({
   maxChainDescriptors: MAX_SEGMENTS,
   offload: true,
   socketMode: 0o600,
+  /** the control socket (--ctl): the switch's operator only */
+  ctlMode: 0o600,
   /** ms between stats-file writes (and counters log lines) */
   statsInterval: 1000,
   maxGuestMemGb: 512,

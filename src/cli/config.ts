@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
-import { MOST_QUEUE_PAIRS, SETTINGS, schemaOf } from './options';
+import { CLI_CHECK, MOST_QUEUE_PAIRS, SETTINGS, schemaOf, settingOfFlag } from './options';
 
 /** One vhost-user port; the schema of the config's `ports` entries and of RunningSwitch.addPort(). */
 export const PORT_SCHEMA = {
@@ -26,6 +26,7 @@ export const CONFIG_SCHEMA = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   $id: 'elastic-vhost.schema.json',
   title: 'elastic-vhost config file',
+  $comment: `${CLI_CHECK}: the value is checked by that command-line option's own parser`,
   type: 'object',
   additionalProperties: false,
   properties: {
@@ -46,7 +47,20 @@ export class ConfigError extends Error {
   }
 }
 
-const ajv = new Ajv({ allErrors: true, verbose: true, strict: true });
+const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
+// the command line's parser of a spec setting, so that the file accepts what the option accepts
+const cliCheck: ((flag: string, data: unknown) => boolean) & { errors?: Partial<ErrorObject>[] } = (flag, data) => {
+  const d = settingOfFlag(flag);
+  if (typeof data !== 'string' || d?.kind !== 'spec') return true; // the type keyword reports a number or such
+  try {
+    d.check(data, '');
+    return true;
+  } catch (e) {
+    cliCheck.errors = [{ keyword: CLI_CHECK, message: (e as Error).message.trim(), params: { flag } }];
+    return false;
+  }
+};
+ajv.addKeyword({ keyword: CLI_CHECK, schemaType: 'string', errors: true, validate: cliCheck });
 const validateConfig = ajv.compile(CONFIG_SCHEMA);
 const validatePort = ajv.compile(PORT_SCHEMA);
 

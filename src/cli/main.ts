@@ -2,7 +2,7 @@
 // elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
 import { Command, InvalidArgumentError } from 'commander';
 import { CONFIG_SCHEMA, ConfigError, loadConfig } from './config';
-import { commanderOption, intParser, MOST_QUEUE_PAIRS, parseOctal, SETTINGS } from './options';
+import { attributeOf, commanderOption, intParser, MOST_QUEUE_PAIRS, SETTINGS } from './options';
 import { RunningSwitch, runSwitch } from './running-switch';
 import { CliPortSpec, CommandLine, mergeSettings, Settings } from './settings';
 import { createLogger } from './logger';
@@ -62,24 +62,7 @@ export function buildProgram(): Command {
     .option('--socket-path <path>', 'one vhost-user port in server mode, as QEMU\'s own back-ends take it (vhost-user.rst, "Backend program conventions"); same as --socket PATH')
     .option('--fd <fdnum>', 'one vhost-user port on an already connected socket inherited as this fd (backend program conventions); the process ends when that session ends', intParser({ key: 'fd', kind: 'int', flags: '', help: '', min: 0 }))
     .option('--print-capabilities', 'print the back-end capabilities as JSON ({"type": "net"}) and exit')
-    .option('--print-config-schema', 'print the JSON schema of the --config file and exit')
-    // the operator's tools (src/ops/): command line only for now, not in the config file
-    .option('--metrics <[addr:]port>', 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)', argOf(parseListenAddress, '--metrics'))
-    .option('--ctl [path]', 'control socket for `elastic-vhost ctl` (no PATH: elastic-vhost.ctl next to the first --socket/--client socket)')
-    .option('--ctl-mode <octal>', 'mode of the control socket (octal)', parseOctal, 0o600)
-    .option('--web <[addr:]port>', 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given', argOf(parseWebAddress, '--web'))
-    .option('--capture <spec>', 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable', collect(argOf(parseCaptureSpec, '--capture')), []);
-}
-
-/** an option parser from a function that throws Error */
-function argOf<T>(parse: (s: string, what: string) => T, what: string) {
-  return (v: string): T => {
-    try {
-      return parse(v, what);
-    } catch (e) {
-      throw new InvalidArgumentError((e as Error).message);
-    }
-  };
+    .option('--print-config-schema', 'print the JSON schema of the --config file and exit');
 }
 
 export type { PortSpec, RunningSwitch, Settings } from './running-switch';
@@ -95,7 +78,22 @@ function commandLine(program: Command): CommandLine {
     if (o.fd !== undefined) program.error('--socket-path and --fd exclude each other');
     ports.push({ path: o.socketPath, name: 'vhost-user' });
   }
-  return { values: o, given: (k) => program.getOptionValueSource(k) === 'cli', ports };
+  // settings by their config keys: --capture's attribute is "capture", its key "captures"
+  const attr = new Map(SETTINGS.map((d) => [d.key, attributeOf(d)]));
+  const values: Record<string, unknown> = { ...o };
+  for (const [key, a] of attr) values[key] = o[a];
+  return { values, given: (k) => program.getOptionValueSource(attr.get(k) ?? k) === 'cli', ports };
+}
+
+/** What the ops tools start with: the settings' values parsed as their options' parsers read them. */
+export function opsOf(s: Settings): OpsSettings {
+  return {
+    metrics: s.metrics === undefined ? undefined : parseListenAddress(s.metrics, '--metrics'),
+    ctl: s.ctl === true ? defaultCtlPath(s.ports) : s.ctl === false ? undefined : s.ctl,
+    ctlMode: s.ctlMode,
+    web: s.web === undefined ? undefined : parseWebAddress(s.web),
+    captures: (s.captures ?? []).map((c) => parseCaptureSpec(c)),
+  };
 }
 
 /** The settings of argv (and its --config file); throws ConfigError or SettingsError, or exits on a bad command line. */
@@ -110,9 +108,7 @@ export function settingsOf(argv: string[]): { settings: Settings; reread: (() =>
   }
   const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
   if (wanted > settings.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${settings.maxPorts}`);
-  const o = program.opts();
-  const ops: OpsSettings = { metrics: o.metrics, ctl: o.ctl === true ? defaultCtlPath(settings.ports) : o.ctl, ctlMode: o.ctlMode, web: o.web, captures: o.capture };
-  return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops };
+  return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops: opsOf(settings) };
 }
 
 /**

@@ -2,6 +2,9 @@
 // option (commander), the config file's key and its JSON-schema type are all made from it, with the
 // default from src/defaults.ts. Ports (--socket/--client, the config's `ports`) are in config.ts.
 import { InvalidArgumentError, Option } from 'commander';
+import { parseCaptureSpec } from '../ops/capture';
+import { parseListenAddress } from '../ops/metrics';
+import { parseWebAddress } from '../ops/web';
 import { DEFAULTS, LOG_LEVELS } from '../defaults';
 import { MIN_FRAME, MAX_FRAME, ENGINE_HDR_LEN } from '../datapath/layout';
 import { MAX_SEGMENTS } from '../virtio/chain';
@@ -41,7 +44,25 @@ export interface StringSetting extends Base {
 export interface OctalSetting extends Base {
   kind: 'octal';
 }
-export type SettingDef = IntSetting | ChoiceSetting | BoolSetting | StringSetting | OctalSetting;
+/** a path, or true for the default place (the option given without a value: `--ctl`) */
+export interface PathSetting extends Base {
+  kind: 'path';
+}
+/**
+ * A value in the command line's own syntax ("[ADDR:]PORT", "PORT=FILE,max-frames=N"), checked by
+ * that option's parser in the config file too (the schema keyword CLI_CHECK), so both accept the
+ * same. Kept as written; the ops tools parse it again when they start.
+ */
+export interface SpecSetting extends Base {
+  kind: 'spec';
+  /** throws an Error saying what is wrong; what: the option's name, '' in the config file */
+  check: (s: string, what: string) => void;
+  /** repeatable on the command line, a list in the config file */
+  list?: true;
+  /** "[ADDR:]PORT": a port alone may be a number in the config file (YAML reads 9100 so) */
+  port?: true;
+}
+export type SettingDef = IntSetting | ChoiceSetting | BoolSetting | StringSetting | OctalSetting | PathSetting | SpecSetting;
 
 const poolBlocks = (DEFAULTS.poolMb * 1024 * 1024) / DEFAULTS.blockSize;
 
@@ -70,7 +91,26 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'logLevel', kind: 'choice', flags: '--log-level <level>', choices: LOG_LEVELS, live: true, help: 'least level logged (JSON lines on a pipe or file, pretty on a terminal)' },
   { key: 'logCounters', kind: 'bool', flags: '--log-counters', live: true, help: 'log the engine counters that changed, every --stats-interval ms' },
   { key: 'quiet', kind: 'bool', flags: '-q, --quiet', help: 'no counters line even with --log-counters (kept for old command lines; --log-level filters the rest)' },
+  // the operator's tools (src/ops/)
+  { key: 'metrics', kind: 'spec', flags: '--metrics <[addr:]port>', port: true, check: (s, what) => parseListenAddress(s, what), help: 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)' },
+  { key: 'ctl', kind: 'path', flags: '--ctl [path]', help: 'control socket for `elastic-vhost ctl` (no PATH, or true in the config file: elastic-vhost.ctl next to the first port\'s socket)' },
+  { key: 'ctlMode', kind: 'octal', flags: '--ctl-mode <octal>', help: 'mode of the control socket (octal)' },
+  { key: 'web', kind: 'spec', flags: '--web <[addr:]port>', port: true, check: (s) => parseWebAddress(s), help: 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given' },
+  { key: 'captures', kind: 'spec', flags: '--capture <spec>', list: true, check: (s) => parseCaptureSpec(s), help: 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable (the config file\'s captures: a list of these)' },
 ];
+
+/** The setting of a long option ("--metrics"), for the schema keyword CLI_CHECK. */
+export function settingOfFlag(flag: string): SettingDef | undefined {
+  return SETTINGS.find((d) => longFlag(d) === flag);
+}
+
+export const longFlag = (d: SettingDef): string => d.flags.match(/--[a-z-]+/)![0];
+
+/** commander's attribute of a setting's option ("--capture" → "capture": not the config key "captures") */
+export const attributeOf = (d: SettingDef): string => new Option(d.flags).attributeName();
+
+/** JSON-schema keyword of a spec setting's value: checked as the command-line option it names is */
+export const CLI_CHECK = 'x-cli-option';
 
 export function defaultOf(key: string): unknown {
   return (DEFAULTS as unknown as Record<string, unknown>)[key];
@@ -119,9 +159,23 @@ export function commanderOption(d: SettingDef): Option {
       o.argParser(parseOctal);
       o.default(dflt, octalString(dflt as number));
       break;
+    case 'spec': {
+      const check = (v: string): string => {
+        try {
+          d.check(v, longFlag(d));
+        } catch (e) {
+          throw new InvalidArgumentError((e as Error).message);
+        }
+        return v;
+      };
+      if (d.list) o.argParser((v: string, prev?: string[]) => [...(prev ?? []), check(v)]);
+      else o.argParser(check);
+      break;
+    }
     case 'bool':
     case 'string':
-      break; // --no-X defaults to true by itself; --X to undefined (false)
+    case 'path':
+      break; // --no-X defaults to true by itself; --X to undefined (false); --X [v] to true without v
   }
   return o;
 }
@@ -145,5 +199,12 @@ export function schemaOf(d: SettingDef): Record<string, unknown> {
       return { type: 'string', minLength: 1, description: d.help };
     case 'octal':
       return { type: 'string', pattern: '^0?[0-7]{3}$', description: 'an octal file mode in quotes, e.g. "0660"', default: octalString(dflt as number) };
+    case 'path':
+      return { type: ['string', 'boolean'], minLength: 1, description: d.help };
+    case 'spec': {
+      // minimum/maximum apply to a number only, CLI_CHECK to a string only
+      const one = d.port ? { type: ['string', 'integer'], minimum: 0, maximum: 65535, [CLI_CHECK]: longFlag(d) } : { type: 'string', [CLI_CHECK]: longFlag(d) };
+      return d.list ? { type: 'array', items: one, description: d.help } : { ...one, description: d.help };
+    }
   }
 }

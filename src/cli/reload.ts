@@ -1,6 +1,7 @@
 // SIGHUP: the config file read again, and what can change while running applied — ports added
 // and removed, share limits, the hold time, the unknown policy, the log level and the counters
 // line. Anything else that changed is reported as needing a restart and left as it is.
+import { isDeepStrictEqual } from 'node:util';
 import { SETTINGS } from './options';
 import type { PortSpec, Settings } from './settings';
 
@@ -35,7 +36,7 @@ export function planReload(from: Settings, to: Settings): ReloadPlan {
   const f = from as unknown as Record<string, unknown>;
   const t = to as unknown as Record<string, unknown>;
   for (const d of SETTINGS) {
-    if (f[d.key] === t[d.key]) continue;
+    if (isDeepStrictEqual(f[d.key], t[d.key])) continue; // captures is a list
     if (d.live) plan.live.set(d.key, t[d.key]);
     else plan.refused.push(`${d.key} ${show(f[d.key])} → ${show(t[d.key])}`);
   }

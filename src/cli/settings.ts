@@ -55,12 +55,20 @@ export interface Settings {
   logLevel: LogLevel;
   logCounters: boolean;
   quiet: boolean;
+  /** the operator's tools, each as the command line writes it (main.ts's opsOf() parses them) */
+  metrics?: string;
+  /** a path; true: next to the first port's socket; false: none */
+  ctl?: string | boolean;
+  ctlMode: number;
+  web?: string;
+  captures?: string[];
   /** an inherited connected socket (backend program conventions): one session, then the process exits */
   fd?: number;
 }
 
 /** What the command line said: its values, and which of them were given (not defaults). */
 export interface CommandLine {
+  /** by the settings' keys (the config file's) */
   values: Record<string, unknown>;
   given(key: string): boolean;
   ports: CliPortSpec[];
@@ -73,7 +81,7 @@ export function mergeSettings(cli: CommandLine, config: ConfigValues | null): Se
   for (const d of SETTINGS) {
     let v = defaultOf(d.key);
     const c = config?.[d.key];
-    if (c !== undefined) v = d.kind === 'octal' ? parseInt(c as string, 8) : c;
+    if (c !== undefined) v = d.kind === 'octal' ? parseInt(c as string, 8) : d.kind === 'spec' && typeof c === 'number' ? String(c) : c;
     if (cli.given(d.key)) v = cli.values[d.key];
     if (v !== undefined) out[d.key] = v;
   }
