@@ -2,7 +2,7 @@
 // and removed, share limits, the hold time, the unknown policy, the log level and the counters
 // line. Anything else that changed is reported as needing a restart and left as it is.
 import { isDeepStrictEqual } from 'node:util';
-import { SETTINGS } from './options';
+import { octalString, SETTINGS } from './options';
 import type { PortSpec, Settings } from './settings';
 
 /** a port's keys that only a restart (or the port removed and added under a new name) changes */
@@ -38,6 +38,7 @@ export function planReload(from: Settings, to: Settings): ReloadPlan {
   for (const d of SETTINGS) {
     if (isDeepStrictEqual(f[d.key], t[d.key])) continue; // captures is a list
     if (d.live) plan.live.set(d.key, t[d.key]);
+    else if (d.kind === 'octal') plan.refused.push(`${d.key} ${octalString(f[d.key] as number)} → ${octalString(t[d.key] as number)}`);
     else plan.refused.push(`${d.key} ${show(f[d.key])} → ${show(t[d.key])}`);
   }
   const old = new Map(from.ports.map((p) => [p.name, p]));

@@ -40,6 +40,13 @@ test('contrib/elastic-vhost.yaml is valid and gives the ports and settings it sa
   assert.equal(settings.socketMode, 0o600);
   assert.equal(settings.statsFile, '/run/elastic-vhost/stats.json');
   assert.equal(c.unknown, 'flood');
+  assert.deepEqual(settingsOf(['node', 'elastic-vhost', '--config', example]).ops, {
+    metrics: { host: '127.0.0.1', port: 9101 },
+    ctl: '/run/elastic-vhost/elastic-vhost.ctl',
+    ctlMode: 0o600,
+    web: undefined,
+    captures: [],
+  });
   // the same file as JSON is a valid config too
   const asJson = JSON.stringify(c, null, 2);
   assert.deepEqual(parseConfig(asJson, 'c.json'), c);
@@ -77,7 +84,7 @@ test('schema errors name the key and the line, every one of them, in line order'
     'config.yaml:15: holdMs: must be >= 0',
     'config.yaml:16: logLevel: must be one of "trace", "debug", "info", "warn", "error", "fatal", "silent"',
   ]);
-  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, logLevel, logCounters, quiet)']);
+  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, logLevel, logCounters, quiet, metrics, ctl, ctlMode, web, captures)']);
   assert.deepEqual(problems('ports:\n  - {name: a, path: /x/a}\n  - name: a\n    path: /x/a\n'), [
     'config.yaml:3: ports[1].name: "a" is also ports[0].name',
     'config.yaml:4: ports[1].path: "/x/a" is also ports[0].path',
@@ -87,6 +94,79 @@ test('schema errors name the key and the line, every one of them, in line order'
   assert.deepEqual(problems('{\n  "poolMb": 16,\n  "ports": [{"name": "a", "path": "/x", "share": "lots"}]\n}\n', 'c.json'), ['c.json:3: ports[0].share: must be integer']);
   assert.deepEqual(problems('{\n  "poolMb": 16,\n  "poolMb": 17\n}\n', 'c.json'), ['c.json:3: Map keys must be unique']);
   assert.deepEqual(parseConfig('', 'empty.yaml'), {});
+});
+
+test("the ops tools' keys are checked as their options are: a bad value names key and line", () => {
+  const text = [
+    'ports: [{name: vm0, path: /tmp/vm0.sock}]', // 1
+    'metrics: "127.0.0.1:65536"', // 2
+    'ctl: ""', // 3
+    'ctlMode: 0600', // 4
+    'web: "localhost:http"', // 5
+    'captures:', // 6
+    '  - vm0=/tmp/vm0.pcap,max-frames=1000', // 7
+    '  - vm0', // 8
+    '  - vm0=/tmp/b.pcap,max-frames=0', // 9
+    '  - 42', // 10
+  ].join('\n');
+  assert.deepEqual(problems(text), [
+    'config.yaml:2: metrics: "127.0.0.1:65536": want [ADDR:]PORT, e.g. 9100 or 0.0.0.0:9100',
+    'config.yaml:3: ctl: must NOT have fewer than 1 characters',
+    'config.yaml:4: ctlMode: must be string',
+    'config.yaml:5: web: "localhost:http" is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, [::1]:8080)',
+    'config.yaml:8: captures[1]: capture "vm0": want PORT=FILE[,max-bytes=N][,max-frames=N]',
+    'config.yaml:9: captures[2]: capture "vm0=/tmp/b.pcap,max-frames=0": "max-frames=0" is not max-bytes=N or max-frames=N (N >= 1)',
+    'config.yaml:10: captures[3]: must be string',
+  ]);
+  // a port alone may be a number (YAML reads 9101 so), in range; ctl is a path or true/false
+  assert.deepEqual(problems('metrics: 70000\nweb: -1\nctl: 3\ncaptures: vm0=/tmp/a.pcap\n'), [
+    'config.yaml:1: metrics: must be <= 65535',
+    'config.yaml:2: web: must be >= 0',
+    'config.yaml:3: ctl: must be string,boolean',
+    'config.yaml:4: captures: must be array',
+  ]);
+  // the same strings the command line takes, and no more (--metrics "x" is refused there too)
+  const r = spawnSync(process.execPath, [cli, '--socket', '/tmp/ev-cfg-never.sock', '--metrics', '127.0.0.1:65536'], { encoding: 'utf8' });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /--metrics "127\.0\.0\.1:65536": want \[ADDR:\]PORT/);
+});
+
+test("the ops tools from the file, the command line's over them: metrics, ctl true, web as a number, captures", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-cfg-'));
+  const file = path.join(dir, 'ev.yaml');
+  fs.writeFileSync(
+    file,
+    [
+      `ports: [{name: vm0, path: ${dir}/vm0.sock}, {name: vm1, path: ${dir}/vm1.sock}]`,
+      'metrics: 9101',
+      'ctl: true',
+      'ctlMode: "0660"',
+      'web: 8080',
+      `captures: ["vm0=${dir}/vm0.pcap,max-frames=1000", "vm1=${dir}/vm1.pcap"]`,
+      '',
+    ].join('\n'),
+  );
+  const fromFile = settingsOf(['node', 'elastic-vhost', '--config', file]);
+  assert.deepEqual(fromFile.ops, {
+    metrics: { host: '127.0.0.1', port: 9101 },
+    ctl: path.join(dir, 'elastic-vhost.ctl'),
+    ctlMode: 0o660,
+    web: { host: '127.0.0.1', port: 8080 },
+    captures: [
+      { port: 'vm0', file: `${dir}/vm0.pcap`, limits: { maxFrames: 1000 } },
+      { port: 'vm1', file: `${dir}/vm1.pcap`, limits: {} },
+    ],
+  });
+  assert.equal(fromFile.settings.web, '8080', 'kept as the command line writes it');
+  const over = settingsOf(['node', 'elastic-vhost', '--config', file, '--metrics', '0.0.0.0:9200', '--ctl', `${dir}/c.sock`, '--capture', `vm1=${dir}/x.pcap,max-bytes=5000`]);
+  assert.deepEqual(over.ops, {
+    metrics: { host: '0.0.0.0', port: 9200 },
+    ctl: `${dir}/c.sock`,
+    ctlMode: 0o660,
+    web: { host: '127.0.0.1', port: 8080 },
+    captures: [{ port: 'vm1', file: `${dir}/x.pcap`, limits: { maxBytes: 5000 } }],
+  }, "the command line's --capture list replaces the file's");
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('the command with a bad config exits 1 naming key and line, before it opens any socket or TAP device', () => {
@@ -100,6 +180,11 @@ test('the command with a bad config exits 1 naming key and line, before it opens
   const r = spawnSync(process.execPath, [cli, '--config', file, '--socket', `${dir}/cli.sock`], { encoding: 'utf8' });
   assert.equal(r.status, 1, r.stdout + r.stderr);
   assert.equal(r.stderr, `${file}:7: ports[1].share: must be >= 1\n`);
+  // a bad ops value too: no socket, no metrics port, no control socket
+  fs.writeFileSync(file, [`ports: [{name: vm0, path: ${dir}/vm0.sock}]`, `ctl: ${dir}/ctl.sock`, 'metrics: "127.0.0.1:9101"', `captures: ["vm0:${dir}/vm0.pcap"]`, ''].join('\n'));
+  const ops = spawnSync(process.execPath, [cli, '--config', file], { encoding: 'utf8' });
+  assert.equal(ops.status, 1, ops.stdout + ops.stderr);
+  assert.equal(ops.stderr, `${file}:4: captures[0]: capture "vm0:${dir}/vm0.pcap": want PORT=FILE[,max-bytes=N][,max-frames=N]\n`);
   assert.deepEqual(fs.readdirSync(dir), ['bad.yaml'], 'no socket file created');
   assert.equal(fs.existsSync(`/sys/class/net/${tap}`), false, 'no TAP device created');
   const missing = spawnSync(process.execPath, [cli, '--config', path.join(dir, 'nope.yaml')], { encoding: 'utf8' });

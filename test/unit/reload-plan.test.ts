@@ -46,3 +46,13 @@ test('planReload: live settings and shares applied, port changes other than shar
   );
   assert.equal(describeReload(applyReload(r, planReload(r.settings, r.settings))), 'reload: no changes');
 });
+
+test("planReload: the ops tools' settings (metrics, ctl, web, captures) need a restart", () => {
+  const from = settingsOf(['node', 'elastic-vhost', '--socket', '/tmp/rp-a.sock,name=a', '--metrics', '9101', '--capture', 'a=/tmp/rp-a.pcap']).settings;
+  const same = settingsOf(['node', 'elastic-vhost', '--socket', '/tmp/rp-a.sock,name=a', '--metrics', '9101', '--capture', 'a=/tmp/rp-a.pcap']).settings;
+  assert.deepEqual(planReload(from, same).refused, [], 'an equal capture list is no change');
+  const to: Settings = { ...from, metrics: '9102', ctl: true, ctlMode: 0o660, web: '8080', captures: [] };
+  const plan = planReload(from, to);
+  assert.deepEqual([...plan.live], []);
+  assert.deepEqual(plan.refused, ['metrics "9101" → "9102"', 'ctl (default) → true', 'ctlMode 0600 → 0660', 'web (default) → "8080"', 'captures ["a=/tmp/rp-a.pcap"] → []']);
+});
