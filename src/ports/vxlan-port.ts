@@ -7,7 +7,9 @@
 //                         checksum/TSO frame: OffloadFallback completes / segments into slots
 //                     ──► copies run, dgram.send() of each slot to each destination
 //   dgram 'message' ──► VXLAN header checked (I flag, VNI, length), VTEP must be configured
-//                   ──► inner source MAC learned with its VTEP ──► Switch.input() + flush()
+//                   ──► copied into a receive slot after a zero engine header (the datagram's
+//                       Buffer is Node's, not a registered area) ──► inner source MAC learned with
+//                       its VTEP ──► Switch.input(); flush() once per run of datagrams
 //
 // Send slots: dgram.send() keeps the Buffer until its callback (the address lookup of a literal
 // IP alone defers the send to the next tick), so a slot is reused only once every send of it has
@@ -48,6 +50,13 @@ const SEND_SLOTS = 256;
 /** a waiting frame is retried once this many slots are free again */
 const WAKE_SLOTS = SEND_SLOTS / 2;
 const VTEP_TABLE_SIZE = 4096;
+/**
+ * receive slots: libuv reads up to 32 datagrams per readiness and Node emits 'message' for each
+ * in the same turn; the frames of that run are one batch for the switch (one flush, one guest
+ * notification), ended on setImmediate or when the slots are used up
+ */
+const RX_SLOTS = 32;
+const RX_SLOT = (ENGINE_HDR_LEN + MAX_DATAGRAM - VXLAN_HDR_LEN + 63) & ~63;
 /** period of the VTEP table's clock and aging */
 const TICK_MS = 1000;
 
@@ -241,10 +250,14 @@ export class VxlanPort implements EnginePort, PacketSink {
   private readonly pktSlot = new Int32Array(SEND_SLOTS);
   private packets = 0;
   private readonly fallback: OffloadFallback;
-  // receive: engine header (zero: no offload) + inner frame, contiguous
-  private readonly inBuf = new Uint8Array(ENGINE_HDR_LEN + MAX_ETH_LEN);
+  // receive slots: engine header (zero: no offload) + inner frame, contiguous; a slot is reused
+  // only after the batch it was in was flushed (its copies ran)
+  private readonly inBuf = new Uint8Array(RX_SLOTS * RX_SLOT);
   private readonly inArea: number;
   private readonly inFrame = new Frame();
+  private inUsed = 0;
+  private flushScheduled = false;
+  private readonly flushRx = (): void => this.endRxBatch();
   private want = false;
   private closed = false;
 
@@ -339,16 +352,32 @@ export class VxlanPort implements EnginePort, PacketSink {
     }
     const ethLen = len - VXLAN_HDR_LEN;
     const buf = this.inBuf;
-    msg.copy(buf, ENGINE_HDR_LEN, VXLAN_HDR_LEN, len);
-    const o = ENGINE_HDR_LEN + SRC_MAC_OFFSET;
+    const at = this.inUsed * RX_SLOT;
+    msg.copy(buf, at + ENGINE_HDR_LEN, VXLAN_HDR_LEN, len);
+    const o = at + ENGINE_HDR_LEN + SRC_MAC_OFFSET;
     const hi = macHi(buf, o);
     if (!isGroupHi(hi)) this.table.learn(hi, macLo(buf, o), vtep);
     c.decapFrames++;
     c.decapBytes += ethLen;
     try {
-      this.inFrame.setBytes(this.inArea, buf, 0, ENGINE_HDR_LEN + ethLen);
+      this.inFrame.setBytes(this.inArea, buf, at, ENGINE_HDR_LEN + ethLen);
       this.sw.input(this.index, this.inFrame);
-      // the frame's copies run here, so inBuf is free for the next datagram
+    } catch (e) {
+      this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`, { level: 'error', port: this.name, connection: this.index });
+    }
+    if (++this.inUsed === RX_SLOTS) this.endRxBatch();
+    else if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushRx);
+    }
+  }
+
+  /** the batch's copies run (its slots are free again) and the ports delivered to are signalled */
+  private endRxBatch(): void {
+    this.flushScheduled = false;
+    if (this.inUsed === 0 || this.closed) return;
+    this.inUsed = 0;
+    try {
       this.sw.flush();
     } catch (e) {
       this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`, { level: 'error', port: this.name, connection: this.index });
