@@ -29,6 +29,8 @@ export interface SwitchProcessOptions {
   extraArgs?: string[];
   /** mirror the switch's log to stderr */
   echo?: boolean;
+  /** run it in this network namespace (`ip netns exec`, which execs it: same pid) */
+  netns?: string;
 }
 
 /** One event as the switch logged it: level, time, msg and its fields (port, connection, request…). */
@@ -83,7 +85,9 @@ export class SwitchProcess {
       ...(this.o.extraArgs ?? []),
     ];
     const from = this.log.length;
-    const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = this.o.netns
+      ? spawn('ip', ['netns', 'exec', this.o.netns, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     live.add(p);
     this.exitPromise = new Promise((resolve) => p.on('exit', (code, signal) => {

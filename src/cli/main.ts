@@ -103,10 +103,10 @@ export function settingsOf(argv: string[]): { settings: Settings; reread: (() =>
   const cli = commandLine(program);
   const file = program.opts().config as string | undefined;
   const settings = mergeSettings(cli, file === undefined ? null : loadConfig(file));
-  if (settings.ports.length === 0 && !settings.tap && settings.fd === undefined) {
-    program.error('give at least one --socket, --client, --socket-path, --fd or --tap (or ports in the --config file)');
+  if (settings.ports.length === 0 && !settings.tap && !settings.vxlan && settings.fd === undefined) {
+    program.error('give at least one --socket, --client, --socket-path, --fd, --tap or --vxlan (or ports in the --config file)');
   }
-  const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
+  const wanted = settings.ports.length + (settings.tap ? 1 : 0) + (settings.vxlan ? 1 : 0) + (settings.fd !== undefined ? 1 : 0);
   if (wanted > settings.maxPorts) program.error(`${wanted} ports given, more than --max-ports ${settings.maxPorts}`);
   return { settings, reread: file === undefined ? null : () => mergeSettings(cli, loadConfig(file)), ops: opsOf(settings) };
 }

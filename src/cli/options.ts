@@ -5,6 +5,7 @@ import { InvalidArgumentError, Option } from 'commander';
 import { parseCaptureSpec } from '../ops/capture';
 import { parseListenAddress } from '../ops/metrics';
 import { parseWebAddress } from '../ops/web';
+import { parseVxlanSpec } from '../ports/vxlan-port';
 import { DEFAULTS, LOG_LEVELS } from '../defaults';
 import { MIN_FRAME, MAX_FRAME, ENGINE_HDR_LEN } from '../datapath/layout';
 import { MAX_SEGMENTS } from '../virtio/chain';
@@ -68,6 +69,7 @@ const poolBlocks = (DEFAULTS.poolMb * 1024 * 1024) / DEFAULTS.blockSize;
 
 export const SETTINGS: readonly SettingDef[] = [
   { key: 'tap', kind: 'string', flags: '-t, --tap <name>', help: 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself' },
+  { key: 'vxlan', kind: 'spec', flags: '--vxlan <spec>', check: (s, what) => parseVxlanSpec(s, what || 'vxlan'), help: 'VXLAN uplink (RFC 7348) to other hosts: LOCAL_IP[:PORT],vni=N,remote=IP[:PORT][,remote=…][,mac=MAC@IP…][,mtu=UNDERLAY_MTU] (port 4789, mtu 1500 unless given); unknown and broadcast frames go to every remote' },
   { key: 'poolMb', kind: 'int', flags: '--pool-mb <n>', min: 1, help: `size of the local data store (elastic FIFO) in MiB (${DEFAULTS.poolMb} MiB = ${poolBlocks} blocks of ${DEFAULTS.blockSize / 1024} KiB)` },
   { key: 'blockSize', kind: 'int', flags: '--block-size <bytes>', min: 128, multipleOf: 8, help: 'local data store block size (multiple of 8, >= 128)' },
   { key: 'shareLimit', kind: 'int', flags: '--share-limit <blocks>', min: 1, live: true, help: 'default most blocks one port may hold queued (default: half the pool)' },
@@ -75,7 +77,7 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'unknown', kind: 'choice', flags: '--unknown <policy>', choices: ['flood', 'drop'], live: true, help: 'what happens to held frames past the hold time' },
   { key: 'macAgeS', kind: 'int', flags: '--mac-age-s <s>', min: 1, help: 'forget learned MACs unused for this long' },
   { key: 'queues', kind: 'int', flags: '--queues <n>', min: 1, max: MOST_QUEUE_PAIRS, help: 'queue pairs offered per vhost-user port (GET_QUEUE_NUM): a ring beyond is refused' },
-  { key: 'maxPorts', kind: 'int', flags: '--max-ports <n>', min: 1, help: 'most connections (vhost-user ports and the TAP uplink) attached at once; a front-end beyond is refused, counted' },
+  { key: 'maxPorts', kind: 'int', flags: '--max-ports <n>', min: 1, help: 'most connections (vhost-user ports and the TAP and VXLAN uplinks) attached at once; a front-end beyond is refused, counted' },
   { key: 'maxRegions', kind: 'int', flags: '--max-regions <n>', min: 1, max: MOST_MEM_SLOTS, help: `most memory regions one connection may have (GET_MAX_MEM_SLOTS; SET_MEM_TABLE carries at most ${MAX_TABLE_REGIONS})` },
   { key: 'maxFrameBytes', kind: 'int', flags: '--max-frame-bytes <n>', min: MIN_FRAME - ENGINE_HDR_LEN, max: MAX_FRAME - ENGINE_HDR_LEN, help: 'largest Ethernet frame taken from a port (a longer one is dropped, counted as tooBig)' },
   { key: 'maxChainDescriptors', kind: 'int', flags: '--max-chain-descriptors <n>', min: 1, max: MAX_SEGMENTS, help: 'most descriptors one descriptor chain may have (a longer one marks its ring broken, counted)' },

@@ -3,6 +3,7 @@
 //
 //   settings ──► Switch ◄── VhostUserPort ◄── Listener (server mode) / Dialer (client mode)
 //                       ◄── TapPort
+//                       ◄── VxlanPort
 //   addPort(spec): a new port with its socket; removePort(name): its socket closed, its session
 //   ended, the frames queued for it dropped and counted (Switch.detach), other ports untouched.
 import { resolveSocketOwner } from './socket-owner';
@@ -13,6 +14,7 @@ import { chainLimitHits } from '../virtio/split-ring';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { VhostUserPort } from '../ports/vhost-user/port';
 import { TapPort } from '../ports/tap-port';
+import { parseVxlanSpec, VxlanPort } from '../ports/vxlan-port';
 import { PollLoop } from '../ports/poll-loop';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
 import { DEFAULT_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
@@ -33,6 +35,7 @@ export interface RunningSwitch {
   /** the vhost-user ports, in the order they were added */
   ports: VhostUserPort[];
   tap: TapPort | null;
+  vxlan: VxlanPort | null;
   stats(): object;
   /**
    * Adds a vhost-user port while the switch runs: its socket listens (server mode) or is dialled
@@ -103,6 +106,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
   const endpoints = new Map<VhostUserPort, { endpoint: Endpoint; path: string }>();
   let fdPort: VhostUserPort | null = null;
   let tap: TapPort | null = null;
+  let vxlan: VxlanPort | null = null;
   let closed = false;
   let statsTimer: NodeJS.Timeout | null = null;
 
@@ -112,6 +116,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     settings: sw.settings(),
     vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
+    vxlan: vxlan ? { name: vxlan.name, counters: vxlan.counters, offload: vxlan.offloadCounters, sendErrors: vxlan.sendErrorCodes, vteps: vxlan.vteps(), macs: vxlan.macEntries() } : null,
     limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
   });
   const writeStats = () => {
@@ -124,9 +129,9 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
   const addPort = (spec: PortSpec): VhostUserPort => {
     if (closed) throw new Error('the switch is closed');
     const paths = new Set([...endpoints.values()].map((e) => e.path));
-    const problem = portSpecProblem(spec, [...ports, ...(tap ? [tap] : [])], paths);
+    const problem = portSpecProblem(spec, [...ports, ...(tap ? [tap] : []), ...(vxlan ? [vxlan] : [])], paths);
     if (problem !== null) throw new Error(problem);
-    const count = ports.length + (tap ? 1 : 0);
+    const count = ports.length + (tap ? 1 : 0) + (vxlan ? 1 : 0);
     if (count >= s.maxPorts) throw new Error(`${count} ports already, --max-ports is ${s.maxPorts}`);
     const name = spec.name;
     const port = new VhostUserPort(sw, {
@@ -229,11 +234,12 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     for (const e of endpoints.values()) e.endpoint.close();
     for (const p of ports) p.close();
     tap?.close();
+    vxlan?.close();
     writeStats();
     sw.close();
   };
 
-  const running: RunningSwitch = { sw, ports, tap, stats, addPort, removePort, settings: s, setPortShare, setLive, reload, log, close };
+  const running: RunningSwitch = { sw, ports, tap, vxlan, stats, addPort, removePort, settings: s, setPortShare, setLive, reload, log, close };
   try {
     for (const spec of s.ports) addPort(spec);
     if (s.fd !== undefined) {
@@ -251,6 +257,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
       port.bind(fd);
     }
     if (s.tap) running.tap = tap = new TapPort(sw, s.tap, log, {}, s.offload);
+    if (s.vxlan) running.vxlan = vxlan = new VxlanPort(sw, parseVxlanSpec(s.vxlan), log, s.macAgeS * 1000);
   } catch (e) {
     close();
     throw e;

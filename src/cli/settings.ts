@@ -32,6 +32,8 @@ export type CliPortSpec = Omit<PortSpec, 'name'> & { name?: string };
 export interface Settings {
   ports: PortSpec[];
   tap?: string;
+  /** the VXLAN uplink, as --vxlan writes it (parsed when the port is made) */
+  vxlan?: string;
   poolMb: number;
   blockSize: number;
   shareLimit?: number;

@@ -261,6 +261,23 @@ export class Switch implements Flooder {
     this.conns.flushOne(index);
   }
 
+  /**
+   * A MAC that lies behind connection index (an uplink's configured remote MAC): known from the
+   * start, never ages, no port security (the uplink carries many MACs). Frames held for it move to
+   * that connection's queue.
+   */
+  setRemoteMac(index: number, mac: string): void {
+    this.portAt(index);
+    const key = parseMac(mac);
+    const hi = keyHi(key);
+    const lo = keyLo(key);
+    if (isGroupHi(hi)) throw new Error(`remote MAC ${mac} is a group address`);
+    if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
+    this.resolveTo(hi, lo, index);
+    copies.run();
+    this.conns.flushOne(index);
+  }
+
   /** A connection's share limit (undefined: the default one). Frames queued beyond it stay. */
   setShareLimit(index: number, blocks: number | undefined): void {
     this.portAt(index);

@@ -26,8 +26,8 @@ export const RES_BROKEN = 3;
 /** a range was outside its area (a bug or a hostile layout): drop */
 export const RES_BAD = 4;
 
-const PIECE_FRAME = 0;
-const PIECE_AREA = 1;
+export const PIECE_FRAME = 0;
+export const PIECE_AREA = 1;
 const MAX_PIECES = 8;
 
 /** What one packet is made of, in order. */
