@@ -29,7 +29,7 @@ as_root() {
 # ---------------------------------------------------------------- host packages
 ensure_packages() {
   local missing=() p
-  for p in qemu-system-x86 busybox-static iperf3 cpio gcc libc6-dev tcpdump; do
+  for p in qemu-system-x86 busybox-static iperf3 cpio gcc libc6-dev tcpdump ethtool; do
     if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
       missing+=("$p")
     fi
