@@ -73,6 +73,18 @@ export class SwitchProcess {
     return path.join(repoRoot(), 'dist', 'src', 'cli', 'main.js');
   }
 
+  /** Runs `elastic-vhost ctl --socket SOCK ARGS…` (the built CLI) and resolves with its exit code and output. */
+  static ctl(sock: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const p = spawn(process.execPath, [SwitchProcess.cliPath(), 'ctl', '--socket', sock, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      p.stdout!.on('data', (d) => (stdout += d));
+      p.stderr!.on('data', (d) => (stderr += d));
+      p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
   /** Starts the process and resolves once every socket is listening. */
   async start(timeoutMs = 15_000): Promise<void> {
     hook();

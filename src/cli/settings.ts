@@ -2,8 +2,7 @@
 // what the command line gave. Ports: the config's, then the command line's; a command-line port
 // with the name of a config port takes its place.
 import * as path from 'node:path';
-import type { UnknownPolicy } from '../engine/monitor';
-import type { LogLevel } from '../defaults';
+import type { Defaults } from '../defaults';
 import type { ConfigValues } from './config';
 import { defaultOf, SETTINGS } from './options';
 
@@ -28,40 +27,23 @@ export interface PortSpec {
 /** A port as the command line gives it: the name may be left to the default. */
 export type CliPortSpec = Omit<PortSpec, 'name'> & { name?: string };
 
-/** Everything the switch is started with. Keys are the config file's (see options.ts). */
-export interface Settings {
+/**
+ * Everything the switch is started with. Keys are the config file's (see options.ts): every
+ * setting with a default (src/defaults.ts; macTableSize is the engine's alone), and these without.
+ */
+export interface Settings extends Omit<Defaults, 'macTableSize'> {
   ports: PortSpec[];
   tap?: string;
   /** the VXLAN uplink, as --vxlan writes it (parsed when the port is made) */
   vxlan?: string;
-  poolMb: number;
-  blockSize: number;
   shareLimit?: number;
-  holdMs: number;
-  unknown: UnknownPolicy;
-  macAgeS: number;
-  queues: number;
-  maxPorts: number;
-  maxRegions: number;
-  maxFrameBytes: number;
-  maxChainDescriptors: number;
-  offload: boolean;
-  socketMode: number;
   socketOwner?: string;
   socketGroup?: string;
   statsFile?: string;
-  statsInterval: number;
-  maxGuestMemGb: number;
-  maxTotalMemGb: number;
-  pollUs: number;
-  logLevel: LogLevel;
-  logCounters: boolean;
-  quiet: boolean;
   /** the operator's tools, each as the command line writes it (main.ts's opsOf() parses them) */
   metrics?: string;
   /** a path; true: next to the first port's socket; false: none */
   ctl?: string | boolean;
-  ctlMode: number;
   web?: string;
   captures?: string[];
   /** an inherited connected socket (backend program conventions): one session, then the process exits */

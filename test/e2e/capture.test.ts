@@ -8,7 +8,6 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { macForIndex } from '../../qemu-glue/args';
@@ -24,16 +23,7 @@ const PINGS = 10;
 const BURST = 500;
 const UDP_PORT = 9000;
 
-function ctl(sock: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [SwitchProcess.cliPath(), 'ctl', '--socket', sock, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const ctl = SwitchProcess.ctl;
 
 /** IPv4 without options: the protocol, and the bytes after the IP header */
 function ipv4(r: TcpdumpRecord): { proto: number; src: string; dst: string; l4: Buffer } | null {

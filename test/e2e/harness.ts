@@ -2,6 +2,7 @@
  * Shared set-up for the end-to-end tests: a real elastic-vhost process and real QEMU guests
  * (Linux virtio-net driver) attached to it through vhost-user sockets.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +12,18 @@ import { GuestVM, ensureGuestImages, killAll } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
 
 export const echo = process.env.ELASTIC_VHOST_ECHO === '1';
+
+/** The first of the commands (with the Debian package that has it) not on PATH, said as a skip reason; null when all are. */
+export function missingCommand(commands: readonly (readonly [cmd: string, pkg: string])[]): string | null {
+  for (const [cmd, pkg] of commands) {
+    try {
+      execFileSync('which', [cmd], { stdio: 'ignore' });
+    } catch {
+      return `the ${cmd} command (${pkg}) is missing`;
+    }
+  }
+  return null;
+}
 
 export function workDir(name: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `ev-${name}-`));

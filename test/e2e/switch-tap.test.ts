@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { GuestVM } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { ready, startGuest, startSwitch, teardown, waitPing, workDir } from './harness';
+import { missingCommand, ready, startGuest, startSwitch, teardown, waitPing, workDir } from './harness';
 
 const ns = `evtest${process.pid}`;
 const tap = `evtap${process.pid % 100000}`;
@@ -19,13 +19,8 @@ function ip(...args: string[]): string {
 
 function missing(): string | null {
   if (!fs.existsSync('/dev/net/tun')) return '/dev/net/tun is missing (no TUN/TAP in this kernel)';
-  for (const [cmd, pkg] of [['ip', 'iproute2'], ['busybox', 'busybox-static']]) {
-    try {
-      execFileSync('which', [cmd], { stdio: 'ignore' });
-    } catch {
-      return `the ${cmd} command (${pkg}) is missing`;
-    }
-  }
+  const cmd = missingCommand([['ip', 'iproute2'], ['busybox', 'busybox-static']]);
+  if (cmd !== null) return cmd;
   try {
     ip('netns', 'add', ns);
   } catch (e) {

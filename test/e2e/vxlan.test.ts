@@ -16,7 +16,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { macForIndex } from '../../qemu-glue/args';
 import { GuestVM } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { echo, failureTracker, ping, ready, startSwitch, teardown, waitPing, workDir } from './harness';
+import { echo, failureTracker, missingCommand, ping, ready, startSwitch, teardown, waitPing, workDir } from './harness';
 
 const id = process.pid % 100000;
 const FAB = `evvxf${process.pid}`;
@@ -56,13 +56,8 @@ function cleanup(): void {
 
 function missing(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, veth, kernel vxlan)';
-  for (const [cmd, pkg] of [['ip', 'iproute2'], ['iperf3', 'iperf3'], ['busybox', 'busybox-static'], ['ethtool', 'ethtool']]) {
-    try {
-      execFileSync('which', [cmd], { stdio: 'ignore' });
-    } catch {
-      return `the ${cmd} command (${pkg}) is missing`;
-    }
-  }
+  const cmd = missingCommand([['ip', 'iproute2'], ['iperf3', 'iperf3'], ['busybox', 'busybox-static'], ['ethtool', 'ethtool']]);
+  if (cmd !== null) return cmd;
   try {
     ip('netns', 'add', FAB);
   } catch (e) {

@@ -6,7 +6,6 @@
 // on, and bad, huge or unread requests on the control socket never stop the switch.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -50,16 +49,7 @@ async function receive(g: Remote, n: number, timeoutMs = 3000): Promise<Packet[]
   return got;
 }
 
-function ctl(sock: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [SwitchProcess.cliPath(), 'ctl', '--socket', sock, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const ctl = SwitchProcess.ctl;
 
 async function ctlJson<T>(sock: string, ...args: string[]): Promise<T> {
   const r = await ctl(sock, '--json', ...args);

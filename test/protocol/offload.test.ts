@@ -11,6 +11,7 @@ import { Switch } from '../../src/engine/switch';
 import { Packet, sleep, waitFor } from './frontend';
 import { assertNoFdLeak, closeGuest, fdCount, Guest, LogCapture, netHdr, NetHdrFields, packet, receiveN, sendPacket, startGuest, TestHub } from './helpers';
 import { EngineApi } from '../../src/ports/engine-api';
+import { onesSum } from '../checksum';
 
 const NO_GUEST_OFFLOAD =
   DEFAULT_FEATURES &
@@ -21,15 +22,7 @@ const MAC_A = [0x52, 0x54, 0, 0, 0, 0x0a];
 const MAC_C = [0x52, 0x54, 0, 0, 0, 0x0c];
 const MSS = 1448;
 
-// ---- an independent checksum ----
-function onesSum(b: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < b.length; i += 2) {
-    s += b[i] * 256 + (i + 1 < b.length ? b[i + 1] : 0);
-    s = (s % 65536) + Math.floor(s / 65536);
-  }
-  return s;
-}
+// ---- the independent checksum is test/checksum.ts ----
 const u16 = (b: Uint8Array, o: number) => (b[o] << 8) | b[o + 1];
 const u32 = (b: Uint8Array, o: number) => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
 

@@ -1,8 +1,9 @@
 // Software checksum completion and TCP segmentation (src/virtio/offload.ts), checked against an
-// independent checksum written here: every segment's IPv4 header checksum and TCP checksum (with the
+// independent checksum (test/checksum.ts): every segment's IPv4 header checksum and TCP checksum (with the
 // pseudo-header), lengths, ids, sequence numbers, flags, and the payload put back together.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { onesSum } from '../checksum';
 import {
   checkSenderHeader,
   completeChecksum,
@@ -26,16 +27,8 @@ import {
 const HDR = 12;
 const ALL = RX_CSUM | RX_TSO4 | RX_TSO6 | RX_ECN;
 
-// ---- an independent checksum: plain arrays, no folding tricks ----
+// ---- the independent checksum (test/checksum.ts) ----
 
-function onesSum(bytes: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) {
-    s += bytes[i] * 256 + (i + 1 < bytes.length ? bytes[i + 1] : 0);
-    s = (s % 65536) + Math.floor(s / 65536);
-  }
-  return s;
-}
 
 /** true when the bytes (checksum field included) sum to all ones */
 function checksumOk(bytes: ArrayLike<number>): boolean {

@@ -9,6 +9,7 @@ import * as dgram from 'node:dgram';
 import { Switch } from '../../src/engine/switch';
 import { parseVxlanSpec, readVxlanVni, VXLAN_BAD_FLAGS, VXLAN_BAD_LENGTH, VxlanPort, writeVxlanHeader } from '../../src/ports/vxlan-port';
 import { BCAST, frame, input, mac, macBytes, TestPort } from './engine-helpers';
+import { onesSum } from '../checksum';
 
 const HDR = 12;
 
@@ -269,14 +270,6 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
   });
 });
 
-function onesSum(bytes: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) {
-    s += bytes[i] * 256 + (i + 1 < bytes.length ? bytes[i + 1] : 0);
-    s = (s % 65536) + Math.floor(s / 65536);
-  }
-  return s;
-}
 
 /** an IPv4/TCP GSO super-frame as a guest hands it over: NEEDS_CSUM, pseudo-header sum seeded */
 function tsoFrame(dst: number[], src: number[], payload: number, mss: number): Uint8Array {
