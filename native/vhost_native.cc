@@ -528,10 +528,26 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   sockaddr_un sa;
   FillSockaddr(env, "unixListen", path, &sa);
 
+  // Bind under a temporary name in the same directory, listen, then rename() onto the path: the
+  // path appears only once connections are accepted (a client that sees the file never gets
+  // ECONNREFUSED from a socket still between bind() and listen()). When the temporary name would not
+  // fit in sun_path, bind the path itself.
+  static unsigned long tmpSerial = 0;
+  std::string dir = path.find('/') == std::string::npos ? std::string(".") : path.substr(0, path.rfind('/'));
+  if (dir.empty()) dir = "/";
+  std::string tmp = dir + (dir == "/" ? "" : "/") + ".evl" + std::to_string(::getpid()) + "." + std::to_string(++tmpSerial);
+  sockaddr_un bound = sa;
+  bool renamed = tmp.size() < sizeof bound.sun_path;
+  if (renamed) {
+    std::memset(bound.sun_path, 0, sizeof bound.sun_path);
+    std::memcpy(bound.sun_path, tmp.c_str(), tmp.size());
+  }
+
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) ThrowErrno(env, "socket", errno);
-  int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
-  if (r != 0 && errno == EADDRINUSE && IsStaleSocket(sa)) {
+  if (renamed) ::unlink(bound.sun_path);  // ours from an earlier process with this pid, if any
+  int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&bound), sizeof bound);
+  if (r != 0 && !renamed && errno == EADDRINUSE && IsStaleSocket(sa)) {
     ::unlink(sa.sun_path);
     r = ::bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
   }
@@ -543,15 +559,25 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   // chmod before listen(): until listen() nobody can connect, so the mode is in force from the
   // first connection on.
   const char* failed = nullptr;
-  if (::chmod(sa.sun_path, mode) != 0) {
+  int err = 0;
+  if (::chmod(bound.sun_path, mode) != 0) {
     failed = "chmod";
   } else if (::listen(fd, backlog) != 0) {
     failed = "listen";
+  } else if (renamed) {
+    // never replace a socket something still listens on (or anything that is not a socket)
+    struct stat st;
+    if (::lstat(sa.sun_path, &st) == 0 && (!S_ISSOCK(st.st_mode) || !IsStaleSocket(sa))) {
+      failed = "bind";
+      err = EADDRINUSE;
+    } else if (::rename(bound.sun_path, sa.sun_path) != 0) {
+      failed = "rename";
+    }
   }
   if (failed != nullptr) {
-    int err = errno;
+    if (err == 0) err = errno;
     ::close(fd);
-    ::unlink(sa.sun_path);
+    ::unlink(bound.sun_path);
     ThrowErrno(env, failed, err);
   }
   return Napi::Number::New(env, fd);

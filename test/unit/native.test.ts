@@ -1,5 +1,6 @@
 // Tests of the C++ addon (native/vhost_native.cc) through its typed front door src/native.ts.
 import { PerformanceObserver } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -422,6 +423,48 @@ test('unixListen / unixConnect / unixAccept round trip with the socket mode appl
     assert.throws(() => native.unixListen(path.join(dir, 'x'.repeat(120)), 1, 0o600), { name: 'RangeError' });
     assert.throws(() => native.unixListen(sock, 1, 0o10000), { name: 'RangeError' });
   } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('unixListen: the socket path appears only once it accepts connections (no window between bind and listen)', async () => {
+  const dir = tmpDir();
+  const sock = path.join(dir, 'race.sock');
+  // a second thread spins until the path exists and connects at once, as a reconnecting QEMU does
+  const src = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const { native } = require(workerData.native);
+    parentPort.on('message', () => {
+      parentPort.postMessage('spinning');
+      while (!fs.existsSync(workerData.sock)) {}
+      try {
+        native.close(native.unixConnect(workerData.sock));
+        parentPort.postMessage('ok');
+      } catch (e) {
+        parentPort.postMessage(e.code);
+      }
+    });
+    parentPort.postMessage('ready');`;
+  const w = new Worker(src, { eval: true, workerData: { sock, native: require.resolve('../../src/native') } });
+  const next = (): Promise<string> => new Promise((r) => w.once('message', r));
+  try {
+    assert.equal(await next(), 'ready');
+    const results: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const spinning = next();
+      w.postMessage('go');
+      assert.equal(await spinning, 'spinning');
+      const got = next();
+      const lfd = native.unixListen(sock, 4, 0o600);
+      results.push(await got);
+      native.close(lfd);
+      fs.unlinkSync(sock);
+    }
+    assert.deepEqual(results.filter((r) => r !== 'ok'), [], 'every connect to a path that exists is accepted');
+    assert.deepEqual(fs.readdirSync(dir), [], 'no temporary name left behind');
+  } finally {
+    await w.terminate();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
