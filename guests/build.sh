@@ -142,7 +142,7 @@ ensure_packages
 ensure_kernel
 
 STAMP_INPUTS="$(cat "$SRC/build.sh" "$SRC/init.sh" "$SRC"/tools/*.c | sha256sum | cut -c1-16)"
-STAMP="$KVER $STAMP_INPUTS $(dpkg-query -W -f='${Version}' busybox-static iperf3)"
+STAMP="$KVER $STAMP_INPUTS $(dpkg-query -W -f='${Version}' busybox-static iperf3 ethtool)"
 if [ "$FORCE" = 0 ] && [ -f "$OUT/initramfs.cpio.gz" ] && [ -f "$OUT/vmlinuz" ] \
    && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP" ]; then
   log "up to date ($OUT)"
@@ -168,6 +168,11 @@ copy_with_libs "$(command -v iperf3)" /usr/bin/iperf3
 # sanity: the copied iperf3 must run inside the tree (loader + libs present)
 chroot "$IRD" /usr/bin/iperf3 --version >/dev/null \
   || { echo "iperf3 does not run inside the initramfs tree" >&2; exit 1; }
+
+# ethtool (queue counts with -L, per-queue statistics with -S)
+copy_with_libs "$(command -v ethtool || echo /usr/sbin/ethtool)" /usr/sbin/ethtool
+chroot "$IRD" /usr/sbin/ethtool --version >/dev/null \
+  || { echo "ethtool does not run inside the initramfs tree" >&2; exit 1; }
 
 # udpburst (static)
 gcc -static -O2 -Wall -Wextra -o "$IRD/usr/bin/udpburst" "$SRC/tools/udpburst.c"

@@ -1,13 +1,15 @@
 /*
  * udpburst - UDP burst sender/receiver for the elastic-vhost test guests.
  *
- *   udpburst send [-r PPS] [-p SRCPORT] HOST PORT COUNT SIZE
+ *   udpburst send [-r PPS] [-p SRCPORT] [-f FLOWS] HOST PORT COUNT SIZE
  *       Sends COUNT datagrams of SIZE bytes (>= 4) to HOST:PORT as fast as
  *       possible (or paced at PPS datagrams/s). Each datagram starts with a
- *       32-bit big-endian sequence number 0..COUNT-1.
+ *       32-bit big-endian sequence number 0..COUNT-1. With -f, FLOWS sockets
+ *       (source ports SRCPORT, SRCPORT+1, ...; SRCPORT default 40000) take
+ *       turns: datagram s goes out of socket s % FLOWS.
  *       Prints: UDPBURST sent=N errors=E elapsed_us=T pps=P
  *
- *   udpburst recv [-w FIRST_MS] [-b RCVBUF] PORT COUNT TIMEOUT_MS
+ *   udpburst recv [-w FIRST_MS] [-b RCVBUF] [-f] PORT COUNT TIMEOUT_MS
  *       Receives until COUNT datagrams arrived or no datagram arrived for
  *       TIMEOUT_MS (the wait for the first datagram is FIRST_MS, default
  *       max(TIMEOUT_MS, 60000)). SO_RCVBUF defaults to 8 MiB (forced as root).
@@ -17,6 +19,8 @@
  *       firstgap is the lowest sequence number in 0..COUNT-1 that never
  *       arrived (-1 if none); lost = COUNT - distinct sequence numbers seen;
  *       stray counts datagrams with seq >= COUNT or shorter than 4 bytes.
+ *       With -f, order is judged per flow (per source address and port), and
+ *       the line ends with flows=F, the number of flows seen.
  *       Exit status 0 if all COUNT arrived in order without duplicates, else 1.
  *
  * Build: gcc -static -O2 -o udpburst udpburst.c
@@ -42,8 +46,8 @@ static uint64_t now_ns(void) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: udpburst send [-r PPS] [-p SRCPORT] HOST PORT COUNT SIZE\n"
-          "       udpburst recv [-w FIRST_MS] [-b RCVBUF] PORT COUNT TIMEOUT_MS\n");
+          "usage: udpburst send [-r PPS] [-p SRCPORT] [-f FLOWS] HOST PORT COUNT SIZE\n"
+          "       udpburst recv [-w FIRST_MS] [-b RCVBUF] [-f] PORT COUNT TIMEOUT_MS\n");
   exit(2);
 }
 
@@ -59,14 +63,20 @@ static long parse_num(const char *s, const char *what) {
 }
 
 static int do_send(int argc, char **argv) {
-  long pps = 0, srcport = 0;
+  long pps = 0, srcport = 0, flows = 1;
   int opt;
   optind = 2;
-  while ((opt = getopt(argc, argv, "r:p:")) != -1) {
+  while ((opt = getopt(argc, argv, "r:p:f:")) != -1) {
     if (opt == 'r') pps = parse_num(optarg, "pps");
     else if (opt == 'p') srcport = parse_num(optarg, "source port");
+    else if (opt == 'f') flows = parse_num(optarg, "flows");
     else usage();
   }
+  if (flows < 1 || flows > 1024) {
+    fprintf(stderr, "udpburst: flows must be 1..1024\n");
+    return 2;
+  }
+  if (flows > 1 && !srcport) srcport = 40000;
   if (argc - optind != 4) usage();
   const char *host = argv[optind];
   const char *port = argv[optind + 1];
@@ -84,17 +94,21 @@ static int do_send(int argc, char **argv) {
     fprintf(stderr, "udpburst: HOST must be an IPv4 address: %s\n", host);
     return 2;
   }
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  if (fd < 0) { perror("socket"); return 2; }
-  int sndbuf = 4 << 20;
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf);
-  if (srcport) {
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)srcport);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror("bind"); return 2; }
+  int fds[1024];
+  for (long f = 0; f < flows; f++) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) { perror("socket"); return 2; }
+    int sndbuf = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf);
+    if (srcport) {
+      struct sockaddr_in sa = {0};
+      sa.sin_family = AF_INET;
+      sa.sin_port = htons((uint16_t)(srcport + f));
+      if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { perror("bind"); return 2; }
+    }
+    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0) { perror("connect"); return 2; }
+    fds[f] = fd;
   }
-  if (connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0) { perror("connect"); return 2; }
 
   unsigned char *buf = malloc((size_t)size);
   if (!buf) return 2;
@@ -114,7 +128,7 @@ static int do_send(int argc, char **argv) {
     uint32_t be = htonl((uint32_t)seq);
     memcpy(buf, &be, 4);
     for (;;) {
-      ssize_t w = send(fd, buf, (size_t)size, 0);
+      ssize_t w = send(fds[seq % flows], buf, (size_t)size, 0);
       if (w >= 0) break;
       if (errno == ENOBUFS || errno == EAGAIN || errno == EINTR) { usleep(50); continue; }
       /* e.g. ECONNREFUSED from an ICMP port unreachable: count, keep going */
@@ -132,11 +146,12 @@ static int do_send(int argc, char **argv) {
 
 static int do_recv(int argc, char **argv) {
   long first_ms = -1, rcvbuf = 8 << 20;
-  int opt;
+  int opt, per_flow = 0;
   optind = 2;
-  while ((opt = getopt(argc, argv, "w:b:")) != -1) {
+  while ((opt = getopt(argc, argv, "w:b:f")) != -1) {
     if (opt == 'w') first_ms = parse_num(optarg, "first wait");
     else if (opt == 'b') rcvbuf = parse_num(optarg, "rcvbuf");
+    else if (opt == 'f') per_flow = 1;
     else usage();
   }
   if (argc - optind != 3) usage();
@@ -165,6 +180,11 @@ static int do_recv(int argc, char **argv) {
   long received = 0, distinct = 0, dups = 0, stray = 0;
   long long last = -1;
   int inorder = 1;
+  /* per flow (-f): the last seq per source port, and the source address of each */
+  long long *flow_last = per_flow ? malloc(65536 * sizeof(long long)) : NULL;
+  uint32_t *flow_addr = per_flow ? calloc(65536, sizeof(uint32_t)) : NULL;
+  long nflows = 0;
+  if (per_flow) for (long i = 0; i < 65536; i++) flow_last[i] = -2;
   uint64_t t_first = 0, t_last = 0;
   struct pollfd pfd = {.fd = fd, .events = POLLIN};
 
@@ -179,7 +199,9 @@ static int do_recv(int argc, char **argv) {
     if (pr == 0) break; /* idle timeout */
     /* drain everything queued */
     for (;;) {
-      ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      struct sockaddr_in from = {0};
+      socklen_t fl = sizeof from;
+      ssize_t n = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
       if (n < 0) break;
       t_last = now_ns();
       if (!t_first) t_first = t_last;
@@ -192,8 +214,21 @@ static int do_recv(int argc, char **argv) {
       if (seen[seq]) { dups++; continue; }
       seen[seq] = 1;
       distinct++;
-      if (seq <= last) inorder = 0;
-      last = seq;
+      if (per_flow) {
+        uint16_t sp = ntohs(from.sin_port);
+        if (flow_last[sp] == -2) {
+          flow_last[sp] = -1;
+          flow_addr[sp] = from.sin_addr.s_addr;
+          nflows++;
+        } else if (flow_addr[sp] != from.sin_addr.s_addr) {
+          inorder = 0; /* two senders with one source port: their order cannot be told apart */
+        }
+        if (seq <= flow_last[sp]) inorder = 0;
+        flow_last[sp] = seq;
+      } else {
+        if (seq <= last) inorder = 0;
+        last = seq;
+      }
       if (distinct >= count) break;
     }
   }
@@ -202,9 +237,11 @@ static int do_recv(int argc, char **argv) {
     if (!seen[i]) { firstgap = i; break; }
   /* a missing datagram is not an ordering violation, but a gap means "not
      all in order": inorder reports the order of what did arrive. */
-  printf("UDPBURST received=%ld inorder=%s dups=%ld firstgap=%ld lost=%ld stray=%ld elapsed_us=%llu\n",
+  printf("UDPBURST received=%ld inorder=%s dups=%ld firstgap=%ld lost=%ld stray=%ld elapsed_us=%llu",
          distinct, inorder ? "yes" : "no", dups, firstgap, count - distinct, stray,
          (unsigned long long)(t_first ? (t_last - t_first) / 1000 : 0));
+  if (per_flow) printf(" flows=%ld", nflows);
+  printf("\n");
   fflush(stdout);
   return (distinct == count && inorder && dups == 0) ? 0 : 1;
 }

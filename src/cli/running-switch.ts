@@ -22,6 +22,7 @@ import { Log, withFields } from '../log';
 import { native } from '../native';
 import { GiB, MiB } from '../defaults';
 import { ConfigError, portSchemaProblem } from './config';
+import { MOST_QUEUE_PAIRS } from './options';
 import { applyReload, describeReload, planReload, ReloadResult } from './reload';
 import type { UnknownPolicy } from '../engine/monitor';
 import type { LogLevel } from '../defaults';
@@ -89,6 +90,8 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     defaultShareLimit: s.shareLimit,
     macAgeMs: s.macAgeS * 1000,
     maxPorts: s.maxPorts,
+    // any port may be given up to this many queue pairs (per port, at run time too)
+    queues: MOST_QUEUE_PAIRS,
     maxFrameLen: s.maxFrameBytes + ENGINE_HDR_LEN,
     log,
   });
@@ -114,7 +117,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     time: new Date().toISOString(),
     engine: sw.stats(),
     settings: sw.settings(),
-    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters })),
+    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters, queues: p.queueFrames() })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
     vxlan: vxlan ? { name: vxlan.name, counters: vxlan.counters, offload: vxlan.offloadCounters, sendErrors: vxlan.sendErrorCodes, vteps: vxlan.vteps(), macs: vxlan.macEntries() } : null,
     limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },

@@ -28,6 +28,9 @@ export class Frame {
   ethPeek = 0;
   /** header + Ethernet bytes (the engine's frame length) */
   len = 0;
+  /** the TX queue pair it was sent on, when its sender spreads over more than one; else -1
+   * (receivers with several RX queues then pick one by the flow's hash: flow-hash.ts) */
+  txQueue = -1;
 
   segBuf: Uint8Array[];
   segArea: Int32Array;

@@ -4,6 +4,7 @@
 // asked for a kick (wantResources(true)) because frames wait for them.
 
 import type { EnginePort } from './port';
+import type { Frame } from '../datapath/frame';
 
 export class ConnectionTable {
   readonly ports: (EnginePort | null)[];
@@ -14,18 +15,22 @@ export class ConnectionTable {
   readonly shareLimit: Int32Array;
   /** per connection: static MAC key, or -1 */
   readonly staticKey: Float64Array;
-  /** per connection: wantResources(true) is in force */
+  /** per connection and RX queue (index * lanes + lane): wantResources(true) is in force */
   readonly wanting: Uint8Array;
+  /** per connection: the port has laneFor() (several RX queues) */
+  readonly laned: Uint8Array;
   private readonly dirty: Uint8Array;
   private readonly dirtyList: Int32Array;
   private dirtyCount = 0;
 
-  constructor(readonly maxPorts: number) {
+  /** lanes: RX queues per connection the engine keeps apart (the switch's queue count) */
+  constructor(readonly maxPorts: number, readonly lanes = 1) {
     this.ports = new Array<EnginePort | null>(maxPorts).fill(null);
     this.attached = new Int32Array(maxPorts);
     this.shareLimit = new Int32Array(maxPorts);
     this.staticKey = new Float64Array(maxPorts).fill(-1);
-    this.wanting = new Uint8Array(maxPorts);
+    this.wanting = new Uint8Array(maxPorts * lanes);
+    this.laned = new Uint8Array(maxPorts);
     this.dirty = new Uint8Array(maxPorts);
     this.dirtyList = new Int32Array(maxPorts);
   }
@@ -40,14 +45,16 @@ export class ConnectionTable {
     this.ports[index] = port;
     this.shareLimit[index] = shareLimit;
     this.staticKey[index] = -1;
-    this.wanting[index] = 0;
+    this.wanting.fill(0, index * this.lanes, (index + 1) * this.lanes);
+    this.laned[index] = typeof port.laneFor === 'function' ? 1 : 0;
     this.attached[this.attachedCount++] = index;
   }
 
   remove(index: number): void {
     this.ports[index] = null;
     this.staticKey[index] = -1;
-    this.wanting[index] = 0;
+    this.wanting.fill(0, index * this.lanes, (index + 1) * this.lanes);
+    this.laned[index] = 0;
     let w = 0;
     for (let r = 0; r < this.attachedCount; r++) if (this.attached[r] !== index) this.attached[w++] = this.attached[r];
     this.attachedCount = w;
@@ -87,11 +94,25 @@ export class ConnectionTable {
     (this.ports[index] as EnginePort).flush();
   }
 
-  /** ask the port for a kick (or stop asking), calling it only on a change */
-  want(index: number, want: boolean): void {
+  /** ask the port for a kick on RX queue lane (or stop asking), calling it only on a change */
+  want(index: number, lane: number, want: boolean): void {
     const w = want ? 1 : 0;
-    if (this.wanting[index] === w) return;
-    this.wanting[index] = w;
-    (this.ports[index] as EnginePort).wantResources(want);
+    const k = index * this.lanes + lane;
+    if (this.wanting[k] === w) return;
+    this.wanting[k] = w;
+    (this.ports[index] as EnginePort).wantResources(want, lane);
+  }
+
+  /** RX queue of connection index that frame goes to (0 for single-queue ports; a bad answer is 0) */
+  laneFor(index: number, frame: Frame): number {
+    if (this.laned[index] === 0) return 0;
+    const l = (this.ports[index] as Required<EnginePort>).laneFor(frame);
+    return l >= 0 && l < this.lanes ? l | 0 : 0;
+  }
+
+  /** some RX queue of connection index is asked for a kick */
+  wantingAny(index: number): boolean {
+    for (let l = 0; l < this.lanes; l++) if (this.wanting[index * this.lanes + l] !== 0) return true;
+    return false;
   }
 }

@@ -43,15 +43,23 @@ export class ElasticFifo {
   readonly frameSrc: Int32Array;
   readonly frameKey: Float64Array;
   readonly frameTime: Float64Array;
+  /** the sender's TX queue pair (Frame.txQueue), -1: a single-queue sender */
+  readonly frameTxq: Int16Array;
   // per queue
   readonly qHead: Int32Array;
   readonly qTail: Int32Array;
   readonly qFrames: Int32Array;
   readonly qBlocks: Int32Array;
+  /** per queue: its group (a connection's queues, one per RX queue of it, form one group) */
+  readonly qGroup: Int32Array;
+  // per group: what its queues hold together (share limits and "anything waiting" are per group)
+  readonly gFrames: Int32Array;
+  readonly gBlocks: Int32Array;
   /** [blocks taken, blocks returned, high-water mark of blocks in use] */
   private readonly tally = new Float64Array(3);
 
-  constructor(poolBytes: number, blockSize: number, queueCount: number) {
+  /** groupSize consecutive queues form one group: queue q is in group floor(q / groupSize) */
+  constructor(poolBytes: number, blockSize: number, queueCount: number, readonly groupSize = 1) {
     if (!Number.isInteger(blockSize) || blockSize < 128 || blockSize % 8 !== 0) {
       throw new RangeError(`blockSize must be a multiple of 8, at least 128 (got ${blockSize})`);
     }
@@ -73,10 +81,16 @@ export class ElasticFifo {
     this.frameSrc = new Int32Array(blockCount);
     this.frameKey = new Float64Array(blockCount);
     this.frameTime = new Float64Array(blockCount);
+    this.frameTxq = new Int16Array(blockCount);
     this.qHead = new Int32Array(queueCount).fill(NIL);
     this.qTail = new Int32Array(queueCount).fill(NIL);
     this.qFrames = new Int32Array(queueCount);
     this.qBlocks = new Int32Array(queueCount);
+    this.qGroup = new Int32Array(queueCount);
+    for (let q = 0; q < queueCount; q++) this.qGroup[q] = Math.floor(q / groupSize);
+    const groups = Math.ceil(queueCount / groupSize);
+    this.gFrames = new Int32Array(groups);
+    this.gBlocks = new Int32Array(groups);
   }
 
   get freeBlocks(): number {
@@ -135,6 +149,7 @@ export class ElasticFifo {
     const fh = this.frameHdr;
     for (let k = 0; k < ENGINE_HDR_LEN; k++) fh[d + k] = h[ho + k];
     this.frameLen[head] = len;
+    this.frameTxq[head] = frame.txQueue;
     this.frameBlocks[head] = n;
     this.frameNext[head] = NIL;
     this.tally[0] += n;
@@ -175,6 +190,7 @@ export class ElasticFifo {
     frame.ethOff = head * bs;
     frame.ethPeek = eth < bs ? eth : bs;
     frame.len = len;
+    frame.txQueue = this.frameTxq[head];
     frame.segFirst = 0;
     frame.segSkip = 0;
     let b = head;
@@ -203,7 +219,11 @@ export class ElasticFifo {
     else this.frameNext[tail] = head;
     this.qTail[q] = head;
     this.qFrames[q]++;
-    this.qBlocks[q] += this.frameBlocks[head];
+    const n = this.frameBlocks[head];
+    this.qBlocks[q] += n;
+    const g = this.qGroup[q];
+    this.gFrames[g]++;
+    this.gBlocks[g] += n;
   }
 
   /** remove and return the first frame of queue q (-1 if empty) */
@@ -222,7 +242,30 @@ export class ElasticFifo {
     if (this.qTail[q] === cur) this.qTail[q] = prev;
     this.frameNext[cur] = NIL;
     this.qFrames[q]--;
-    this.qBlocks[q] -= this.frameBlocks[cur];
+    const n = this.frameBlocks[cur];
+    this.qBlocks[q] -= n;
+    const g = this.qGroup[q];
+    this.gFrames[g]--;
+    this.gBlocks[g] -= n;
+  }
+
+  /** when the oldest frame of group g's queues was stored (NaN: none waits) */
+  groupHeadTime(g: number): number {
+    let t = NaN;
+    const first = g * this.groupSize;
+    for (let q = first; q < first + this.groupSize && q < this.queueCount; q++) {
+      const h = this.qHead[q];
+      if (h !== NIL && !(this.frameTime[h] >= t)) t = this.frameTime[h];
+    }
+    return t;
+  }
+
+  /** release every frame of group g's queues; returns how many frames */
+  clearGroup(g: number): number {
+    let n = 0;
+    const first = g * this.groupSize;
+    for (let q = first; q < first + this.groupSize && q < this.queueCount; q++) n += this.clear(q);
+    return n;
   }
 
   /** release every frame of queue q; returns how many frames */
@@ -239,6 +282,15 @@ export class ElasticFifo {
   checkInvariants(): string | null {
     let queued = 0;
     const seen = new Uint8Array(this.blockCount);
+    const gf = new Int32Array(this.gFrames.length);
+    const gb = new Int32Array(this.gBlocks.length);
+    for (let q = 0; q < this.queueCount; q++) {
+      gf[this.qGroup[q]] += this.qFrames[q];
+      gb[this.qGroup[q]] += this.qBlocks[q];
+    }
+    for (let g = 0; g < gf.length; g++) {
+      if (gf[g] !== this.gFrames[g] || gb[g] !== this.gBlocks[g]) return `group ${g}: ${this.gFrames[g]} frames / ${this.gBlocks[g]} blocks counted, its queues hold ${gf[g]} / ${gb[g]}`;
+    }
     for (let q = 0; q < this.queueCount; q++) {
       let frames = 0;
       let blocks = 0;

@@ -2,10 +2,13 @@
 // resources appearing, and waiting frames whose destination is now known — and moves frames from
 // the local data store into the destination guest when both hold.
 //
-//   drain(i)     resources appeared on connection i (RX buffers posted + kick, or ring started):
-//                deliver its numbered queue in order as far as deliver() succeeds.
+//   drain(i,l)   resources appeared on RX queue l of connection i (RX buffers posted + kick, or
+//                ring started): deliver that queue's frames in order as far as deliver() succeeds.
 //   resolve(k,i) MAC k became known on connection i (learned or configured): move the unresolved
-//                frames for k to i's numbered queue, in arrival order. The caller then drains i.
+//                frames for k to i's queues (the RX queue each goes to), in arrival order. The
+//                caller then drains i.
+//   respread(i)  connection i's set of RX queues changed: its held frames move to the queue each
+//                goes to now, each flow's in order.
 //   expire(now)  unresolved frames older than the hold time: flood (as a learning switch would)
 //                or drop, by policy.
 //   sweep()      try every connection with waiting frames: the safety net for a lost kick, run by
@@ -39,6 +42,9 @@ export interface Flooder {
 export class Monitor {
   /** the queued frame being delivered, described over its blocks */
   private readonly frame: Frame;
+  /** respread()'s list of frames, in the order they are taken off their queues */
+  private readonly spread: Int32Array;
+  private readonly lanes: number;
 
   constructor(
     private readonly fifo: ElasticFifo,
@@ -52,30 +58,76 @@ export class Monitor {
     private readonly time: Float64Array,
   ) {
     this.frame = new Frame(fifo.maxFrameBlocks);
+    this.spread = new Int32Array(fifo.blockCount);
+    this.lanes = conns.lanes;
   }
 
-  /** Deliver connection i's waiting frames in order while it has resources. Marks the port dirty
-   * (the caller flushes) and keeps wantResources in step with whether frames still wait. */
-  drain(i: number): number {
+  /** queue of connection i for RX queue l */
+  private q(i: number, l: number): number {
+    return i * this.lanes + l;
+  }
+
+  /** the queue of connection i frame `head` goes to (its blocks are settled) */
+  private queueFor(i: number, head: number): number {
+    if (this.conns.laned[i] === 0) return i * this.lanes;
+    this.fifo.describe(head, this.frame);
+    return i * this.lanes + this.conns.laneFor(i, this.frame);
+  }
+
+  /** Deliver the frames waiting for RX queue l of connection i in order while it has resources.
+   * Marks the port dirty (the caller flushes) and keeps wantResources in step with whether frames
+   * still wait there. */
+  drain(i: number, l: number): number {
     const fifo = this.fifo;
     const port = this.conns.ports[i] as EnginePort;
     const frame = this.frame;
+    const q = this.q(i, l);
     let n = 0;
     // The blocks may still be waiting for their copy in (stored in this batch): ports read headers.
-    copies.settle();
-    while (fifo.qFrames[i] > 0) {
-      const head = fifo.qHead[i];
+    if (fifo.qFrames[q] > 0) copies.settle();
+    while (fifo.qFrames[q] > 0) {
+      const head = fifo.qHead[q];
       const len = fifo.frameLen[head];
       fifo.describe(head, frame);
-      if (!port.deliver(frame)) break;
+      if (!port.deliver(frame, l)) break;
       // released now, reused by a later copy of this batch at the earliest: its copy out runs first
-      fifo.shift(i);
+      fifo.shift(q);
       fifo.release(head);
       this.counters.frame(i, DRAINED_FRAMES, len);
       n++;
     }
     if (n > 0) this.conns.markDirty(i);
-    this.conns.want(i, fifo.qFrames[i] > 0);
+    this.conns.want(i, l, fifo.qFrames[q] > 0);
+    return n;
+  }
+
+  /** drain every RX queue of connection i that has frames waiting */
+  drainAll(i: number): number {
+    let n = 0;
+    if (this.fifo.gFrames[i] === 0) return 0;
+    for (let l = 0; l < this.lanes; l++) if (this.fifo.qFrames[this.q(i, l)] > 0) n += this.drain(i, l);
+    return n;
+  }
+
+  /**
+   * Connection i's set of RX queues changed: every frame held for it moves to the queue it goes to
+   * now. Taken off queue by queue, each in order: a flow's frames all wait on one queue (the one
+   * the old set gave it), so they reach their new one in order too. Returns frames moved.
+   */
+  respread(i: number): number {
+    const fifo = this.fifo;
+    if (fifo.gFrames[i] === 0 || this.conns.laned[i] === 0) return 0;
+    copies.settle();
+    let n = 0;
+    for (let l = 0; l < this.lanes; l++) {
+      const q = this.q(i, l);
+      for (let head = fifo.shift(q); head !== -1; head = fifo.shift(q)) this.spread[n++] = head;
+    }
+    for (let k = 0; k < n; k++) {
+      const head = this.spread[k];
+      fifo.push(this.queueFor(i, head), head);
+    }
+    for (let l = 0; l < this.lanes; l++) this.conns.want(i, l, fifo.qFrames[this.q(i, l)] > 0);
     return n;
   }
 
@@ -87,6 +139,7 @@ export class Monitor {
     const q = this.store.unresolvedQueue;
     let prev = -1;
     let moved = 0;
+    if (this.conns.laned[i] !== 0) copies.settle(); // queueFor() reads the frames' headers
     for (let cur = fifo.qHead[q]; cur !== -1; ) {
       const next = fifo.frameNext[cur];
       if (fifo.frameKey[cur] === key) {
@@ -97,7 +150,7 @@ export class Monitor {
         } else {
           // Already in the pool, so the move does not take blocks: it is not refused by i's share
           // limit (the queue may exceed it until drained).
-          fifo.push(i, cur);
+          fifo.push(this.queueFor(i, cur), cur);
           this.counters.add(i, RESOLVED_FRAMES, 1);
           moved++;
         }
@@ -116,26 +169,31 @@ export class Monitor {
    */
   follow(key: number, from: number, to: number): number {
     const fifo = this.fifo;
-    let prev = -1;
     let moved = 0;
-    for (let cur = fifo.qHead[from]; cur !== -1; ) {
-      const next = fifo.frameNext[cur];
-      if (fifo.frameKey[cur] === key) {
-        fifo.unlink(from, prev, cur);
-        if (fifo.frameSrc[cur] === to) {
-          fifo.release(cur);
-          this.counters.add(to, DROP_SAME_CONNECTION, 1);
+    if (this.conns.laned[to] !== 0) copies.settle();
+    // queue by queue of `from`: a flow's frames wait on one of them, so they stay in order
+    for (let l = 0; l < this.lanes; l++) {
+      const fq = this.q(from, l);
+      let prev = -1;
+      for (let cur = fifo.qHead[fq]; cur !== -1; ) {
+        const next = fifo.frameNext[cur];
+        if (fifo.frameKey[cur] === key) {
+          fifo.unlink(fq, prev, cur);
+          if (fifo.frameSrc[cur] === to) {
+            fifo.release(cur);
+            this.counters.add(to, DROP_SAME_CONNECTION, 1);
+          } else {
+            fifo.push(this.queueFor(to, cur), cur);
+            this.counters.add(to, FOLLOWED_FRAMES, 1);
+            moved++;
+          }
         } else {
-          fifo.push(to, cur);
-          this.counters.add(to, FOLLOWED_FRAMES, 1);
-          moved++;
+          prev = cur;
         }
-      } else {
-        prev = cur;
+        cur = next;
       }
-      cur = next;
+      if (fifo.qFrames[fq] === 0) this.conns.want(from, l, false);
     }
-    if (fifo.qFrames[from] === 0) this.conns.want(from, false);
     return moved;
   }
 
@@ -166,10 +224,7 @@ export class Monitor {
   sweep(): number {
     let n = 0;
     const conns = this.conns;
-    for (let k = 0; k < conns.attachedCount; k++) {
-      const i = conns.attached[k];
-      if (this.fifo.qFrames[i] > 0) n += this.drain(i);
-    }
+    for (let k = 0; k < conns.attachedCount; k++) n += this.drainAll(conns.attached[k]);
     return n;
   }
 }

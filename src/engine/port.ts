@@ -11,19 +11,28 @@ export interface EnginePort {
   /** short name for logs and counters, e.g. "vm0" or "tap0" */
   readonly name: string;
   /**
+   * A port with several RX queues (a multiqueue guest): which one frame goes to, 0 … the switch's
+   * queue count − 1 — the same one for every frame of a flow while the port's set of queues stays
+   * as it is (the engine keeps order per RX queue, so per flow). When the set changes, the port
+   * tells the switch (Switch.queuesChanged) and the frames held for it are spread again. Ports
+   * without it have one queue, 0. Must not allocate.
+   */
+  laneFor?(frame: Frame): number;
+  /**
    * The second test and the fast path in one step: reserve the destination's buffers for the frame
    * and record its copy (header, Ethernet bytes) into them. Returns false, with nothing reserved,
    * when the connection-specific resources are not available right now (ring not started or
    * disabled, too few free RX buffers). True also when the port dropped the frame for good (counted
    * by the port). Must not allocate, and must not keep `frame` past the call.
    */
-  deliver(frame: Frame): boolean;
+  deliver(frame: Frame, lane: number): boolean;
   /** After a batch, once its copies ran: make what deliver() wrote visible (used ring) and signal. */
   flush(): void;
   /**
-   * The engine holds frames for this port (want=true) or no longer does (want=false). With want=true
-   * the port asks its guest for a kick when it posts RX buffers (clears VRING_USED_F_NO_NOTIFY / sets
-   * avail_event) and reports it through Switch.resourcesAvailable(portIndex).
+   * The engine holds frames for RX queue `lane` of this port (want=true) or no longer does
+   * (want=false). With want=true the port asks its guest for a kick when it posts RX buffers on that
+   * queue (clears VRING_USED_F_NO_NOTIFY / sets avail_event) and reports it through
+   * Switch.resourcesAvailable(portIndex, lane).
    */
-  wantResources(want: boolean): void;
+  wantResources(want: boolean, lane: number): void;
 }

@@ -29,22 +29,25 @@ export class StoreEngine {
     /** shared clock cell, ms: stamps each stored frame */
     private readonly time: Float64Array,
   ) {
-    this.unresolvedQueue = conns.maxPorts;
+    this.unresolvedQueue = conns.maxPorts * conns.lanes;
   }
 
   /**
-   * Store a frame for destination connection dest (or for this.unresolvedQueue, with the
-   * destination MAC as dstHi/dstLo, see classifier.ts). src is the connection it came from (-1 if
-   * none). Counted on dest, or on src for unresolved frames. Returns false when dropped.
+   * Store a frame on queue q: a destination connection's RX-queue queue (connection * lanes +
+   * lane), or this.unresolvedQueue with the destination MAC as dstHi/dstLo (see classifier.ts).
+   * src is the connection it came from (-1 if none). Counted on the destination connection, or on
+   * src for unresolved frames; the share limit is the connection's, over all its queues. Returns
+   * false when dropped.
    */
-  store(dest: number, frame: Frame, src: number, dstHi: number, dstLo: number): boolean {
+  store(q: number, frame: Frame, src: number, dstHi: number, dstLo: number): boolean {
     const len = frame.len;
     const fifo = this.fifo;
-    const unresolved = dest === this.unresolvedQueue;
+    const unresolved = q === this.unresolvedQueue;
+    const dest = fifo.qGroup[q];
     const chargeTo = unresolved ? src : dest;
     const limit = unresolved ? this.unresolvedShareLimit : this.conns.shareLimit[dest];
     const need = fifo.blocksFor(len);
-    if (fifo.qBlocks[dest] + need > limit) {
+    if (fifo.gBlocks[dest] + need > limit) {
       this.counters.add(chargeTo, DROP_SHARE_LIMIT, 1);
       return false;
     }
@@ -56,7 +59,7 @@ export class StoreEngine {
     fifo.frameSrc[head] = src;
     fifo.frameKey[head] = macKey(dstHi, dstLo);
     fifo.frameTime[head] = this.time[0];
-    fifo.push(dest, head);
+    fifo.push(q, head);
     this.counters.frame(chargeTo, STORED_FRAMES, len);
     return true;
   }

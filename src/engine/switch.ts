@@ -84,6 +84,9 @@ export interface SwitchOptions {
   macTableSize?: number;
   /** most connections at once (default DEFAULT_MAX_PORTS); a connection beyond is refused, counted */
   maxPorts?: number;
+  /** RX queues per connection kept apart (default DEFAULTS.queues): a multiqueue port's frames are
+   * held and delivered in order per RX queue, so a full queue does not hold up the others */
+  queues?: number;
   /** largest frame taken, virtio-net header included (default and most MAX_FRAME_LEN); longer ones are dropped, counted (tooBig) */
   maxFrameLen?: number;
   /** period of tick() in ms; 0 = no timer, clock read per batch (default: a quarter of the hold time, 10…1000 ms) */
@@ -121,6 +124,8 @@ export interface PortStats extends TrafficCounts {
   shareLimit: number;
   queuedFrames: number;
   queuedBlocks: number;
+  /** frames held per RX queue (index = queue pair), up to the last queue that holds any */
+  queuedPerQueue: number[];
   /** how long the oldest frame queued for this connection has waited, ms (null: none waits);
    * stamped with the engine's clock, so within one tick (tickMs) */
   queuedOldestMs: number | null;
@@ -145,6 +150,7 @@ export interface SwitchSettings {
   macAgeMs: number;
   macTableSize: number;
   maxPorts: number;
+  queues: number;
   maxFrameLen: number;
 }
 
@@ -169,6 +175,8 @@ export class Switch implements Flooder {
   private readonly storeEngine: StoreEngine;
   private readonly monitor: Monitor;
   private readonly unresolvedQueue: number;
+  /** RX queues kept apart per connection: connection i's queue for RX queue l is i * lanes + l */
+  private readonly lanes: number;
   private defaultShareLimit: number;
   /** tickMs as given (undefined: it follows the hold time) */
   private readonly tickMsGiven: number | undefined;
@@ -193,9 +201,12 @@ export class Switch implements Flooder {
     if (!(this.maxFrameLen >= MIN_FRAME_LEN && this.maxFrameLen <= MAX_FRAME_LEN)) {
       throw new RangeError(`largest frame ${this.maxFrameLen} outside [${MIN_FRAME_LEN}, ${MAX_FRAME_LEN}]`);
     }
-    this.conns = new ConnectionTable(maxPorts);
-    this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts + 1);
-    this.unresolvedQueue = maxPorts;
+    const lanes = opts.queues ?? DEFAULTS.queues;
+    if (!(Number.isInteger(lanes) && lanes >= 1 && lanes <= 1024)) throw new RangeError(`queues ${lanes} outside [1, 1024]`);
+    this.lanes = lanes;
+    this.conns = new ConnectionTable(maxPorts, lanes);
+    this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts * lanes + 1, lanes);
+    this.unresolvedQueue = maxPorts * lanes;
     this.counters = new Counters(maxPorts);
     const blocks = this.fifo.blockCount;
     this.poolBytes = poolBytes;
@@ -234,7 +245,7 @@ export class Switch implements Flooder {
   detach(index: number): void {
     const port = this.portAt(index);
     const fifo = this.fifo;
-    const dropped = fifo.clear(index);
+    const dropped = fifo.clearGroup(index);
     this.counters.add(index, DROP_DETACHED, dropped);
     this.table.removePort(index);
     const q = this.unresolvedQueue;
@@ -314,6 +325,7 @@ export class Switch implements Flooder {
       macAgeMs: this.table.ageMs,
       macTableSize: this.table.capacity,
       maxPorts: this.conns.maxPorts,
+      queues: this.lanes,
       maxFrameLen: this.maxFrameLen,
     };
   }
@@ -345,7 +357,7 @@ export class Switch implements Flooder {
     } else if (!isGroupHi(sHi)) {
       if (this.table.learn(sHi, sLo, src) === LEARN_NEW) {
         const from = this.table.movedFrom;
-        if (from >= 0 && this.fifo.qFrames[from] > 0) this.followTo(sHi, sLo, from, src);
+        if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(sHi, sLo, from, src);
         if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
       }
     }
@@ -374,12 +386,22 @@ export class Switch implements Flooder {
     this.conns.flushDirty();
   }
 
-  /** The monitor's trigger (a): connection index got RX buffers or its ring (re)started. Delivers
-   * its waiting frames in order as far as possible and signals the port itself (port.flush()). */
-  resourcesAvailable(index: number): void {
+  /** The monitor's trigger (a): RX queue `lane` of connection index got RX buffers or its ring
+   * (re)started. Delivers the frames waiting for it in order as far as possible and signals the
+   * port itself (port.flush()). */
+  resourcesAvailable(index: number, lane = 0): void {
+    if (this.conns.ports[index] === null || !(lane >= 0 && lane < this.lanes)) return;
+    this.monitor.drain(index, lane);
+    copies.run();
+    this.conns.flushOne(index);
+  }
+
+  /** Connection index's set of RX queues changed (a multiqueue guest enabled or disabled some):
+   * the frames held for it move to the queue each goes to now, in order per flow, and are
+   * delivered as far as possible. */
+  queuesChanged(index: number): void {
     if (this.conns.ports[index] === null) return;
-    if (this.fifo.qFrames[index] > 0) this.monitor.drain(index);
-    else this.conns.want(index, false);
+    if (this.monitor.respread(index) > 0) this.monitor.drainAll(index);
     copies.run();
     this.conns.flushOne(index);
   }
@@ -415,17 +437,20 @@ export class Switch implements Flooder {
   }
 
   private forward(dest: number, frame: Frame, src: number): void {
-    // frames already waiting make the resources count as unavailable: order per destination
-    if (this.fifo.qFrames[dest] === 0 && (this.conns.ports[dest] as EnginePort).deliver(frame)) {
+    const conns = this.conns;
+    const lane = conns.laneFor(dest, frame);
+    const q = dest * this.lanes + lane;
+    // frames already waiting make the resources count as unavailable: order per destination queue
+    if (this.fifo.qFrames[q] === 0 && (conns.ports[dest] as EnginePort).deliver(frame, lane)) {
       this.counters.frame(dest, FAST_FRAMES, frame.len);
-      this.conns.markDirty(dest);
+      conns.markDirty(dest);
       return;
     }
     // the destination MAC goes with it: should that MAC move to another connection (a migrated
     // VM announcing itself on its new port), the frame follows it there
     const buf = frame.eth;
     const off = frame.ethOff + DST_MAC_OFFSET;
-    if (this.storeEngine.store(dest, frame, src, macHi(buf, off), macLo(buf, off))) this.conns.want(dest, true);
+    if (this.storeEngine.store(q, frame, src, macHi(buf, off), macLo(buf, off))) conns.want(dest, lane, true);
   }
 
   /** MAC hi/lo moved from connection `from` to `to`: what was held for it there follows it. */
@@ -433,13 +458,13 @@ export class Switch implements Flooder {
     const n = this.monitor.follow(macKey(hi, lo), from, to);
     if (n > 0) {
       this.log(`${formatMac(macKey(hi, lo))} moved from connection ${from} to ${to}: ${n} held frames follow it`, { mac: formatMac(macKey(hi, lo)), from, connection: to, frames: n });
-      this.monitor.drain(to);
+      this.monitor.drainAll(to);
     }
   }
 
   private resolveTo(hi: number, lo: number, index: number): void {
     if (this.fifo.qFrames[this.unresolvedQueue] === 0) return;
-    if (this.monitor.resolve(hi, lo, index) > 0) this.monitor.drain(index);
+    if (this.monitor.resolve(hi, lo, index) > 0) this.monitor.drainAll(index);
   }
 
   private portAt(index: number): EnginePort {
@@ -454,9 +479,12 @@ export class Switch implements Flooder {
     const fifo = this.fifo;
     const conns = this.conns;
     const now = this.clock();
-    const age = (q: number): number | null => {
-      const t = fifo.headTime(q);
-      return Number.isNaN(t) ? null : Math.max(0, now - t);
+    const ageOf = (t: number): number | null => (Number.isNaN(t) ? null : Math.max(0, now - t));
+    const perQueue = (i: number): number[] => {
+      const out: number[] = [];
+      for (let l = 0; l < this.lanes; l++) out.push(fifo.qFrames[i * this.lanes + l]);
+      while (out.length > 0 && out[out.length - 1] === 0) out.pop();
+      return out;
     };
     const ports: PortStats[] = [];
     for (let k = 0; k < conns.attachedCount; k++) {
@@ -467,10 +495,11 @@ export class Switch implements Flooder {
         name: (conns.ports[i] as EnginePort).name,
         staticMac: key >= 0 ? formatMac(key) : null,
         shareLimit: conns.shareLimit[i],
-        queuedFrames: fifo.qFrames[i],
-        queuedBlocks: fifo.qBlocks[i],
-        queuedOldestMs: age(i),
-        wantsResources: conns.wanting[i] !== 0,
+        queuedFrames: fifo.gFrames[i],
+        queuedBlocks: fifo.gBlocks[i],
+        queuedPerQueue: perQueue(i),
+        queuedOldestMs: ageOf(fifo.groupHeadTime(i)),
+        wantsResources: conns.wantingAny(i),
         ...this.counters.snapshot(i),
       });
     }
@@ -487,7 +516,7 @@ export class Switch implements Flooder {
         blocksReturned: fifo.blocksReturned,
         unresolvedFrames: fifo.qFrames[this.unresolvedQueue],
         unresolvedBlocks: fifo.qBlocks[this.unresolvedQueue],
-        unresolvedOldestMs: age(this.unresolvedQueue),
+        unresolvedOldestMs: ageOf(fifo.headTime(this.unresolvedQueue)),
       },
       macTable: { entries: this.table.size, capacity: this.table.capacity },
       refusedConnections: this.refusedConnections,

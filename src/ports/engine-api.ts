@@ -14,5 +14,8 @@ export interface EngineApi {
   detach(index: number): void;
   input(srcIndex: number, frame: Frame): void;
   flush(): void;
-  resourcesAvailable(index: number): void;
+  /** RX queue lane (default 0) of connection index has buffers again, or its ring (re)started */
+  resourcesAvailable(index: number, lane?: number): void;
+  /** the port's set of RX queues changed (EnginePort.laneFor answers differently now) */
+  queuesChanged(index: number): void;
 }

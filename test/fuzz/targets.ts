@@ -266,6 +266,7 @@ class NullHub implements EngineApi {
     copies.run();
   }
   resourcesAvailable(): void {}
+  queuesChanged(): void {}
 }
 
 const REQUESTS = [...payloadSize.keys()];

@@ -288,25 +288,30 @@ test('TX chains too short for a header and an Ethernet header are dropped, count
   await done();
 });
 
-test('two queue pairs: TX on ring 3 is forwarded; RX goes to the lowest enabled RX ring', async () => {
+test('two queue pairs: a frame sent on TX queue k goes to RX queue k; RX goes to the enabled RX rings only', async () => {
   const { a, b, done } = await pair({ queuePairs: 2 }, { queuePairs: 2 });
+  const rx2 = b.fe.rings[2];
+  await waitFor(() => b.port.session!.rings[2].started && b.port.session!.rings[0].started);
+  await sleep(10); // the port's RX queue set is applied outside the session's event
+  // TX ring 3 (queue pair 1) of a sender on two queues → RX ring 2 (queue pair 1) of the receiver
   const tx3 = a.fe.rings[3];
   tx3.postTx(packet(netHdr(12), ethFrame(100, 1)));
   tx3.kick();
   await tx3.waitUsed(1);
-  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [1]);
-  // B: ring 2 kicked (started), ring 0 disabled → frames land in ring 2.
-  const rx2 = b.fe.rings[2];
-  rx2.kick();
-  await waitFor(() => b.port.session!.rings[2].started);
-  await b.fe.setVringEnable(0, false);
-  await sendPacket(a, packet(netHdr(12), ethFrame(100, 2)));
   await rx2.waitUsed(1);
-  assert.deepEqual(
-    rx2.receive(12, true).map((p) => seqOf(p.frame)),
-    [2],
-  );
+  assert.deepEqual(rx2.receive(12, true).map((p) => seqOf(p.frame)), [1]);
+  // TX ring 1 (queue pair 0) → RX ring 0
+  await sendPacket(a, packet(netHdr(12), ethFrame(100, 2)));
+  assert.deepEqual((await receiveN(b, 1)).map((p) => seqOf(p.frame)), [2]);
+  // B disables ring 0: what would go there goes to ring 2, the one RX ring left enabled
+  await b.fe.setVringEnable(0, false);
+  await sleep(10);
+  await sendPacket(a, packet(netHdr(12), ethFrame(100, 3)));
+  await rx2.waitUsed(2);
+  assert.deepEqual(rx2.receive(12, true).map((p) => seqOf(p.frame)), [3]);
   assert.equal(b.rx.usedIdx, 1);
+  assert.deepEqual(b.port.queueFrames().rx, [1, 2]);
+  assert.deepEqual(a.port.queueFrames().tx, [2, 1]);
   await done();
 });
 

@@ -35,7 +35,7 @@ export class TestHub implements EngineApi {
     this.inputs++;
     this.ports.forEach((p, i) => {
       if (p === null || i === src) return;
-      if (!p.deliver(frame)) this.refused.push({ to: p.name, len: frame.len });
+      if (!p.deliver(frame, p.laneFor ? p.laneFor(frame) : 0)) this.refused.push({ to: p.name, len: frame.len });
     });
   }
 
@@ -47,6 +47,8 @@ export class TestHub implements EngineApi {
   resourcesAvailable(index: number): void {
     this.available.push(index);
   }
+
+  queuesChanged(): void {}
 }
 
 /** A port that keeps a copy of every frame it is given (engine format: 12-byte header + frame). */

@@ -30,6 +30,7 @@ test('the engine and the session take their defaults from DEFAULTS', () => {
       macAgeMs: DEFAULTS.macAgeS * 1000,
       macTableSize: DEFAULTS.macTableSize,
       maxPorts: DEFAULTS.maxPorts,
+      queues: DEFAULTS.queues,
       maxFrameLen: DEFAULTS.maxFrameBytes + 12,
     });
     assert.equal(sw.stats().pool.blocks, (DEFAULTS.poolMb * MiB) / DEFAULTS.blockSize);

@@ -2,8 +2,15 @@
 // (engine → guest) and the offload fallback, and follows the session's events.
 //
 //   guest TX ring ──kick / poll──► VhostTx.take() ──► Switch.input() … Switch.flush() ──► TX used published
-//   Switch ──deliver()──► [OffloadFallback] ──► VhostRx (reserve, header, copies recorded)
-//          ──flush()──► RX used published, call signalled (once per batch)
+//   Switch ──deliver(frame, lane)──► [OffloadFallback] ──► VhostRx of RX queue `lane`
+//          (reserve, header, copies recorded) ──flush()──► RX used published, call signalled
+//          (once per batch, per RX queue delivered to)
+//
+// Multiqueue: each RX queue pair has its own VhostRx. laneFor() spreads frames over the RX queues
+// the guest has enabled: a frame sent on TX queue k of a multiqueue sender goes to RX queue k when
+// that is enabled here, any other by its flow hash (src/datapath/flow-hash.ts), so a flow stays on
+// one queue. The set laneFor() uses changes only at one point (applyLanes, deferred out of any
+// engine call), where the switch is told and spreads the frames it holds for us again.
 //
 // Neither side calls back into the port; scheduling (budget, polling, RX re-checks) is here.
 import { native } from '../../native';
@@ -25,12 +32,16 @@ import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_TOO_BIG, VhostRx } from './rx'
 import { VhostTx } from './tx';
 import { copies } from '../../datapath/copy-list';
 import type { FrameCapture } from '../../datapath/capture';
+import { flowHash } from '../../datapath/flow-hash';
 
 /** an 802.1Q / 802.1ad tag */
 const VLAN_TAG_LEN = 4;
 
 /** TX chains processed per batch before yielding to the event loop. */
 export const TX_BUDGET = 256;
+
+/** queue pairs a port can spread over (the command line's most, MOST_QUEUE_PAIRS) */
+const MAX_PAIRS = 128;
 
 export interface PortCounters {
   txFrames: number;
@@ -115,7 +126,28 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   };
 
   private readonly tx = new VhostTx(this.counters);
-  private readonly rx = new VhostRx(this.counters);
+  /** the RX side of each queue pair (created when its RX ring is first seen) */
+  private readonly rxs: (VhostRx | null)[] = new Array<VhostRx | null>(MAX_PAIRS).fill(null);
+  /** the one deliver() is writing to now (the offload fallback writes through the port) */
+  private rx: VhostRx;
+  /** frames and bytes written to each RX queue pair / chains taken from each TX queue pair */
+  readonly rxQueueFrames = new Float64Array(MAX_PAIRS);
+  readonly txQueueFrames = new Float64Array(MAX_PAIRS);
+  /** the RX queue pairs laneFor() spreads over (enabled RX rings), ascending; laneHas[p] = p is one */
+  private readonly laneSet = new Int32Array(MAX_PAIRS);
+  private laneCount = 0;
+  private readonly laneHas = new Uint8Array(MAX_PAIRS);
+  private lanesScheduled = false;
+  /** the guest sends on more than one TX queue: frames carry their TX queue pair */
+  private txMulti = false;
+  /** RX queue pairs delivered to since the last flush */
+  private readonly rxDirty = new Uint8Array(MAX_PAIRS);
+  private readonly rxDirtyList = new Int32Array(MAX_PAIRS);
+  private rxDirtyCount = 0;
+  /** per RX queue pair: the engine holds frames for it (wantResources) */
+  private readonly wantRx = new Uint8Array(MAX_PAIRS);
+  /** per RX queue pair: an RX check is scheduled */
+  private readonly rxCheckLane = new Uint8Array(MAX_PAIRS);
   private readonly fallback = new OffloadFallback(this.counters);
   private readonly pieces = new Pieces();
   /** the header written to this guest (10 bytes used; num_buffers is the RX side's) */
@@ -127,13 +159,16 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private hdrLen = 12;
   /** longest non-GSO Ethernet frame this guest takes (its MTU + header), 0: no MTU given */
   private maxEthLen = 0;
-  private wantRx = false;
   private rxCheckScheduled = false;
+  /** the RX queue pair of this.rx */
+  private rxLane = 0;
   private readonly txPending: boolean[] = [];
   private txScheduled = false;
   private readonly txPollers: (TxPoller | null)[] = [];
   /** the started queues by index (enabled or not), as the session's events say */
-  private readonly queues: (Virtqueue | null)[] = new Array<Virtqueue | null>(64).fill(null);
+  private readonly queues: (Virtqueue | null)[] = new Array<Virtqueue | null>(2 * MAX_PAIRS).fill(null);
+  /** every ring started since the front-end connected, stopped or not (its enabled flag is read) */
+  private readonly seen: (Virtqueue | null)[] = new Array<Virtqueue | null>(2 * MAX_PAIRS).fill(null);
   private cfg: NetConfig = DEFAULT_NET_CONFIG;
   private mem: GuestMemory | null = null;
   private readonly pollLoop: PollLoop | null;
@@ -153,9 +188,23 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private readonly rxCheck = (): void => {
     this.rxCheckScheduled = false;
     try {
-      if (this.index >= 0 && this.rx.usable()) this.sw.resourcesAvailable(this.index);
+      for (let l = 0; l < MAX_PAIRS; l++) {
+        if (this.rxCheckLane[l] === 0) continue;
+        this.rxCheckLane[l] = 0;
+        const rx = this.rxs[l];
+        if (this.index >= 0 && rx !== null && rx.usable()) this.sw.resourcesAvailable(this.index, l);
+      }
     } catch (e) {
       this.session?.internalError('RX delivery', e);
+    }
+  };
+
+  private readonly lanesApply = (): void => {
+    this.lanesScheduled = false;
+    try {
+      this.applyLanes();
+    } catch (e) {
+      this.session?.internalError('RX queue change', e);
     }
   };
 
@@ -182,12 +231,37 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.sessionLog = withFields(opts.log, () => (this.index >= 0 ? { port: this.name, connection: this.index } : { port: this.name }));
     this.pollLoop = opts.pollLoop ?? null;
     this.shareLimit = opts.shareLimit;
+    this.rx = this.rxOf(0);
+  }
+
+  private rxOf(pair: number): VhostRx {
+    let rx = this.rxs[pair];
+    if (rx === null) {
+      rx = new VhostRx(this.counters);
+      rx.hdrLen = this.hdrLen;
+      rx.mrg = this.cfg.mergeableRx;
+      rx.mem = this.mem;
+      rx.capture = this.tx.capture;
+      this.rxs[pair] = rx;
+    }
+    return rx;
+  }
+
+  /** frames per queue pair, RX (written to the guest) and TX (taken from it), up to the last used one */
+  queueFrames(): { rx: number[]; tx: number[] } {
+    const trim = (a: Float64Array): number[] => {
+      let n = a.length;
+      while (n > 0 && a[n - 1] === 0) n--;
+      return Array.from(a.subarray(0, n));
+    };
+    return { rx: trim(this.rxQueueFrames), tx: trim(this.txQueueFrames) };
   }
 
   get connected(): boolean {
     return this.session !== null;
   }
 
+  /** packets one reservation may hold: the RX ring deliver() is writing to now */
   get maxPackets(): number {
     const r = this.rx.ring;
     return r === null ? 0 : r.num;
@@ -206,8 +280,13 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     }
     const conn = new Connection(fd, this.name, this.sessionLog);
     this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.sessionLog });
-    this.rx.ring = null;
-    this.wantRx = false;
+    for (const rx of this.rxs) if (rx) rx.ring = null;
+    this.wantRx.fill(0);
+    this.rxQueueFrames.fill(0);
+    this.txQueueFrames.fill(0);
+    this.laneCount = 0;
+    this.laneHas.fill(0);
+    this.txMulti = false;
     conn.start();
     this.sessionLog(`${this.name}: front-end connected`);
   }
@@ -219,7 +298,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** Packet capture on (both directions: TX as taken from the guest, RX as written to it) or off. */
   setCapture(capture: FrameCapture | null): void {
     this.tx.capture = capture;
-    this.rx.capture = capture;
+    for (const rx of this.rxs) if (rx) rx.capture = capture;
   }
 
   // ---- SessionDevice: the session's one-way events ----
@@ -227,8 +306,11 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   featuresNegotiated(cfg: NetConfig): void {
     this.cfg = cfg;
     this.hdrLen = cfg.hdrLen;
-    this.rx.hdrLen = cfg.hdrLen;
-    this.rx.mrg = cfg.mergeableRx;
+    for (const rx of this.rxs) {
+      if (!rx) continue;
+      rx.hdrLen = cfg.hdrLen;
+      rx.mrg = cfg.mergeableRx;
+    }
     this.rxOffload = cfg.rxOffload;
     this.txOffload = cfg.txOffload;
   }
@@ -239,24 +321,29 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   memoryChanged(mem: GuestMemory): void {
     this.mem = mem;
-    this.rx.mem = mem;
+    for (const rx of this.rxs) if (rx) rx.mem = mem;
   }
 
   ringStarted(q: Virtqueue): void {
+    if (q.index >= 2 * MAX_PAIRS) return;
     this.queues[q.index] = q;
+    this.seen[q.index] = q;
     if (q.index & 1) {
       // A TX ring (re)started: frames may already be waiting in it.
       this.txPending[q.index] = true;
       this.scheduleTx();
     } else {
-      this.chooseRx();
+      this.rxRingChanged(q.index >> 1);
     }
+    this.queueSetChanged();
   }
 
   ringStopped(q: Virtqueue): void {
+    if (q.index >= 2 * MAX_PAIRS) return;
     this.queues[q.index] = null;
     if (q.index & 1) this.stopPolling(q);
-    else this.chooseRx();
+    else this.rxRingChanged(q.index >> 1);
+    this.queueSetChanged();
   }
 
   ringBroken(_q: Virtqueue, _reason: string): void {
@@ -265,28 +352,70 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   kick(q: Virtqueue): void {
     if (q.index & 1) this.processTx(q);
-    else if (q === this.rx.ring && this.index >= 0) this.sw.resourcesAvailable(this.index);
+    else if (this.index >= 0) {
+      const l = q.index >> 1;
+      const rx = this.rxs[l];
+      if (rx !== null && q === rx.ring) this.sw.resourcesAvailable(this.index, l);
+    }
   }
 
-  /** The RX ring used is the lowest-numbered usable one: one ring keeps the frames of one
-   * destination in order. */
-  private chooseRx(): void {
-    let rx: Virtqueue | null = null;
-    for (let i = 0; i < this.queues.length; i += 2) {
-      const q = this.queues[i];
-      if (q && q.usable) {
-        rx = q;
-        break;
-      }
-    }
-    if (rx !== this.rx.ring) {
+  /** RX queue pair l's ring changed state: delivered to while it is usable (started, enabled, ready). */
+  private rxRingChanged(l: number): void {
+    if (l >= MAX_PAIRS) return;
+    const rx = this.rxOf(l);
+    const q = this.queues[2 * l];
+    const ring = q && q.usable ? q : null;
+    if (ring !== rx.ring) {
       // used entries of the old ring go out now (their copies first)
       copies.run();
-      this.rx.flush(writeEventfd);
-      this.rx.ring = rx;
+      rx.flush(writeEventfd);
+      rx.ring = ring;
     }
-    if (rx && this.wantRx) rx.enableNotify();
-    if (this.rx.usable()) this.scheduleRxCheck();
+    if (ring && this.wantRx[l] !== 0) ring.enableNotify();
+    if (rx.usable()) this.scheduleRxCheck(l);
+  }
+
+  /**
+   * The rings' states changed: work out again which RX queues frames are spread over (the enabled
+   * RX rings, started or stopped: a paused guest keeps its spread) and whether the guest sends on
+   * several TX queues. A new RX set takes effect in applyLanes(), outside any engine call.
+   */
+  private queueSetChanged(): void {
+    let tx = 0;
+    let changed = false;
+    let n = 0;
+    for (let l = 0; l < MAX_PAIRS; l++) {
+      const r = this.seen[2 * l];
+      const on = r !== null && r.enabled;
+      if (on) n++;
+      if ((on ? 1 : 0) !== this.laneHas[l]) changed = true;
+      const t = this.queues[2 * l + 1];
+      if (t !== null && t.enabled) tx++;
+    }
+    this.txMulti = tx > 1;
+    if (n !== this.laneCount) changed = true;
+    if (changed && !this.lanesScheduled) {
+      this.lanesScheduled = true;
+      setImmediate(this.lanesApply);
+    }
+  }
+
+  /** Makes the current enabled RX set the one laneFor() spreads over; the switch re-spreads what it holds. */
+  private applyLanes(): void {
+    let n = 0;
+    let changed = false;
+    for (let l = 0; l < MAX_PAIRS; l++) {
+      const r = this.seen[2 * l];
+      const on = r !== null && r.enabled ? 1 : 0;
+      if (on !== this.laneHas[l]) changed = true;
+      this.laneHas[l] = on;
+      if (on) this.laneSet[n++] = l;
+    }
+    this.laneCount = n;
+    if (changed && this.index >= 0) {
+      this.sessionLog(`${this.name}: frames spread over ${n} RX queue${n === 1 ? '' : 's'}`, { rxQueues: n });
+      this.sw.queuesChanged(this.index);
+    }
   }
 
   rarp(mac: Uint8Array): void {
@@ -322,10 +451,18 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     if (this.index >= 0) this.sw.detach(this.index);
     this.index = -1;
     this.session = null;
-    this.rx.ring = null;
-    this.rx.mem = null;
+    for (const rx of this.rxs) {
+      if (!rx) continue;
+      rx.ring = null;
+      rx.mem = null;
+    }
     this.mem = null;
     this.queues.fill(null);
+    this.seen.fill(null);
+    this.laneCount = 0;
+    this.laneHas.fill(0);
+    this.rxDirtyCount = 0;
+    this.rxDirty.fill(0);
     this.onSessionEnd(reason);
   }
 
@@ -350,7 +487,9 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private txBatch(ring: Virtqueue): number {
     const s = this.session as Session;
     // a started but disabled TX ring is processed and its frames discarded (the spec's "Ring states")
-    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET, !ring.enabled);
+    const pair = ring.index >> 1;
+    const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET, !ring.enabled, this.txMulti ? pair : -1);
+    this.txQueueFrames[pair] += n;
     if (n > 0 || ring.broken !== null) {
       this.sw.flush();
       ring.publish();
@@ -423,9 +562,24 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   // ---- RX: engine → guest ----
 
-  deliver(frame: Frame): boolean {
-    const rx = this.rx;
-    if (this.session === null || !rx.usable()) return false;
+  /** The RX queue pair frame goes to: see the header comment (Multiqueue). */
+  laneFor(frame: Frame): number {
+    const n = this.laneCount;
+    if (n <= 1) return n === 1 ? this.laneSet[0] : 0;
+    const k = frame.txQueue;
+    if (k >= 0 && k < MAX_PAIRS && this.laneHas[k] !== 0) return k;
+    return this.laneSet[flowHash(frame) % n];
+  }
+
+  deliver(frame: Frame, lane = 0): boolean {
+    const rx = lane >= 0 && lane < MAX_PAIRS ? this.rxs[lane] : null;
+    if (this.session === null || rx === null || !rx.usable()) return false;
+    this.rx = rx;
+    this.rxLane = lane;
+    if (this.rxDirty[lane] === 0) {
+      this.rxDirty[lane] = 1;
+      this.rxDirtyList[this.rxDirtyCount++] = lane;
+    }
     if (this.maxEthLen > 0 && frame.ethLen > this.maxEthLen && this.overMtu(frame)) {
       this.counters.rxOverMtu++;
       return true;
@@ -462,6 +616,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       h[HDR_CSUM_OFFSET + 1] = c ? s[o + HDR_CSUM_OFFSET + 1] : 0;
     }
     if (!rx.write(0, h, 0, frame, this.pieces.reset().frame(0, frame.ethLen))) this.counters.rxBadRange++;
+    else this.rxQueueFrames[lane]++;
     return true;
   }
 
@@ -486,6 +641,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   write(p: number, hdr: Uint8Array, hdrOff: number, frame: Frame | null, pieces: Pieces): boolean {
     const ok = this.rx.write(p, hdr, hdrOff, frame, pieces);
     if (!ok) this.counters.rxBadRange++;
+    else this.rxQueueFrames[this.rxLane]++;
     return ok;
   }
 
@@ -510,28 +666,37 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.counters.rxNoBuffers++;
     // Some buffers but not enough (mergeable, or segments): the engine keeps waiting, so ask for a
     // kick on the next buffers posted, and look again ourselves if they came in meanwhile.
-    if (some && this.wantRx && ring.enableNotifyBeyond()) this.scheduleRxCheck();
+    if (some && this.wantRx[this.rxLane] !== 0 && ring.enableNotifyBeyond()) this.scheduleRxCheck(this.rxLane);
     return false;
   }
 
   flush(): void {
-    this.rx.flush(writeEventfd);
+    const n = this.rxDirtyCount;
+    this.rxDirtyCount = 0;
+    for (let k = 0; k < n; k++) {
+      const l = this.rxDirtyList[k];
+      this.rxDirty[l] = 0;
+      (this.rxs[l] as VhostRx).flush(writeEventfd);
+    }
   }
 
-  wantResources(want: boolean): void {
-    this.wantRx = want;
-    const r = this.rx.ring;
+  wantResources(want: boolean, lane = 0): void {
+    if (!(lane >= 0 && lane < MAX_PAIRS)) return;
+    this.wantRx[lane] = want ? 1 : 0;
+    const rx = this.rxs[lane];
+    const r = rx === null ? null : rx.ring;
     if (r === null) return;
     if (want) {
       r.enableNotify();
       // Buffers posted between the failed deliver() and now would not be kicked for: look again.
-      if (r.availCount() > 0) this.scheduleRxCheck();
+      if (r.availCount() > 0) this.scheduleRxCheck(lane);
     } else {
       r.disableNotify();
     }
   }
 
-  private scheduleRxCheck(): void {
+  private scheduleRxCheck(lane: number): void {
+    this.rxCheckLane[lane] = 1;
     if (this.rxCheckScheduled) return;
     this.rxCheckScheduled = true;
     setImmediate(this.rxCheck);

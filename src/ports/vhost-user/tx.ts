@@ -51,9 +51,11 @@ export class VhostTx {
    * Takes up to budget chains from ring into the engine (as connection src). Returns the number
    * taken; stops early when the ring breaks (ring.broken set) or has nothing more. discard: the
    * chains are taken and given back used, their frames counted and not handed to the engine.
+   * txQueue: the frames' Frame.txQueue (the ring's queue pair when the guest sends on several).
    */
-  take(ring: Virtqueue, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number, discard = false): number {
+  take(ring: Virtqueue, mem: GuestMemory, sw: EngineApi, src: number, hdrLen: number, txOffload: number, budget: number, discard = false, txQueue = -1): number {
     const segs = this.segs;
+    this.frame.txQueue = txQueue;
     let done = 0;
     let n = ring.availCount();
     if (n <= 0) return 0;
