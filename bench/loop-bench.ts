@@ -28,6 +28,9 @@
 //   BENCH_PACKED=1                            packed virtqueues (virtio-user packed_vq=1) instead of
 //                                             split; "0,1": both, each back-end with each layout
 //                                             (ratios compare with DPDK on the same layout)
+//   BENCH_QUEUES=4                            queue pairs per port (virtio-user queues=4,cq=1, testpmd
+//                                             --rxq=4 --txq=4 on both sides; DPDK's back-end queues=4):
+//                                             the one forwarding core of each side serves them all
 //   BENCH_BUSY_PCT=10 BENCH_BUSY_RETRIES=2    a cell during which other processes used more than
 //                                             10 % of a CPU (from /proc/stat) is measured again
 //   BENCH_ECHO=1                              mirror testpmd's and elastic-vhost's output
@@ -75,6 +78,7 @@ const SECONDS = envNum('BENCH_SECONDS', 5);
 const WARMUP = envNum('BENCH_WARMUP', 2);
 const ROUNDS = Math.max(1, Math.floor(envNum('BENCH_ROUNDS', 3)));
 const TX_FIRST = Math.max(1, Math.floor(envNum('BENCH_TX_FIRST', 8)));
+const QUEUES = Math.max(1, Math.floor(envNum('BENCH_QUEUES', 1)));
 const echo = process.env.BENCH_ECHO === '1';
 /** a cell during which other processes used more than this % of a CPU is measured again … */
 const BUSY_PCT = envNum('BENCH_BUSY_PCT', 10);
@@ -247,6 +251,7 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     '--stats-interval',
     '1000',
     ...(pollUs > 0 ? ['--poll-us', String(pollUs)] : []),
+    ...(QUEUES > 8 ? ['--queues', String(QUEUES)] : []),
   ];
   const p = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(p);
@@ -305,6 +310,7 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
       if (t.storedFrames) out.push(`${t.storedFrames} frames through the elastic FIFO`);
       if (t.holdFlooded) out.push(`${t.holdFlooded} flooded`);
       for (const v of st.vhostUser) {
+        if (QUEUES > 1 && v.queues) out.push(`${v.name} frames per RX queue ${v.queues.rx.join('/')}`);
         const c = v.counters;
         for (const k of ['txDropped', 'rxTooBig', 'rxOffloadDropped', 'brokenRings'])
           if (c[k]) out.push(`${v.name} ${k}=${c[k]}`);
@@ -321,8 +327,8 @@ async function startDpdkVhost(socks: string[], memory: TestPmdMemory): Promise<B
     name: 'be',
     cpu: BE_CPU,
     memory,
-    vdevs: socks.map((s, i) => vhostVdev(i, s, 1)),
-    appArgs: ['--forward-mode=io', '--burst=32', '--rxq=1', '--txq=1'],
+    vdevs: socks.map((s, i) => vhostVdev(i, s, QUEUES)),
+    appArgs: ['--forward-mode=io', '--burst=32', `--rxq=${QUEUES}`, `--txq=${QUEUES}`],
     totalMbufs: 65536,
     echo,
   });
@@ -381,7 +387,7 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
       name: 'fe',
       cpu: FE_CPU,
       memory,
-      vdevs: socks.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 1024, extra: spec.packed ? { packed_vq: 1 } : {} })),
+      vdevs: socks.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 1024, extra: { ...(spec.packed ? { packed_vq: 1 } : {}), ...(QUEUES > 1 ? { queues: QUEUES, cq: 1 } : {}) } })),
       appArgs: [
         '--forward-mode=mac',
         `--eth-peer=0,${MAC[1]}`,
@@ -390,6 +396,7 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
         `--burst=${lat ? 1 : 32}`,
         '--rxd=1024',
         '--txd=1024',
+        ...(QUEUES > 1 ? [`--rxq=${QUEUES}`, `--txq=${QUEUES}`] : []),
       ],
       totalMbufs: 65536,
       echo,
@@ -527,6 +534,7 @@ async function main(): Promise<void> {
   const { memory, note } = reserveHugepages();
   console.log(`- memory: ${note}`);
   console.log(`- window ${SECONDS} s after ${WARMUP} s warm-up per cell, ${ROUNDS} round(s), throughput cells start with tx_first ${TX_FIRST} (${TX_FIRST * 32} frames in flight per direction)`);
+  if (QUEUES > 1) console.log(`- ${QUEUES} queue pairs per port on both sides (BENCH_QUEUES=${QUEUES}), one forwarding core each`);
   for (const n of notes) console.log(`- note: ${n}`);
   console.log('');
 
