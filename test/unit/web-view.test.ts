@@ -213,7 +213,7 @@ describe('web view sample of a switch', () => {
       { name: 'b', index: ib },
       { name: 'c', index: -1 },
     ];
-    const s = webSample(sw, listed, null, 1234);
+    const s = webSample(sw, listed, {}, 1234);
     assert.equal(s.t, 1234);
     assert.equal(s.ports.length, 3);
     const [a, b, c] = s.ports;
@@ -225,12 +225,12 @@ describe('web view sample of a switch', () => {
     assert.equal(s.macCount, 2);
     pb.post(100);
     sw.resourcesAvailable(ib);
-    const s2 = webSample(sw, listed, null);
+    const s2 = webSample(sw, listed);
     assert.deepEqual([s2.ports[1].held, s2.ports[1].drained, s2.pool.inUse], [0, 6, 0]);
     // a large table is cut at MAX_MACS entries, the count says how many there are
     for (let i = 0; i < MAX_MACS + 10; i++) input(sw, ia, frame(mac(2), mac(1000 + i), 100 + i));
     sw.flush();
-    const s3 = webSample(sw, listed, null);
+    const s3 = webSample(sw, listed);
     assert.equal(s3.macs.length, MAX_MACS);
     assert.equal(s3.macCount, MAX_MACS + 12);
     sw.close();
