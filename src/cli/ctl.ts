@@ -7,7 +7,7 @@
 import { Command } from 'commander';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import type { FifoView, MacView, PortView } from '../ops/switch-view';
+import { portTraffic, type FifoView, type MacView, type PortView, type VxlanView } from '../ops/switch-view';
 import type { CaptureSummary } from '../ops/capture';
 import { parseCaptureLimits } from '../ops/capture';
 import { CTL_SOCKET_NAME } from '../ops/ops';
@@ -60,20 +60,19 @@ function table(head: string[], rows: (string | number)[][]): string {
 }
 
 const ms = (v: number | null): string => (v === null ? '-' : v < 1000 ? `${Math.round(v)} ms` : `${(v / 1000).toFixed(1)} s`);
+const nonZero = (c: Record<string, number>): string => Object.entries(c).filter(([, v]) => v !== 0).map(([k, v]) => `${k}=${v}`).join(' ') || '(all 0)';
 
 export function formatPorts(ports: PortView[]): string {
   const rows = ports.map((p) => {
-    const c = p.counters as unknown as Record<string, number>;
-    const inF = c.txFrames ?? c.fromHostFrames;
-    const outF = c.rxFrames ?? c.toHostFrames;
+    const t = portTraffic(p.counters);
     const e = p.engine;
     return [
       p.name,
       p.mode,
       p.state,
       p.connection ?? '-',
-      inF,
-      outF,
+      t.inFrames,
+      t.outFrames,
       e ? e.fastFrames : '-',
       e ? e.storedFrames : '-',
       e ? e.drainedFrames : '-',
@@ -85,6 +84,10 @@ export function formatPorts(ports: PortView[]): string {
   });
   let out = table(['PORT', 'MODE', 'STATE', 'CONN', 'IN', 'OUT', 'FAST', 'STORED', 'DRAINED', 'DROPPED', 'QUEUED', 'CAPTURE', 'PATH'], rows);
   for (const p of ports) {
+    if (p.vxlan) {
+      out += formatVxlan(p.name, p.vxlan, p.counters as unknown as Record<string, number>);
+      continue;
+    }
     if (p.state !== 'connected' || p.mode === 'tap') continue;
     out += `\n${p.name}: mtu ${p.mtu ?? '-'}, features ${p.features.join(' ') || '-'}\n`;
     out += `${p.name}: protocol features ${p.protocolFeatures.join(' ') || '-'}\n`;
@@ -92,17 +95,26 @@ export function formatPorts(ports: PortView[]): string {
       const state = r.broken !== null ? `broken (${r.broken})` : !r.started ? 'stopped' : r.enabled ? 'started' : 'started, disabled';
       out += `${p.name}: ring ${r.index} ${r.kind} ${r.layout} size ${r.size} ${state}, last avail ${r.lastAvail}, used ${r.usedIdx}\n`;
     }
-    const c = p.counters as unknown as Record<string, number>;
-    const nz = Object.entries(c).filter(([, v]) => v !== 0).map(([k, v]) => `${k}=${v}`);
-    out += `${p.name}: counters ${nz.join(' ') || '(all 0)'}\n`;
+    out += `${p.name}: counters ${nonZero(p.counters as unknown as Record<string, number>)}\n`;
+  }
+  return out;
+}
+
+/** the VXLAN uplink's lines under the ports table: its VTEP, counters, send errors and one line per remote VTEP */
+function formatVxlan(name: string, v: VxlanView, c: Record<string, number>): string {
+  let out = `\n${name}: VNI ${v.vni}, local VTEP ${v.local}, underlay MTU ${v.underlayMtu} (inner frames up to ${v.maxInner} bytes)\n`;
+  out += `${name}: counters ${nonZero({ ...c, ...(v.offload as unknown as Record<string, number>) })}\n`;
+  out += `${name}: send errors ${nonZero(v.sendErrors)}\n`;
+  for (const t of v.vteps) {
+    out += `${name}: vtep ${t.vtep} ${t.flood ? 'flood' : 'mac-only'}, ${t.macs} MACs, sent ${t.sentDatagrams} datagrams ${t.sentBytes} bytes, ${t.sendErrors} send errors, received ${t.receivedFrames} frames ${t.receivedBytes} bytes\n`;
   }
   return out;
 }
 
 export function formatMacs(macs: MacView[]): string {
   return table(
-    ['MAC', 'PORT', 'CONN', 'TYPE', 'AGE'],
-    macs.map((m) => [m.mac, m.port ?? '?', m.connection, m.static ? 'static' : 'learned', m.ageS === null ? '-' : `${m.ageS.toFixed(1)} s`]),
+    ['MAC', 'PORT', 'CONN', 'TYPE', 'AGE', 'VTEP'],
+    macs.map((m) => [m.mac, m.port ?? '?', m.connection, m.static ? 'static' : 'learned', m.ageS === null ? '-' : `${m.ageS.toFixed(1)} s`, m.vtep ?? '-']),
   );
 }
 
@@ -149,8 +161,8 @@ export async function runCtl(argv: string[]): Promise<number> {
     }
     process.stdout.write(o.json ? `${JSON.stringify(r.result, null, 2)}\n` : text(r.result));
   };
-  program.command('ports').description('ports: state, negotiated features, rings, counters').action(() => send({ cmd: 'ports' }, (r) => formatPorts(r as PortView[])));
-  program.command('macs').description('the MAC table: learned and static entries, with ages').action(() => send({ cmd: 'macs' }, (r) => formatMacs(r as MacView[])));
+  program.command('ports').description('ports: state, negotiated features, rings, counters; the VXLAN uplink\'s remote VTEPs').action(() => send({ cmd: 'ports' }, (r) => formatPorts(r as PortView[])));
+  program.command('macs').description('the MAC table: learned and static entries, with ages and, behind the VXLAN uplink, their VTEP').action(() => send({ cmd: 'macs' }, (r) => formatMacs(r as MacView[])));
   program.command('fifo').description('elastic FIFO occupancy per connection, with the age of the oldest frame').action(() => send({ cmd: 'fifo' }, (r) => formatFifo(r as FifoView)));
   program
     .command('add-port')

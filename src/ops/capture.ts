@@ -289,7 +289,7 @@ export class PcapCapture implements FrameCapture {
   }
 }
 
-/** A port a capture can be attached to (VhostUserPort, TapPort). */
+/** A port a capture can be attached to (VhostUserPort, TapPort, VxlanPort). */
 export interface CapturablePort {
   readonly name: string;
   setCapture(capture: FrameCapture | null): void;

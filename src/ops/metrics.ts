@@ -5,7 +5,9 @@
 // collect() reads one snapshot taken once per scrape. Nothing is counted per frame for metrics.
 //
 // Directions are the switch's: "in" is what the switch took from a port (a guest's TX ring, a read
-// from the TAP device), "out" what it gave to a port (a guest's RX ring, a write to the TAP).
+// from the TAP device, a datagram from a remote VTEP), "out" what it gave to a port (a guest's RX
+// ring, a write to the TAP, a frame for the VXLAN uplink to encapsulate). The VXLAN uplink's own
+// families (elastic_vhost_vxlan_…) add its datagrams, per remote VTEP (`vtep` label, ADDR:PORT).
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -13,9 +15,10 @@ import type { SwitchStats } from '../engine/switch';
 import type { DropCounts, TrafficCounts } from '../engine/counters';
 import type { PortCounters } from '../ports/vhost-user/port';
 import type { TapCounters } from '../ports/tap-port';
+import type { VxlanCounters } from '../ports/vxlan-port';
 import { limitHits } from '../vhost-user/session';
 import { chainLimitHits } from '../virtio/split-ring';
-import { portViews, type OpsHost, type PortView } from './switch-view';
+import { portTraffic, portViews, type OpsHost, type PortView, type VtepView, type VxlanView } from './switch-view';
 import type { Log } from '../log';
 
 type Labels = Record<string, string>;
@@ -38,13 +41,32 @@ const ENGINE_DROPS: [keyof DropCounts, string][] = [
   ['tooBig', 'too_big'],
 ];
 
-function isVhost(c: PortCounters | TapCounters): c is PortCounters {
+function isVhost(c: PortCounters | TapCounters | VxlanCounters): c is PortCounters {
   return 'txFrames' in c;
 }
 
+function isTap(c: PortCounters | TapCounters | VxlanCounters): c is TapCounters {
+  return 'fromHostFrames' in c;
+}
+
 /** frames a port dropped itself, by reason (not the engine's) */
-function portDrops(c: PortCounters | TapCounters): [string, number][] {
-  if (!isVhost(c)) return [['tap_write_error', c.toHostErrors]];
+function portDrops(p: PortView): [string, number][] {
+  const c = p.counters;
+  if (isTap(c)) return [['tap_write_error', c.toHostErrors]];
+  if (!isVhost(c)) {
+    // the VXLAN uplink: frames not encapsulated, datagrams not decapsulated (send errors are
+    // datagrams, per VTEP: elastic_vhost_vxlan_send_errors_total)
+    return [
+      ['vxlan_too_big', c.txTooBig],
+      ['vxlan_no_remote', c.txNoRemote],
+      ['vxlan_invalid', c.txBad],
+      ['vxlan_offload_unsupported', p.vxlan?.offload.rxOffloadDropped ?? 0],
+      ['vxlan_bad_length', c.rxBadLength],
+      ['vxlan_bad_flags', c.rxBadFlags],
+      ['vxlan_wrong_vni', c.rxWrongVni],
+      ['vxlan_unknown_vtep', c.rxUnknownVtep],
+    ];
+  }
   return [
     ['tx_invalid', c.txDropped - c.txBadOffload],
     ['tx_bad_offload', c.txBadOffload],
@@ -75,21 +97,24 @@ const perPort = (read: (p: PortView) => number | null): ((s: Snapshot) => Sample
 const engine = (read: (e: TrafficCounts) => number) => perPort((p) => (p.engine ? read(p.engine) : null));
 const queue = (read: (q: NonNullable<PortView['queue']>) => number) => perPort((p) => (p.queue ? read(p.queue) : null));
 const one = (read: (s: Snapshot) => number) => (s: Snapshot): Sample[] => [[{}, read(s)]];
+const vxlanPort = (read: (v: VxlanView, c: VxlanCounters) => number) => perPort((p) => (p.vxlan ? read(p.vxlan, p.counters as VxlanCounters) : null));
+const perVtep = (read: (v: VtepView) => number) => (s: Snapshot): Sample[] =>
+  s.ports.flatMap((p) => (p.vxlan ? p.vxlan.vteps.map((v): Sample => [{ port: p.name, vtep: v.vtep }, read(v)]) : []));
 
 const FAMILIES: Family[] = [
   // ---- ports
-  { name: 'elastic_vhost_port_up', help: 'Port attached to the engine: a front-end connected (vhost-user) or the TAP device open (1), else 0.', type: 'gauge', labels: ['port'], read: perPort((p) => (p.state === 'connected' ? 1 : 0)) },
+  { name: 'elastic_vhost_port_up', help: 'Port attached to the engine: a front-end connected (vhost-user), the TAP device open or the VXLAN socket bound (1), else 0.', type: 'gauge', labels: ['port'], read: perPort((p) => (p.state === 'connected' ? 1 : 0)) },
   {
     name: 'elastic_vhost_port_info',
-    help: 'Port description; features: the virtio features negotiated by name.',
+    help: 'Port description; mode: server, client, fd, tap or vxlan; path: the socket, TAP device or local VTEP (ADDR:PORT); features: the virtio features negotiated by name.',
     type: 'gauge',
     labels: ['port', 'mode', 'path', 'features', 'protocol_features'],
     read: (s) => s.ports.map((p) => [{ port: p.name, mode: p.mode, path: p.path, features: p.features.join(','), protocol_features: p.protocolFeatures.join(',') }, 1]),
   },
-  { name: 'elastic_vhost_port_in_frames_total', help: 'Frames the switch took from the port (guest TX ring, TAP read).', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.txFrames : p.counters.fromHostFrames)) },
-  { name: 'elastic_vhost_port_in_bytes_total', help: 'Ethernet bytes the switch took from the port.', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.txBytes : p.counters.fromHostBytes)) },
-  { name: 'elastic_vhost_port_out_frames_total', help: 'Frames the switch gave to the port (guest RX ring, TAP write); a segmented GSO frame counts each segment.', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.rxFrames : p.counters.toHostFrames)) },
-  { name: 'elastic_vhost_port_out_bytes_total', help: 'Ethernet bytes the switch gave to the port.', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.rxBytes : p.counters.toHostBytes)) },
+  { name: 'elastic_vhost_port_in_frames_total', help: 'Frames the switch took from the port (guest TX ring, TAP read, datagram decapsulated).', type: 'counter', labels: ['port'], read: perPort((p) => portTraffic(p.counters).inFrames) },
+  { name: 'elastic_vhost_port_in_bytes_total', help: 'Ethernet bytes the switch took from the port.', type: 'counter', labels: ['port'], read: perPort((p) => portTraffic(p.counters).inBytes) },
+  { name: 'elastic_vhost_port_out_frames_total', help: 'Frames the switch gave to the port (guest RX ring, TAP write, frame for the VXLAN uplink); a GSO frame segmented for a guest counts each segment, for the VXLAN uplink once (its datagrams: elastic_vhost_vxlan_encap_datagrams_total).', type: 'counter', labels: ['port'], read: perPort((p) => portTraffic(p.counters).outFrames) },
+  { name: 'elastic_vhost_port_out_bytes_total', help: 'Ethernet bytes the switch gave to the port.', type: 'counter', labels: ['port'], read: perPort((p) => portTraffic(p.counters).outBytes) },
   { name: 'elastic_vhost_port_fast_path_frames_total', help: 'Frames delivered to the port on the fast path (sender to receiver, one copy), since it connected.', type: 'counter', labels: ['port'], read: engine((e) => e.fastFrames) },
   { name: 'elastic_vhost_port_fast_path_bytes_total', help: 'Ethernet bytes delivered to the port on the fast path, since it connected.', type: 'counter', labels: ['port'], read: engine((e) => e.fastBytes) },
   { name: 'elastic_vhost_port_stored_frames_total', help: 'Frames for the port stored in the elastic FIFO (and unresolved frames it sent), since it connected.', type: 'counter', labels: ['port'], read: engine((e) => e.storedFrames) },
@@ -101,14 +126,14 @@ const FAMILIES: Family[] = [
   { name: 'elastic_vhost_port_hold_flooded_frames_total', help: 'Unresolved frames the port sent that passed the hold time and were flooded.', type: 'counter', labels: ['port'], read: engine((e) => e.holdFlooded) },
   {
     name: 'elastic_vhost_port_dropped_frames_total',
-    help: 'Frames dropped, by reason: the engine\'s (pool_exhausted, share_limit, …; since the port connected) and the port\'s own (tx_*, rx_*, tap_*).',
+    help: 'Frames dropped, by reason: the engine\'s (pool_exhausted, share_limit, …; since the port connected) and the port\'s own (tx_*, rx_*, tap_*, vxlan_*: vxlan_too_big for the underlay MTU, vxlan_wrong_vni, vxlan_unknown_vtep, …).',
     type: 'counter',
     labels: ['port', 'reason'],
     read: (s) => {
       const out: Sample[] = [];
       for (const p of s.ports) {
         if (p.engine) for (const [k, reason] of ENGINE_DROPS) out.push([{ port: p.name, reason }, p.engine.drops[k]]);
-        for (const [reason, v] of portDrops(p.counters)) out.push([{ port: p.name, reason }, v]);
+        for (const [reason, v] of portDrops(p)) out.push([{ port: p.name, reason }, v]);
       }
       return out;
     },
@@ -117,11 +142,43 @@ const FAMILIES: Family[] = [
   { name: 'elastic_vhost_port_rings_broken_total', help: 'Virtqueues marked broken (a front-end error on that ring).', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.brokenRings : null)) },
   {
     name: 'elastic_vhost_port_offload_fallback_frames_total',
-    help: 'Frames the port completed in software for a guest that did not negotiate the offload: checksum completed, or GSO frame segmented.',
+    help: 'Frames the port completed in software for a guest that did not negotiate the offload, or before VXLAN encapsulation: checksum completed, or GSO frame segmented.',
     type: 'counter',
     labels: ['port', 'kind'],
-    read: (s) => s.ports.flatMap((p): Sample[] => (isVhost(p.counters) ? [[{ port: p.name, kind: 'checksum' }, p.counters.rxChecksummed], [{ port: p.name, kind: 'segmentation' }, p.counters.rxSegmented]] : [])),
+    read: (s) =>
+      s.ports.flatMap((p): Sample[] => {
+        const o = isVhost(p.counters) ? p.counters : p.vxlan?.offload;
+        return o ? [[{ port: p.name, kind: 'checksum' }, o.rxChecksummed], [{ port: p.name, kind: 'segmentation' }, o.rxSegmented]] : [];
+      }),
   },
+  // ---- the VXLAN uplink
+  {
+    name: 'elastic_vhost_vxlan_info',
+    help: 'The VXLAN uplink: its VNI, local VTEP (ADDR:PORT) and underlay MTU.',
+    type: 'gauge',
+    labels: ['port', 'vni', 'local', 'underlay_mtu'],
+    read: (s) => s.ports.flatMap((p): Sample[] => (p.vxlan ? [[{ port: p.name, vni: String(p.vxlan.vni), local: p.vxlan.local, underlay_mtu: String(p.vxlan.underlayMtu) }, 1]] : [])),
+  },
+  { name: 'elastic_vhost_vxlan_max_inner_frame_bytes', help: 'Largest inner Ethernet frame the underlay MTU carries (MTU - 36); a larger one is dropped, reason vxlan_too_big.', type: 'gauge', labels: ['port'], read: vxlanPort((v) => v.maxInner) },
+  { name: 'elastic_vhost_vxlan_encap_datagrams_total', help: 'Datagrams sent to remote VTEPs (each flood replica and each TSO segment counts).', type: 'counter', labels: ['port'], read: vxlanPort((_, c) => c.encapDatagrams) },
+  { name: 'elastic_vhost_vxlan_encap_bytes_total', help: 'Inner Ethernet bytes of the datagrams sent.', type: 'counter', labels: ['port'], read: vxlanPort((_, c) => c.encapBytes) },
+  { name: 'elastic_vhost_vxlan_decap_frames_total', help: 'Frames decapsulated from remote VTEPs\' datagrams and given to the switch.', type: 'counter', labels: ['port'], read: vxlanPort((_, c) => c.decapFrames) },
+  { name: 'elastic_vhost_vxlan_decap_bytes_total', help: 'Inner Ethernet bytes of the frames decapsulated.', type: 'counter', labels: ['port'], read: vxlanPort((_, c) => c.decapBytes) },
+  {
+    name: 'elastic_vhost_vxlan_send_errors_total',
+    help: 'Datagrams the UDP socket reported an error for, by error code (EHOSTUNREACH, EMSGSIZE, …).',
+    type: 'counter',
+    labels: ['port', 'code'],
+    read: (s) => s.ports.flatMap((p) => (p.vxlan ? Object.entries(p.vxlan.sendErrors).map(([code, v]): Sample => [{ port: p.name, code }, v]) : [])),
+  },
+  { name: 'elastic_vhost_vxlan_send_slots_busy_total', help: 'Times a frame waited in the elastic FIFO because every send slot was in flight (not a drop).', type: 'counter', labels: ['port'], read: vxlanPort((_, c) => c.txSlotsBusy) },
+  { name: 'elastic_vhost_vxlan_vtep_flood', help: 'Remote VTEP in the flood set (a remote=; broadcast and unknown frames go to it): 1, or known only for configured MACs: 0.', type: 'gauge', labels: ['port', 'vtep'], read: perVtep((v) => (v.flood ? 1 : 0)) },
+  { name: 'elastic_vhost_vxlan_vtep_macs', help: 'Inner MACs behind the remote VTEP now (learned and configured).', type: 'gauge', labels: ['port', 'vtep'], read: perVtep((v) => v.macs) },
+  { name: 'elastic_vhost_vxlan_vtep_sent_datagrams_total', help: 'Datagrams sent to the remote VTEP.', type: 'counter', labels: ['port', 'vtep'], read: perVtep((v) => v.sentDatagrams) },
+  { name: 'elastic_vhost_vxlan_vtep_sent_bytes_total', help: 'Inner Ethernet bytes sent to the remote VTEP.', type: 'counter', labels: ['port', 'vtep'], read: perVtep((v) => v.sentBytes) },
+  { name: 'elastic_vhost_vxlan_vtep_send_errors_total', help: 'Datagrams to the remote VTEP the UDP socket reported an error for.', type: 'counter', labels: ['port', 'vtep'], read: perVtep((v) => v.sendErrors) },
+  { name: 'elastic_vhost_vxlan_vtep_received_frames_total', help: 'Frames received from the remote VTEP (our VNI, well formed).', type: 'counter', labels: ['port', 'vtep'], read: perVtep((v) => v.receivedFrames) },
+  { name: 'elastic_vhost_vxlan_vtep_received_bytes_total', help: 'Inner Ethernet bytes received from the remote VTEP.', type: 'counter', labels: ['port', 'vtep'], read: perVtep((v) => v.receivedBytes) },
   { name: 'elastic_vhost_capture_frames_total', help: 'Frames written to the running packet capture of the port.', type: 'counter', labels: ['port'], read: perPort((p) => (p.capture ? p.capture.frames : null)) },
   { name: 'elastic_vhost_capture_dropped_total', help: 'Capture records not kept because the capture writer was behind.', type: 'counter', labels: ['port'], read: perPort((p) => (p.capture ? p.capture.dropped : null)) },
   // ---- the elastic FIFO

@@ -1,5 +1,6 @@
 // The operator's tools around a running switch: Prometheus metrics (--metrics), the control socket
-// (--ctl) and packet captures (--capture, ctl capture). Started after the switch, closed before it.
+// (--ctl), packet captures (--capture, ctl capture) and the web view (--web), each over every port:
+// the vhost-user ones, the TAP and the VXLAN uplinks. Started after the switch, closed before it.
 import * as path from 'node:path';
 import type { RunningSwitch, PortSpec } from '../cli/running-switch';
 import type { Log } from '../log';
@@ -57,6 +58,8 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
         return spec ? { name: p.name, mode: spec.mode === 'client' ? 'client' : 'server', path: path.resolve(spec.path), port: p } : { name: p.name, mode: 'fd', path: '', port: p };
       });
       if (running.tap) out.push({ name: running.tap.name, mode: 'tap', path: running.tap.ifname, port: running.tap });
+      const v = running.vxlan;
+      if (v) out.push({ name: v.name, mode: 'vxlan', path: `${v.local.address}:${v.local.port}`, port: v });
       return out;
     },
     addPort: (req) => {
@@ -100,7 +103,7 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
     if (c) ctl = await ControlServer.listen(c, host, log, s.ctlMode).catch((e: Error) => Promise.reject(new Error(`--ctl ${c}: ${e.message}`)));
     const w = s.web;
     if (w && !closed) {
-      const view = new WebView({ address: w, sample: () => webSample(running.sw, running.ports, running.tap), log });
+      const view = new WebView({ address: w, sample: () => webSample(running.sw, running.ports, { tap: running.tap, vxlan: running.vxlan }), log });
       web = view;
       await view.listening.catch((e: Error) => Promise.reject(new Error(`--web: ${e.message}`)));
     }

@@ -5,17 +5,19 @@ import type { Switch, PortStats, PoolStats } from '../engine/switch';
 import type { TrafficCounts } from '../engine/counters';
 import { VhostUserPort, type PortCounters } from '../ports/vhost-user/port';
 import type { TapPort, TapCounters } from '../ports/tap-port';
+import { VxlanPort, type VxlanCounters, type VxlanVtepStats } from '../ports/vxlan-port';
+import type { FallbackCounters } from '../ports/offload-fallback';
 import { virtioFeatureNames, protocolFeatureNames } from '../vhost-user/features';
 import type { CaptureManager, CaptureSummary } from './capture';
 
 /** A port as the process configured it. */
 export interface PortRecord {
   name: string;
-  /** 'server' (we listen), 'client' (we dial QEMU), 'fd' (an inherited socket), 'tap' */
-  mode: 'server' | 'client' | 'fd' | 'tap';
-  /** socket path, or the TAP device's name */
+  /** 'server' (we listen), 'client' (we dial QEMU), 'fd' (an inherited socket), 'tap', 'vxlan' */
+  mode: 'server' | 'client' | 'fd' | 'tap' | 'vxlan';
+  /** socket path, the TAP device's name, or the local VTEP (ADDR:PORT) */
   path: string;
-  port: VhostUserPort | TapPort;
+  port: VhostUserPort | TapPort | VxlanPort;
 }
 
 /** A vhost-user port to add at run time: the --socket/--client spec. */
@@ -58,11 +60,32 @@ export interface QueueView {
   oldestMs: number | null;
 }
 
+/** A remote VTEP of the VXLAN uplink: VxlanVtepStats, with its address and port as one name. */
+export interface VtepView extends VxlanVtepStats {
+  /** ADDR:PORT */
+  vtep: string;
+}
+
+/** What only the VXLAN uplink has. */
+export interface VxlanView {
+  vni: number;
+  /** the local VTEP, ADDR:PORT */
+  local: string;
+  underlayMtu: number;
+  /** largest inner Ethernet frame the underlay MTU carries */
+  maxInner: number;
+  vteps: VtepView[];
+  /** failed sends by dgram error code (EHOSTUNREACH, EMSGSIZE, …) */
+  sendErrors: Record<string, number>;
+  /** checksums completed and TSO frames segmented before encapsulation */
+  offload: FallbackCounters;
+}
+
 export interface PortView {
   name: string;
   mode: PortRecord['mode'];
   path: string;
-  /** connected: a front-end (or the TAP device) is attached to the engine */
+  /** connected: a front-end (or the TAP device, or the VXLAN socket) is attached to the engine */
   state: 'connected' | 'waiting';
   /** connection number in the engine while connected */
   connection: number | null;
@@ -72,11 +95,42 @@ export interface PortView {
   mtu: number | null;
   rings: RingView[];
   /** the port's own counters (kept across reconnects) */
-  counters: PortCounters | TapCounters;
+  counters: PortCounters | TapCounters | VxlanCounters;
   /** the engine's counters of the connection (since it attached), null while not connected */
   engine: TrafficCounts | null;
   queue: QueueView | null;
   capture: CaptureSummary | null;
+  /** the VXLAN uplink's VTEPs and send errors (null for other ports) */
+  vxlan: VxlanView | null;
+}
+
+/** A port's traffic as the switch sees it: "in" what it took from the port, "out" what it gave to it. */
+export interface PortTraffic {
+  inFrames: number;
+  inBytes: number;
+  outFrames: number;
+  outBytes: number;
+}
+
+/** In and out of any port's counters (also of their JSON, as `ctl` gets them). */
+export function portTraffic(c: PortView['counters']): PortTraffic {
+  if ('txFrames' in c) return { inFrames: c.txFrames, inBytes: c.txBytes, outFrames: c.rxFrames, outBytes: c.rxBytes };
+  if ('fromHostFrames' in c) return { inFrames: c.fromHostFrames, inBytes: c.fromHostBytes, outFrames: c.toHostFrames, outBytes: c.toHostBytes };
+  return { inFrames: c.decapFrames, inBytes: c.decapBytes, outFrames: c.toRemoteFrames, outBytes: c.toRemoteBytes };
+}
+
+const endpointName = (address: string, port: number): string => `${address}:${port}`;
+
+function vxlanView(p: VxlanPort): VxlanView {
+  return {
+    vni: p.vni,
+    local: endpointName(p.local.address, p.local.port),
+    underlayMtu: p.underlayMtu,
+    maxInner: p.maxInner,
+    vteps: p.vteps().map((v) => ({ vtep: endpointName(v.address, v.port), ...v })),
+    sendErrors: { ...p.sendErrorCodes },
+    offload: { ...p.offloadCounters },
+  };
 }
 
 function names(s: string): string[] {
@@ -107,6 +161,7 @@ export function portViews(host: OpsHost, stats = host.sw.stats()): PortView[] {
       engine: e ? trafficOf(e) : null,
       queue: e ? { frames: e.queuedFrames, blocks: e.queuedBlocks, shareLimit: e.shareLimit, oldestMs: e.queuedOldestMs } : null,
       capture: captures.get(r.name) ?? null,
+      vxlan: p instanceof VxlanPort ? vxlanView(p) : null,
     };
     if (p instanceof VhostUserPort && p.session) {
       const s = p.session;
@@ -156,13 +211,30 @@ export interface MacView {
   static: boolean;
   /** seconds since last seen as a source (null: static, never ages) */
   ageS: number | null;
+  /** behind the VXLAN uplink: the remote VTEP (ADDR:PORT) it was learned from or configured at */
+  vtep: string | null;
 }
 
 export function macViews(host: OpsHost): MacView[] {
   const nameOf = connectionNames(host);
+  // the VXLAN uplink's own table says which VTEP each of its MACs is behind
+  const vtepOf = new Map<string, string>();
+  let vxlanConn = -1;
+  for (const r of host.ports()) {
+    if (!(r.port instanceof VxlanPort) || r.port.index < 0) continue;
+    vxlanConn = r.port.index;
+    for (const m of r.port.macEntries()) vtepOf.set(m.mac, endpointName(m.vtep, m.vtepPort));
+  }
   return host.sw
     .macEntries()
-    .map((e) => ({ mac: e.mac, port: nameOf.get(e.index) ?? null, connection: e.index, static: e.isStatic, ageS: e.ageMs === null ? null : e.ageMs / 1000 }))
+    .map((e) => ({
+      mac: e.mac,
+      port: nameOf.get(e.index) ?? null,
+      connection: e.index,
+      static: e.isStatic,
+      ageS: e.ageMs === null ? null : e.ageMs / 1000,
+      vtep: e.index === vxlanConn ? (vtepOf.get(e.mac) ?? null) : null,
+    }))
     .sort((a, b) => (a.connection - b.connection) || a.mac.localeCompare(b.mac));
 }
 

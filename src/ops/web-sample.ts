@@ -1,7 +1,8 @@
-// What one sample of the web view holds: built from Switch.stats() and macEntries() on the web
-// view's timer (never per frame), sent as JSON to every page. Short keys: a page gets several a
-// second, each with every port.
+// What one sample of the web view holds: built from Switch.stats() and macEntries() (and the VXLAN
+// uplink's VTEP table) on the web view's timer (never per frame), sent as JSON to every page. Short
+// keys: a page gets several a second, each with every port.
 import type { Switch } from '../engine/switch';
+import type { VxlanVtepStats } from '../ports/vxlan-port';
 
 /** A port as the CLI lists it: index is its connection number, -1 while nothing is attached. */
 export interface ListedPort {
@@ -9,9 +10,17 @@ export interface ListedPort {
   readonly index: number;
 }
 
+/** The VXLAN uplink as the sample reads it (VxlanPort). */
+export interface ListedVxlan extends ListedPort {
+  readonly vni: number;
+  vteps(): VxlanVtepStats[];
+  macEntries(): { mac: string; vtep: string; vtepPort: number }[];
+  readonly counters: { encapDatagrams: number; decapFrames: number; txTooBig: number; txSendErrors: number };
+}
+
 export interface PortSample {
   name: string;
-  kind: 'vhost-user' | 'tap';
+  kind: 'vhost-user' | 'tap' | 'vxlan';
   /** connection number, -1 while no front-end is attached */
   conn: number;
   up: boolean;
@@ -30,21 +39,53 @@ export interface PortSample {
   dropped: number;
 }
 
+/** A remote VTEP of the VXLAN uplink. */
+export interface VtepSample {
+  /** ADDR:PORT */
+  vtep: string;
+  /** in the flood set (remote=) */
+  flood: boolean;
+  macs: number;
+  /** datagrams and inner bytes sent to it; datagrams that failed; frames and inner bytes from it */
+  sent: number;
+  sentBytes: number;
+  errors: number;
+  recv: number;
+  recvBytes: number;
+}
+
+export interface VxlanSample {
+  port: string;
+  vni: number;
+  encap: number;
+  decap: number;
+  tooBig: number;
+  sendErrors: number;
+  vteps: VtepSample[];
+}
+
 export interface WebSample {
   /** ms since the epoch */
   t: number;
   pool: { blocks: number; blockSize: number; inUse: number; highWater: number; unresolved: number };
   total: { rx: number; fast: number; stored: number; drained: number; dropped: number };
   ports: PortSample[];
-  /** [MAC, connection, 1 if static], at most MAX_MACS of them */
-  macs: [string, number, number][];
+  /** [MAC, connection, 1 if static] — and, behind the VXLAN uplink, its VTEP (ADDR:PORT); at most MAX_MACS */
+  macs: ([string, number, number] | [string, number, number, string])[];
   macCount: number;
+  /** the VXLAN uplink (null: none) */
+  vxlan: VxlanSample | null;
 }
 
 /** MAC entries sent per sample: a page cannot show a full 6144-entry table usefully anyway */
 export const MAX_MACS = 256;
 
-export function webSample(sw: Switch, vhostUser: readonly ListedPort[], tap: ListedPort | null, now = Date.now()): WebSample {
+export interface Uplinks {
+  tap?: ListedPort | null;
+  vxlan?: ListedVxlan | null;
+}
+
+export function webSample(sw: Switch, vhostUser: readonly ListedPort[], uplinks: Uplinks = {}, now = Date.now()): WebSample {
   const s = sw.stats();
   const byConn = new Map(s.ports.map((p) => [p.index, p]));
   const ports: PortSample[] = [];
@@ -68,13 +109,19 @@ export function webSample(sw: Switch, vhostUser: readonly ListedPort[], tap: Lis
     });
   };
   for (const p of vhostUser) add(p, 'vhost-user');
-  if (tap) add(tap, 'tap');
-  const macs: [string, number, number][] = [];
+  if (uplinks.tap) add(uplinks.tap, 'tap');
+  const v = uplinks.vxlan ?? null;
+  if (v) add(v, 'vxlan');
+  const vxlanConn = v && byConn.has(v.index) ? v.index : -1;
+  const vtepOf = new Map<string, string>();
+  if (vxlanConn >= 0) for (const m of v!.macEntries()) vtepOf.set(m.mac, `${m.vtep}:${m.vtepPort}`);
+  const macs: WebSample['macs'] = [];
   const entries = sw.macEntries();
   entries.sort((a, b) => (a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0));
   for (const m of entries) {
     if (macs.length === MAX_MACS) break;
-    macs.push([m.mac, m.index, m.isStatic ? 1 : 0]);
+    const vtep = m.index === vxlanConn ? vtepOf.get(m.mac) : undefined;
+    macs.push(vtep === undefined ? [m.mac, m.index, m.isStatic ? 1 : 0] : [m.mac, m.index, m.isStatic ? 1 : 0, vtep]);
   }
   const t = s.total;
   return {
@@ -84,5 +131,28 @@ export function webSample(sw: Switch, vhostUser: readonly ListedPort[], tap: Lis
     ports,
     macs,
     macCount: entries.length,
+    vxlan: v ? vxlanSample(v) : null,
+  };
+}
+
+function vxlanSample(v: ListedVxlan): VxlanSample {
+  const c = v.counters;
+  return {
+    port: v.name,
+    vni: v.vni,
+    encap: c.encapDatagrams,
+    decap: c.decapFrames,
+    tooBig: c.txTooBig,
+    sendErrors: c.txSendErrors,
+    vteps: v.vteps().map((t) => ({
+      vtep: `${t.address}:${t.port}`,
+      flood: t.flood,
+      macs: t.macs,
+      sent: t.sentDatagrams,
+      sentBytes: t.sentBytes,
+      errors: t.sendErrors,
+      recv: t.receivedFrames,
+      recvBytes: t.receivedBytes,
+    })),
   };
 }

@@ -17,6 +17,12 @@
 // in the elastic FIFO like for a full TAP socket, and a callback that frees enough slots tells the
 // switch (resourcesAvailable). Node allocates per datagram on its own (the received Buffer and
 // rinfo, the send request); this port adds nothing per frame beyond that.
+//
+// Per-VTEP counters (datagrams and bytes sent to, received from, send errors) are typed arrays
+// indexed by VTEP, sized once: the VTEPs are the configured ones (a datagram from any other is
+// dropped), so the table never grows. A send's callback must know its VTEP to count it there:
+// a unicast slot goes to one VTEP (slotVtep), a flooded slot to each of the flood set, with one
+// callback per (slot, flood member) made in the constructor — none is made per frame.
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import type { EnginePort } from '../engine/port';
@@ -29,6 +35,7 @@ import { offloadNeeds } from '../virtio/offload';
 import { FALLBACK_DROPPED, OffloadFallback, type FallbackCounters, type PacketSink } from './offload-fallback';
 import { PIECE_FRAME, Pieces, RES_BAD, RES_OK, RES_SHORT, RES_TOO_BIG } from './vhost-user/rx';
 import type { Log } from '../log';
+import type { FrameCapture } from '../datapath/capture';
 import { DEFAULTS } from '../defaults';
 
 export const VXLAN_PORT = 4789;
@@ -164,8 +171,9 @@ export function parseVxlanSpec(s: string, what = '--vxlan'): VxlanSpec {
 }
 
 export interface VxlanCounters {
-  /** frames the switch handed to this port (before segmentation and replication) */
+  /** frames the switch handed to this port (before segmentation and replication), and their bytes */
   toRemoteFrames: number;
+  toRemoteBytes: number;
   /** datagrams sent (each replica and each TSO segment counts), and their inner bytes */
   encapDatagrams: number;
   encapBytes: number;
@@ -189,6 +197,7 @@ export interface VxlanCounters {
 
 const newCounters = (): VxlanCounters => ({
   toRemoteFrames: 0,
+  toRemoteBytes: 0,
   encapDatagrams: 0,
   encapBytes: 0,
   decapFrames: 0,
@@ -212,12 +221,25 @@ export interface VxlanVtepStats {
   port: number;
   /** in the flood set (a remote=), not only a static MAC's VTEP */
   flood: boolean;
+  /** inner MACs the port knows behind it now (learned and configured) */
   macs: number;
+  /** datagrams sent to it (each TSO segment and each flood replica counts), and their inner bytes */
+  sentDatagrams: number;
+  sentBytes: number;
+  /** datagrams to it that dgram reported an error for (the codes are in sendErrorCodes) */
+  sendErrors: number;
+  /** frames received from it (well-formed, our VNI), and their inner bytes */
+  receivedFrames: number;
+  receivedBytes: number;
 }
 
 export class VxlanPort implements EnginePort, PacketSink {
   readonly name: string;
   readonly index: number;
+  readonly vni: number;
+  /** the local VTEP: the address and UDP port the socket binds to */
+  readonly local: VxlanEndpoint;
+  readonly underlayMtu: number;
   readonly counters = newCounters();
   readonly offloadCounters: FallbackCounters = { rxChecksummed: 0, rxSegmented: 0, rxOffloadDropped: 0 };
   /** dgram error codes of failed sends (EMSGSIZE, EHOSTUNREACH, …): written on errors only */
@@ -227,12 +249,17 @@ export class VxlanPort implements EnginePort, PacketSink {
   readonly maxInner: number;
   /** inner MAC → VTEP index (learned from received frames, and the configured ones) */
   readonly table: MacTable;
-  private readonly vni: number;
   private readonly vtepAddr: string[] = [];
   private readonly vtepPort: number[] = [];
   private readonly vtepOf = new Map<string, number>();
   /** flood set: VTEP indices of the remote= entries */
   private readonly floodSet: Int32Array;
+  // per VTEP, by VTEP index (sized once the VTEPs are known)
+  private readonly vtepSent: Float64Array;
+  private readonly vtepSentBytes: Float64Array;
+  private readonly vtepSendErrors: Float64Array;
+  private readonly vtepReceived: Float64Array;
+  private readonly vtepReceivedBytes: Float64Array;
   private readonly sock: dgram.Socket;
   private readonly time = new Float64Array(1);
   private readonly timer: NodeJS.Timeout;
@@ -241,7 +268,10 @@ export class VxlanPort implements EnginePort, PacketSink {
   private readonly out: Uint8Array;
   private readonly outArea: number;
   private readonly slotBuf: Buffer[] = [];
+  /** send callbacks: slot k sent to slotVtep[k] alone; slot k flooded to floodSet[j] */
   private readonly slotDone: ((err: Error | null) => void)[] = [];
+  private readonly floodDone: ((err: Error | null) => void)[] = [];
+  private readonly slotVtep = new Int32Array(SEND_SLOTS);
   private readonly slotLen = new Int32Array(SEND_SLOTS);
   private readonly slotPending = new Int32Array(SEND_SLOTS);
   private readonly free = new Int32Array(SEND_SLOTS);
@@ -260,10 +290,14 @@ export class VxlanPort implements EnginePort, PacketSink {
   private readonly flushRx = (): void => this.endRxBatch();
   private want = false;
   private closed = false;
+  /** packet capture: inner frames as received from remotes and as sent to them (null: none) */
+  private capture: FrameCapture | null = null;
 
   constructor(private readonly sw: VxlanEngine, spec: VxlanSpec, private readonly log: Log, macAgeMs = DEFAULTS.macAgeS * 1000) {
     this.name = `vxlan:${spec.vni}`;
     this.vni = spec.vni;
+    this.local = { address: spec.local, port: spec.port };
+    this.underlayMtu = spec.mtu;
     this.maxInner = Math.min(spec.mtu - IP_OVERHEAD, MAX_DATAGRAM - VXLAN_HDR_LEN);
     this.table = new MacTable(VTEP_TABLE_SIZE, macAgeMs, this.time);
     this.time[0] = Date.now();
@@ -273,13 +307,20 @@ export class VxlanPort implements EnginePort, PacketSink {
       const key = parseMac(m.mac);
       this.table.setStatic(keyHi(key), keyLo(key), this.vtep(m.vtep));
     }
+    const nVteps = this.vtepAddr.length;
+    this.vtepSent = new Float64Array(nVteps);
+    this.vtepSentBytes = new Float64Array(nVteps);
+    this.vtepSendErrors = new Float64Array(nVteps);
+    this.vtepReceived = new Float64Array(nVteps);
+    this.vtepReceivedBytes = new Float64Array(nVteps);
     this.slotSize = (VXLAN_HDR_LEN + this.maxInner + 63) & ~63;
     this.out = new Uint8Array(SEND_SLOTS * this.slotSize);
     for (let k = 0; k < SEND_SLOTS; k++) {
       const at = k * this.slotSize;
       writeVxlanHeader(this.out, at, this.vni); // the same for every datagram: written once
       this.slotBuf.push(Buffer.from(this.out.buffer, this.out.byteOffset + at, this.slotSize));
-      this.slotDone.push((err) => this.sent(k, err));
+      this.slotDone.push((err) => this.sent(k, this.slotVtep[k], err));
+      for (const v of this.floodSet) this.floodDone.push((err) => this.sent(k, v, err));
       this.free[k] = SEND_SLOTS - 1 - k;
     }
     this.fallback = new OffloadFallback(this.offloadCounters);
@@ -359,8 +400,11 @@ export class VxlanPort implements EnginePort, PacketSink {
     if (!isGroupHi(hi)) this.table.learn(hi, macLo(buf, o), vtep);
     c.decapFrames++;
     c.decapBytes += ethLen;
+    this.vtepReceived[vtep]++;
+    this.vtepReceivedBytes[vtep] += ethLen;
     try {
       this.inFrame.setBytes(this.inArea, buf, at, ENGINE_HDR_LEN + ethLen);
+      if (this.capture !== null) this.capture.frame(this.inFrame);
       this.sw.input(this.index, this.inFrame);
     } catch (e) {
       this.log(`${this.name}: internal error: ${(e as Error)?.stack ?? String(e)}`, { level: 'error', port: this.name, connection: this.index });
@@ -419,33 +463,45 @@ export class VxlanPort implements EnginePort, PacketSink {
       return true;
     }
     c.toRemoteFrames++;
+    c.toRemoteBytes += frame.ethLen;
     copies.run(); // the bytes must be in the slots before dgram reads them
     const n = this.packets;
     this.packets = 0;
     const fs = this.floodSet;
+    const cap = this.capture;
     for (let i = 0; i < n; i++) {
       const k = this.pktSlot[i];
       const len = VXLAN_HDR_LEN + this.slotLen[k];
+      // each datagram's inner frame once, as sent (a segment each, not each replica); the slot
+      // is reused only after its sends called back, and a later copy into it is recorded after
+      // this one, so the record reads these bytes
+      if (cap !== null && cap.begin(this.slotLen[k])) cap.fromArea(this.outArea, k * this.slotSize + VXLAN_HDR_LEN, this.slotLen[k]);
       if (vtep >= 0) {
         this.slotPending[k] = 1;
+        this.slotVtep[k] = vtep;
         this.sock.send(this.slotBuf[k], 0, len, this.vtepPort[vtep], this.vtepAddr[vtep], this.slotDone[k]);
       } else {
         // head-end replication: one slot, a send per remote; free when every send called back
         this.slotPending[k] = fs.length;
-        for (let j = 0; j < fs.length; j++) this.sock.send(this.slotBuf[k], 0, len, this.vtepPort[fs[j]], this.vtepAddr[fs[j]], this.slotDone[k]);
+        const done = k * fs.length;
+        for (let j = 0; j < fs.length; j++) this.sock.send(this.slotBuf[k], 0, len, this.vtepPort[fs[j]], this.vtepAddr[fs[j]], this.floodDone[done + j]);
       }
     }
     return true;
   }
 
-  private sent(k: number, err: Error | null): void {
+  /** a send of slot k to VTEP v called back */
+  private sent(k: number, v: number, err: Error | null): void {
     if (err) {
       this.counters.txSendErrors++;
+      this.vtepSendErrors[v]++;
       const code = (err as NodeJS.ErrnoException).code ?? 'unknown';
       this.sendErrorCodes[code] = (this.sendErrorCodes[code] ?? 0) + 1;
     } else {
       this.counters.encapDatagrams++;
       this.counters.encapBytes += this.slotLen[k];
+      this.vtepSent[v]++;
+      this.vtepSentBytes[v] += this.slotLen[k];
     }
     if (--this.slotPending[k] > 0) return;
     this.free[this.freeCount++] = k;
@@ -506,17 +562,32 @@ export class VxlanPort implements EnginePort, PacketSink {
     this.want = want;
   }
 
-  /** Control path: the VTEPs and how many inner MACs each has now. */
+  /** Packet capture on (inner frames from remotes as received, to them as sent) or off. */
+  setCapture(capture: FrameCapture | null): void {
+    this.capture = capture;
+  }
+
+  /** Control path: the VTEPs, how many inner MACs each has now, and what went to and came from each. */
   vteps(): VxlanVtepStats[] {
     const macs = this.vtepAddr.map(() => 0);
     for (const e of this.table.entriesOf()) macs[e.port]++;
     const flood = new Set(this.floodSet);
-    return this.vtepAddr.map((address, i) => ({ address, port: this.vtepPort[i], flood: flood.has(i), macs: macs[i] }));
+    return this.vtepAddr.map((address, i) => ({
+      address,
+      port: this.vtepPort[i],
+      flood: flood.has(i),
+      macs: macs[i],
+      sentDatagrams: this.vtepSent[i],
+      sentBytes: this.vtepSentBytes[i],
+      sendErrors: this.vtepSendErrors[i],
+      receivedFrames: this.vtepReceived[i],
+      receivedBytes: this.vtepReceivedBytes[i],
+    }));
   }
 
-  /** Control path: inner MAC → VTEP address. */
-  macEntries(): { mac: string; vtep: string; isStatic: boolean }[] {
-    return [...this.table.entriesOf()].map((e) => ({ mac: formatMac(e.key), vtep: this.vtepAddr[e.port], isStatic: e.isStatic }));
+  /** Control path: inner MAC → VTEP (address and UDP port). */
+  macEntries(): { mac: string; vtep: string; vtepPort: number; isStatic: boolean }[] {
+    return [...this.table.entriesOf()].map((e) => ({ mac: formatMac(e.key), vtep: this.vtepAddr[e.port], vtepPort: this.vtepPort[e.port], isStatic: e.isStatic }));
   }
 
   close(): void {

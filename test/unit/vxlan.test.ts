@@ -2,14 +2,21 @@
 // on a real Switch with real UDP sockets on loopback addresses standing in for remote VTEPs —
 // flood to every remote, inner MACs learned per VTEP, unicast to the learned VTEP only, a frame for
 // a MAC not known yet held in the elastic FIFO until a remote announces it, static remote MACs,
-// bad datagrams counted and dropped, TSO frames segmented to the underlay MTU with checksums.
+// bad datagrams counted and dropped, TSO frames segmented to the underlay MTU with checksums;
+// what went to and came from each VTEP counted there (send errors too), and a packet capture of the
+// inner frames both ways.
 import { after, before, describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as dgram from 'node:dgram';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { Switch } from '../../src/engine/switch';
-import { parseVxlanSpec, readVxlanVni, VXLAN_BAD_FLAGS, VXLAN_BAD_LENGTH, VxlanPort, writeVxlanHeader } from '../../src/ports/vxlan-port';
-import { BCAST, frame, input, mac, macBytes, TestPort } from './engine-helpers';
+import { parseVxlanSpec, readVxlanVni, VXLAN_BAD_FLAGS, VXLAN_BAD_LENGTH, VxlanPort, writeVxlanHeader, type VxlanVtepStats } from '../../src/ports/vxlan-port';
+import { CaptureManager } from '../../src/ops/capture';
+import { BCAST, frame, input, mac, macBytes, seqOf, TestPort } from './engine-helpers';
 import { onesSum } from '../checksum';
+import { tcpdumpRead } from '../tcpdump';
 
 const HDR = 12;
 
@@ -267,6 +274,111 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
     }
     assert.deepEqual(data, [...f.subarray(HDR + 54)], 'payload in order');
     assert.equal(port.offloadCounters.rxSegmented, 1);
+  });
+
+  const byVtep = (): Map<string, VxlanVtepStats> => new Map(port.vteps().map((v) => [v.address, v]));
+  const sum = (k: keyof VxlanVtepStats): number => port.vteps().reduce((n, v) => n + (v[k] as number), 0);
+
+  it('per VTEP: each datagram counted at the VTEP it went to, each frame at the one it came from; they add up to the port\'s counters', async () => {
+    const v0 = byVtep();
+    const c0 = { ...port.counters };
+    input(sw, vmIndex, frame(BCAST, VM, 20, 150)); // to A and B
+    input(sw, vmIndex, frame(X, VM, 21, 170)); // to A only
+    sw.flush();
+    await b.send(local, VNI, eth(frame(VM, Y, 22, 90))); // from B
+    await until('3 datagrams sent, 1 received', () => port.counters.encapDatagrams - c0.encapDatagrams === 3 && port.counters.decapFrames - c0.decapFrames === 1);
+    const v1 = byVtep();
+    const d = (addr: string, k: keyof VxlanVtepStats): number => (v1.get(addr)![k] as number) - (v0.get(addr)![k] as number);
+    assert.deepEqual([d('127.0.0.2', 'sentDatagrams'), d('127.0.0.2', 'sentBytes'), d('127.0.0.2', 'receivedFrames')], [2, 150 + 170, 0]);
+    assert.deepEqual([d('127.0.0.3', 'sentDatagrams'), d('127.0.0.3', 'sentBytes'), d('127.0.0.3', 'receivedFrames'), d('127.0.0.3', 'receivedBytes')], [1, 150, 1, 90]);
+    assert.deepEqual([port.counters.toRemoteFrames - c0.toRemoteFrames, port.counters.toRemoteBytes - c0.toRemoteBytes], [2, 320], 'frames handed over, once each');
+    // over everything this suite sent and received
+    assert.equal(sum('sentDatagrams'), port.counters.encapDatagrams);
+    assert.equal(sum('sentBytes'), port.counters.encapBytes);
+    assert.equal(sum('receivedFrames'), port.counters.decapFrames);
+    assert.equal(sum('receivedBytes'), port.counters.decapBytes);
+    assert.equal(sum('sendErrors'), 0);
+    assert.deepEqual([v1.get('127.0.0.2')!.flood, v1.get('127.0.0.3')!.flood], [true, true]);
+    assert.deepEqual([v1.get('127.0.0.2')!.macs, v1.get('127.0.0.3')!.macs], [1, 2], 'A: X learned; B: Y learned, Z configured');
+  });
+
+  it('a failed send is counted by its error code and at its VTEP, the other replica still counted as sent; the slot is freed', async () => {
+    // fault injection: the socket's sends to B fail as a route to it gone would (EHOSTUNREACH)
+    const sock = (port as unknown as { sock: dgram.Socket }).sock;
+    const real = sock.send;
+    type Cb = (e: Error | null) => void;
+    const failing = function (this: dgram.Socket, ...args: unknown[]): void {
+      if (args[4] === '127.0.0.3') {
+        process.nextTick(args[5] as Cb, Object.assign(new Error('send EHOSTUNREACH 127.0.0.3'), { code: 'EHOSTUNREACH' }));
+        return;
+      }
+      (real as (...a: unknown[]) => void).apply(this, args);
+    };
+    sock.send = failing as typeof sock.send;
+    const v0 = byVtep();
+    const c0 = { ...port.counters };
+    try {
+      input(sw, vmIndex, frame(BCAST, VM, 30, 100));
+      input(sw, vmIndex, frame(Z, VM, 31, 100)); // Z is behind B
+      sw.flush();
+      await until('the sends called back', () => port.counters.encapDatagrams - c0.encapDatagrams === 1 && port.counters.txSendErrors - c0.txSendErrors === 2);
+    } finally {
+      sock.send = real;
+    }
+    const v1 = byVtep();
+    assert.deepEqual(port.sendErrorCodes, { EHOSTUNREACH: 2 });
+    assert.deepEqual([v1.get('127.0.0.3')!.sendErrors - v0.get('127.0.0.3')!.sendErrors, v1.get('127.0.0.3')!.sentDatagrams - v0.get('127.0.0.3')!.sentDatagrams], [2, 0]);
+    assert.deepEqual([v1.get('127.0.0.2')!.sendErrors, v1.get('127.0.0.2')!.sentDatagrams - v0.get('127.0.0.2')!.sentDatagrams], [0, 1]);
+    assert.equal(sum('sendErrors'), port.counters.txSendErrors);
+    // every slot is free again: a burst of exactly SEND_SLOTS frames in one batch finds one each
+    a.got.length = 0;
+    const busy = port.counters.txSlotsBusy;
+    const sent = port.counters.encapDatagrams;
+    for (let i = 0; i < 256; i++) input(sw, vmIndex, frame(X, VM, 2000 + i, 60));
+    sw.flush();
+    assert.equal(port.counters.txSlotsBusy, busy, 'no frame waited for a slot');
+    await until('the 256 sent', () => port.counters.encapDatagrams - sent === 256, 5000);
+  });
+
+  it('capture: inner frames as received from remotes and as sent to them (a flood once, a TSO frame as its segments), in order', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-vxcap-'));
+    const file = path.join(dir, 'vxlan.pcap');
+    const caps = new CaptureManager(() => {});
+    try {
+      caps.start(port, file);
+      const sent0 = port.counters.encapDatagrams;
+      input(sw, vmIndex, frame(BCAST, VM, 40, 120)); // flooded to A and B: one record
+      sw.flush();
+      await until('the flood sent', () => port.counters.encapDatagrams - sent0 === 2);
+      const back = frame(VM, X, 41, 130);
+      await a.send(local, VNI, eth(back));
+      await until('the guest receiving it', () => vm.received.some((r) => seqOf(r) === 41));
+      input(sw, vmIndex, tsoFrame(macBytes(X), macBytes(VM), 2500, 1000)); // 3 segments
+      sw.flush();
+      await until('the segments sent', () => port.counters.encapDatagrams - sent0 === 2 + 3);
+      const s = await caps.stop(port.name);
+      assert.equal(s.frames, 5);
+      const t = tcpdumpRead(file);
+      assert.equal(t.status, 0, t.stderr);
+      assert.deepEqual(t.records.map((r) => [r.src, r.dst, r.length]), [
+        [VM, BCAST, 120],
+        [X, VM, 130],
+        [VM, X, 14 + 20 + 20 + 1000],
+        [VM, X, 14 + 20 + 20 + 1000],
+        [VM, X, 14 + 20 + 20 + 500],
+      ]);
+      assert.deepEqual([t.records[0].payload.readUInt32BE(0), t.records[1].payload.readUInt32BE(0)], [40, 41], 'the frames\' own bytes');
+      assert.deepEqual(t.records[0].payload, eth(frame(BCAST, VM, 40, 120)).subarray(14));
+      assert.deepEqual(t.records[1].payload, eth(back).subarray(14));
+      // with the capture off the port records nothing more
+      input(sw, vmIndex, frame(X, VM, 42, 80));
+      sw.flush();
+      await settle();
+      assert.equal(tcpdumpRead(file).records.length, 5);
+    } finally {
+      caps.stopAllSync();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

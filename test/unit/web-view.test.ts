@@ -2,15 +2,18 @@
  * The web view's server (src/ops/web.ts) over real HTTP sockets, and its sample of a real Switch
  * (src/ops/web-sample.ts): the paths it serves and refuses, the client limit, samples pushed only
  * while someone watches, and a client that stops reading is skipped and then dropped while the
- * others go on — with the bytes left unsent to it bounded.
+ * others go on — with the bytes left unsent to it bounded; the VXLAN uplink's VTEPs and remote
+ * MACs in the sample, from a real datagram of a remote VTEP on loopback.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import * as dgram from 'node:dgram';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { parseWebAddress, SLOW_CLIENT_BYTES, WebView, type WebViewOptions } from '../../src/ops/web';
 import { MAX_MACS, webSample } from '../../src/ops/web-sample';
 import { Switch } from '../../src/engine/switch';
+import { parseVxlanSpec, VxlanPort, writeVxlanHeader } from '../../src/ports/vxlan-port';
 import { BCAST, FakeClock, TestPort, frame, input, mac } from './engine-helpers';
 
 function get(port: number, p: string, method = 'GET', host?: string): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
@@ -213,7 +216,7 @@ describe('web view sample of a switch', () => {
       { name: 'b', index: ib },
       { name: 'c', index: -1 },
     ];
-    const s = webSample(sw, listed, null, 1234);
+    const s = webSample(sw, listed, {}, 1234);
     assert.equal(s.t, 1234);
     assert.equal(s.ports.length, 3);
     const [a, b, c] = s.ports;
@@ -225,14 +228,71 @@ describe('web view sample of a switch', () => {
     assert.equal(s.macCount, 2);
     pb.post(100);
     sw.resourcesAvailable(ib);
-    const s2 = webSample(sw, listed, null);
+    const s2 = webSample(sw, listed);
     assert.deepEqual([s2.ports[1].held, s2.ports[1].drained, s2.pool.inUse], [0, 6, 0]);
     // a large table is cut at MAX_MACS entries, the count says how many there are
     for (let i = 0; i < MAX_MACS + 10; i++) input(sw, ia, frame(mac(2), mac(1000 + i), 100 + i));
     sw.flush();
-    const s3 = webSample(sw, listed, null);
+    const s3 = webSample(sw, listed);
     assert.equal(s3.macs.length, MAX_MACS);
     assert.equal(s3.macCount, MAX_MACS + 12);
     sw.close();
+  });
+});
+
+describe('web view sample of a switch with the VXLAN uplink', () => {
+  it('the uplink as a port of kind vxlan; its VTEPs with what went to and came from each; remote MACs with their VTEP', async () => {
+    const sw = new Switch({ poolBytes: 256 * 2048, blockSize: 2048, tickMs: 0 });
+    const pa = new TestPort('a');
+    const ia = sw.attach(pa);
+    const remote = dgram.createSocket('udp4');
+    await new Promise<void>((r) => remote.bind(0, '127.0.0.2', () => r()));
+    const rport = remote.address().port;
+    const probe = dgram.createSocket('udp4');
+    await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
+    const local = probe.address().port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    const logs: string[] = [];
+    const vx = new VxlanPort(sw, parseVxlanSpec(`127.0.0.1:${local},vni=77,remote=127.0.0.2:${rport},mac=${mac(9)}@127.0.0.3:4789`), (m) => logs.push(m));
+    const got: Buffer[] = [];
+    remote.on('message', (m) => got.push(m));
+    try {
+      await until('the uplink listening', () => logs.some((l) => /uplink attached/.test(l)));
+      input(sw, ia, frame(BCAST, mac(1), 1, 80)); // flooded to the remote VTEP
+      sw.flush();
+      await until('the flood at the remote, its send called back', () => got.length === 1 && vx.counters.encapDatagrams === 1);
+      // a frame from the remote VTEP: its source MAC is learned behind it, the guest gets it
+      const inner = frame(mac(1), mac(5), 2, 100).subarray(12);
+      const d = Buffer.alloc(8 + inner.length);
+      writeVxlanHeader(d, 0, 77);
+      d.set(inner, 8);
+      await new Promise<void>((res, rej) => remote.send(d, local, '127.0.0.1', (e) => (e ? rej(e) : res())));
+      await until('the guest receiving it', () => pa.received.length === 1);
+      const s = webSample(sw, [{ name: 'a', index: ia }], { vxlan: vx }, 1);
+      assert.deepEqual(s.ports.map((p) => [p.name, p.kind, p.up, p.conn]), [['a', 'vhost-user', true, ia], ['vxlan:77', 'vxlan', true, vx.index]]);
+      assert.equal(s.ports[1].rx, 1, 'the engine took one frame from the uplink');
+      assert.deepEqual(s.vxlan, {
+        port: 'vxlan:77',
+        vni: 77,
+        encap: 1,
+        decap: 1,
+        tooBig: 0,
+        sendErrors: 0,
+        vteps: [
+          { vtep: `127.0.0.2:${rport}`, flood: true, macs: 1, sent: 1, sentBytes: 80, errors: 0, recv: 1, recvBytes: 100 },
+          { vtep: '127.0.0.3:4789', flood: false, macs: 1, sent: 0, sentBytes: 0, errors: 0, recv: 0, recvBytes: 0 },
+        ],
+      });
+      assert.deepEqual(s.macs, [
+        [mac(1), ia, 0],
+        [mac(5), vx.index, 0, `127.0.0.2:${rport}`],
+        [mac(9), vx.index, 1, '127.0.0.3:4789'],
+      ]);
+      assert.equal(webSample(sw, [{ name: 'a', index: ia }]).vxlan, null, 'no uplink: no VXLAN section');
+    } finally {
+      vx.close();
+      remote.close();
+      sw.close();
+    }
   });
 });
