@@ -93,8 +93,9 @@ export function formatPorts(ports: PortView[]): string {
     out += `${p.name}: protocol features ${p.protocolFeatures.join(' ') || '-'}\n`;
     for (const r of p.rings) {
       const state = r.broken !== null ? `broken (${r.broken})` : !r.started ? 'stopped' : r.enabled ? 'started' : 'started, disabled';
-      out += `${p.name}: ring ${r.index} ${r.kind} ${r.layout} size ${r.size} ${state}, last avail ${r.lastAvail}, used ${r.usedIdx}\n`;
+      out += `${p.name}: ring ${r.index} ${r.kind} ${r.layout} size ${r.size} ${state}, last avail ${r.lastAvail}, used ${r.usedIdx}, ${r.frames} frames\n`;
     }
+    if (p.queue && p.queue.perQueue.length > 1) out += `${p.name}: waiting per RX queue ${p.queue.perQueue.join(' ')}\n`;
     out += `${p.name}: counters ${nonZero(p.counters as unknown as Record<string, number>)}\n`;
   }
   return out;
@@ -123,7 +124,7 @@ export function formatFifo(f: FifoView): string {
   let out = `pool: ${p.blocks} blocks of ${p.blockSize} bytes, ${p.blocksInUse} in use, ${p.blocksFree} free, high water ${p.highWater}\n\n`;
   out += table(
     ['QUEUE', 'CONN', 'FRAMES', 'BLOCKS', 'SHARE', 'OLDEST'],
-    [...f.queues.map((q) => [q.port, q.connection, q.frames, q.blocks, q.shareLimit, ms(q.oldestMs)]), ['(unresolved)', '-', f.unresolved.frames, f.unresolved.blocks, '-', ms(f.unresolved.oldestMs)]],
+    [...f.queues.map((q) => [q.port, q.connection, q.perQueue.length > 1 ? `${q.frames} (${q.perQueue.join('/')})` : q.frames, q.blocks, q.shareLimit, ms(q.oldestMs)]), ['(unresolved)', '-', f.unresolved.frames, f.unresolved.blocks, '-', ms(f.unresolved.oldestMs)]],
   );
   return out;
 }

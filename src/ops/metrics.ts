@@ -139,6 +139,16 @@ const FAMILIES: Family[] = [
     },
   },
   { name: 'elastic_vhost_port_rx_no_buffers_total', help: 'Deliveries that found too few free RX buffers in the guest (the frame then waits in the elastic FIFO).', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.rxNoBuffers : null)) },
+  {
+    name: 'elastic_vhost_port_queue_frames_total',
+    help: 'Frames per virtqueue pair of a vhost-user port: direction="out" written to its RX queue, "in" taken from its TX queue (multiqueue guests: how the switch spreads and the guest sends).',
+    type: 'counter',
+    labels: ['port', 'queue', 'direction'],
+    read: (s) =>
+      s.ports.flatMap((p): Sample[] =>
+        p.rings.map((r): Sample => [{ port: p.name, queue: String(r.index >> 1), direction: r.kind === 'rx' ? 'out' : 'in' }, r.frames]),
+      ),
+  },
   { name: 'elastic_vhost_port_rings_broken_total', help: 'Virtqueues marked broken (a front-end error on that ring).', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.brokenRings : null)) },
   {
     name: 'elastic_vhost_port_offload_fallback_frames_total',
@@ -183,6 +193,13 @@ const FAMILIES: Family[] = [
   { name: 'elastic_vhost_capture_dropped_total', help: 'Capture records not kept because the capture writer was behind.', type: 'counter', labels: ['port'], read: perPort((p) => (p.capture ? p.capture.dropped : null)) },
   // ---- the elastic FIFO
   { name: 'elastic_vhost_fifo_queue_frames', help: 'Frames waiting in the elastic FIFO for the port.', type: 'gauge', labels: ['port'], read: queue((q) => q.frames) },
+  {
+    name: 'elastic_vhost_fifo_rx_queue_frames',
+    help: 'Frames waiting in the elastic FIFO per RX queue pair of a multiqueue port (order is kept per RX queue).',
+    type: 'gauge',
+    labels: ['port', 'queue'],
+    read: (s) => s.ports.flatMap((p): Sample[] => (p.queue && p.queue.perQueue.length > 1 ? p.queue.perQueue.map((n, k): Sample => [{ port: p.name, queue: String(k) }, n]) : [])),
+  },
   { name: 'elastic_vhost_fifo_queue_blocks', help: 'Local-data-store blocks the frames waiting for the port hold.', type: 'gauge', labels: ['port'], read: queue((q) => q.blocks) },
   { name: 'elastic_vhost_fifo_queue_share_limit_blocks', help: 'Most blocks the port\'s queue may take (share=, --share-limit).', type: 'gauge', labels: ['port'], read: queue((q) => q.shareLimit) },
   { name: 'elastic_vhost_fifo_queue_oldest_frame_age_seconds', help: 'How long the oldest frame waiting for the port has waited (0 when none waits; stamped with the engine clock, within one tick).', type: 'gauge', labels: ['port'], read: queue((q) => (q.oldestMs ?? 0) / 1000) },

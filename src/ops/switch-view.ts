@@ -51,6 +51,8 @@ export interface RingView {
   broken: string | null;
   lastAvail: number;
   usedIdx: number;
+  /** frames the switch wrote into it (RX) or took from it (TX) since the front-end connected */
+  frames: number;
 }
 
 export interface QueueView {
@@ -58,6 +60,8 @@ export interface QueueView {
   blocks: number;
   shareLimit: number;
   oldestMs: number | null;
+  /** frames waiting per RX queue pair (index = pair), up to the last one holding any */
+  perQueue: number[];
 }
 
 /** A remote VTEP of the VXLAN uplink: VxlanVtepStats, with its address and port as one name. */
@@ -159,12 +163,13 @@ export function portViews(host: OpsHost, stats = host.sw.stats()): PortView[] {
       rings: [],
       counters: { ...p.counters },
       engine: e ? trafficOf(e) : null,
-      queue: e ? { frames: e.queuedFrames, blocks: e.queuedBlocks, shareLimit: e.shareLimit, oldestMs: e.queuedOldestMs } : null,
+      queue: e ? { frames: e.queuedFrames, blocks: e.queuedBlocks, shareLimit: e.shareLimit, oldestMs: e.queuedOldestMs, perQueue: e.queuedPerQueue } : null,
       capture: captures.get(r.name) ?? null,
       vxlan: p instanceof VxlanPort ? vxlanView(p) : null,
     };
     if (p instanceof VhostUserPort && p.session) {
       const s = p.session;
+      const qf = p.queueFrames();
       view.features = s.featuresSet ? names(virtioFeatureNames(s.features)) : [];
       view.protocolFeatures = names(protocolFeatureNames(s.protocolFeatures));
       view.mtu = s.mtu > 0 ? s.mtu : null;
@@ -180,6 +185,7 @@ export function portViews(host: OpsHost, stats = host.sw.stats()): PortView[] {
           broken: q.broken,
           lastAvail: q.lastAvail,
           usedIdx: q.usedIdx,
+          frames: (q.index % 2 === 0 ? qf.rx : qf.tx)[q.index >> 1] ?? 0,
         }));
     }
     return view;
@@ -255,6 +261,7 @@ export function fifoView(host: OpsHost, stats = host.sw.stats()): FifoView {
       blocks: p.queuedBlocks,
       shareLimit: p.shareLimit,
       oldestMs: p.queuedOldestMs,
+      perQueue: p.queuedPerQueue,
     })),
     unresolved: { frames: stats.pool.unresolvedFrames, blocks: stats.pool.unresolvedBlocks, oldestMs: stats.pool.unresolvedOldestMs },
   };
