@@ -51,7 +51,7 @@ export interface RingView {
   broken: string | null;
   lastAvail: number;
   usedIdx: number;
-  /** frames the switch wrote into it (RX) or took from it (TX) since the front-end connected */
+  /** frames the switch wrote into this ring's queue pair (RX) or took from it (TX), kept across reconnects like the counters */
   frames: number;
 }
 

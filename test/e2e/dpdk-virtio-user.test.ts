@@ -12,7 +12,8 @@
  *   sum of RX == sum of TX (every frame sent came back), and no drop counter in the switch moved.
  * With mergeable RX buffers (mrg_rxbuf=1) and without (mrg_rxbuf=0), with packed rings
  * (packed_vq=1, VIRTIO_F_RING_PACKED negotiated) without and with in_order=1 (VIRTIO_F_IN_ORDER is not
- * offered: it negotiates without it), each across a restart of the front-end: testpmd is SIGKILLed mid-traffic, started again on the same sockets, and the same
+ * offered: it negotiates without it), with four queue pairs (queues=4,cq=1, testpmd --rxq=4 --txq=4:
+ * every TX queue's frames reach the peer's RX queue of the same number), each across a restart of the front-end: testpmd is SIGKILLed mid-traffic, started again on the same sockets, and the same
  * checks hold for the new session (switch counters as differences over it).
  *
  *   npm run build && node --test dist/test/e2e/dpdk-virtio-user.test.js
@@ -78,22 +79,44 @@ interface Variant {
   /** packed_vq=1 (and in_order=1) devargs of net_virtio_user */
   packed?: boolean;
   inOrder?: boolean;
+  /** queue pairs per port (queues=N,cq=1 and testpmd --rxq=N --txq=N) */
+  queues?: number;
 }
 
-const label = (v: Variant): string => `mrg_rxbuf=${v.mrg ? 1 : 0}${v.packed ? ' packed_vq=1' : ''}${v.inOrder ? ' in_order=1' : ''}`;
+const label = (v: Variant): string => `mrg_rxbuf=${v.mrg ? 1 : 0}${v.packed ? ' packed_vq=1' : ''}${v.inOrder ? ' in_order=1' : ''}${v.queues ? ` queues=${v.queues}` : ''}`;
 
 function startPmd(name: string, sockets: string[], v: Variant): TestPmd {
   const extra: Record<string, number> = {};
   if (v.packed) extra.packed_vq = 1;
   if (v.inOrder) extra.in_order = 1;
+  if (v.queues) {
+    extra.queues = v.queues;
+    extra.cq = 1;
+  }
   return new TestPmd({
     name,
     cpu: 0,
     memory: { kind: 'no-huge', mb: 512 },
     vdevs: sockets.map((s, i) => virtioUserVdev(i, s, MAC[i]!, { queueSize: 256, mrgRxbuf: v.mrg, extra })),
     totalMbufs: 16384,
+    appArgs: v.queues ? [`--rxq=${v.queues}`, `--txq=${v.queues}`] : [],
     echo,
   });
+}
+
+/** With several queue pairs: what the switch took from TX queue k of port i it wrote to RX queue k of the other port, every queue used. */
+function checkQueues(label: string, queues: number, before: Stats, after: Stats): void {
+  const q = (st: Stats, i: number, dir: 'rx' | 'tx', k: number): number => st.vhostUser[i].queues[dir][k] ?? 0;
+  for (const i of [0, 1]) {
+    const o = 1 - i;
+    const tx = Array.from({ length: queues }, (_, k) => q(after, i, 'tx', k) - q(before, i, 'tx', k));
+    const rx = Array.from({ length: queues }, (_, k) => q(after, o, 'rx', k) - q(before, o, 'rx', k));
+    console.log(`# ${label}: port ${i} TX per queue ${tx.join(' ')} → port ${o} RX per queue ${rx.join(' ')}`);
+    for (let k = 0; k < queues; k++) {
+      assert.ok(tx[k] > 100, `${label}: port ${i} TX queue ${k} carried ${tx[k]} frames`);
+      assert.equal(rx[k], tx[k], `${label}: TX queue ${k} of port ${i} → RX queue ${k} of port ${o}`);
+    }
+  }
 }
 
 /** mac forwarding across the switch for TRAFFIC_MS, stop, drain the RX rings; testpmd's totals. */
@@ -149,10 +172,10 @@ function checkSession(label: string, pmd: PmdPortStats[], before: Stats, after: 
 }
 
 describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout: 300_000 }, () => {
-  const variants: Variant[] = [{ mrg: true }, { mrg: false }, { mrg: true, packed: true }, { mrg: false, packed: true, inOrder: true }];
+  const variants: Variant[] = [{ mrg: true }, { mrg: false }, { mrg: true, packed: true }, { mrg: false, packed: true, inOrder: true }, { mrg: true, queues: 4 }];
   for (const v of variants) {
     const mrg = v.mrg;
-    const tag = `${mrg ? 'mrg1' : 'mrg0'}${v.packed ? '-packed' : ''}${v.inOrder ? '-inorder' : ''}`;
+    const tag = `${mrg ? 'mrg1' : 'mrg0'}${v.packed ? '-packed' : ''}${v.inOrder ? '-inorder' : ''}${v.queues ? `-q${v.queues}` : ''}`;
     it(`${label(v)}: frames cross both ways, nothing lost, and again after testpmd is killed and restarted`, async (t) => {
       if (skip) {
         t.skip(skip);
@@ -186,6 +209,7 @@ describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout
         const st1 = await runTraffic(pmd1);
         const after1 = await settled(sw);
         checkSession(`${label(v)} session 1`, st1, before1, after1);
+        if (v.queues) checkQueues(`${label(v)} session 1`, v.queues, before1, after1);
 
         // ---- testpmd SIGKILLed while frames circulate
         await pmd1.cmd('set fwd mac');
@@ -210,6 +234,7 @@ describe('DPDK virtio-user front-end (dpdk-testpmd) on elastic-vhost', { timeout
         const st2 = await runTraffic(pmd2);
         const after2 = await settled(sw);
         checkSession(`${label(v)} session 2 (after kill -9)`, st2, before2, after2);
+        if (v.queues) checkQueues(`${label(v)} session 2`, v.queues, before2, after2);
 
         const q = await pmd2.quit();
         assert.equal(q.code, 0, `testpmd quit: ${JSON.stringify(q)}\n${pmd2.tail()}`);

@@ -130,7 +130,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private readonly rxs: (VhostRx | null)[] = new Array<VhostRx | null>(MAX_PAIRS).fill(null);
   /** the one deliver() is writing to now (the offload fallback writes through the port) */
   private rx: VhostRx;
-  /** frames and bytes written to each RX queue pair / chains taken from each TX queue pair */
+  /** frames written to each RX queue pair / chains taken from each TX queue pair (kept across reconnects, as the counters are) */
   readonly rxQueueFrames = new Float64Array(MAX_PAIRS);
   readonly txQueueFrames = new Float64Array(MAX_PAIRS);
   /** the RX queue pairs laneFor() spreads over (enabled RX rings), ascending; laneHas[p] = p is one */
@@ -282,8 +282,6 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.sessionLog });
     for (const rx of this.rxs) if (rx) rx.ring = null;
     this.wantRx.fill(0);
-    this.rxQueueFrames.fill(0);
-    this.txQueueFrames.fill(0);
     this.laneCount = 0;
     this.laneHas.fill(0);
     this.txMulti = false;
