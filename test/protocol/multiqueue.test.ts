@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Switch } from '../../src/engine/switch';
+import { RESPREAD_MIN_MS } from '../../src/ports/vhost-user/port';
 import { sleep, waitFor, Virtqueue } from './frontend';
 import { assertNoFdLeak, closeGuest, fdCount, Guest, LogCapture, netHdr, packet, sendPacket, startGuest } from './helpers';
 
@@ -159,6 +160,44 @@ test('one RX ring without buffers holds only its flows; disabling rings spreads 
     for (let f = 0; f < FLOWS; f++) assert.deepEqual(all.get(40000 + f), [0, 1, 2, 3], `flow ${f}`);
     assert.equal(sw.stats().total.dropped, 0);
     sw.checkInvariants();
+    return [a, b];
+  });
+});
+
+test('a guest toggling an RX queue on and off without pause: at most one re-spread per RESPREAD_MIN_MS, nothing lost, flows in order', async () => {
+  await withSwitch(async (sw, log) => {
+    const a = await startGuest(sw, 'vmA', log);
+    const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [0, 2048] });
+    await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
+    await sleep(10);
+    await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6)));
+    const FLOWS = 32;
+    for (let s = 0; s < 8; s++) for (let f = 0; f < FLOWS; f++) await sendPacket(a, packet(netHdr(12), udpFrame(1, 2, 40000 + f, s)));
+    assert.equal(sw.stats().ports.find((p) => p.name === 'vmB')!.queuedFrames, FLOWS * 8);
+    const changes0 = b.port.counters.rxQueueChanges;
+    const t0 = performance.now();
+    for (let k = 0; k < 400; k++) await b.fe.setVringEnable(6, k % 2 === 1);
+    const ms = performance.now() - t0;
+    await sleep(2 * RESPREAD_MIN_MS);
+    const changes = b.port.counters.rxQueueChanges - changes0;
+    console.log(`# 400 toggles in ${ms.toFixed(0)} ms: ${changes} re-spreads`);
+    assert.ok(changes >= 1, 'the last state took effect');
+    assert.ok(changes <= ms / RESPREAD_MIN_MS + 2, `${changes} re-spreads in ${ms.toFixed(0)} ms`);
+    sw.checkInvariants();
+    // buffers everywhere: every frame arrives, each flow in order
+    for (const i of [0, 2, 4, 6]) {
+      (b.fe.rings[i] as Virtqueue).postRx(200, 2048);
+      (b.fe.rings[i] as Virtqueue).kick();
+    }
+    const got: [number, number][][] = [[], [], [], []];
+    await waitFor(() => {
+      drainRings(b, 4, got);
+      return got.reduce((n, r) => n + r.length, 0) >= FLOWS * 8;
+    }, 3000, 'all frames at B');
+    const all = new Map<number, number[]>();
+    for (const r of got) for (const [f, s] of r) all.set(f, [...(all.get(f) ?? []), s]);
+    for (let f = 0; f < FLOWS; f++) assert.deepEqual(all.get(40000 + f), [0, 1, 2, 3, 4, 5, 6, 7], `flow ${f}`);
+    assert.equal(sw.stats().total.dropped, 0);
     return [a, b];
   });
 });

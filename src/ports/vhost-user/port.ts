@@ -43,6 +43,10 @@ export const TX_BUDGET = 256;
 /** queue pairs a port can spread over (the command line's most, MOST_QUEUE_PAIRS) */
 const MAX_PAIRS = 128;
 
+/** Least time between two re-spreads of one port's held frames: a guest that toggles its queues
+ * (SET_VRING_ENABLE) without pause costs the shared loop at most one re-spread per this many ms. */
+export const RESPREAD_MIN_MS = 20;
+
 export interface PortCounters {
   txFrames: number;
   txBytes: number;
@@ -66,6 +70,8 @@ export interface PortCounters {
   txDisabledDropped: number;
   /** non-GSO frames longer than this guest's MTU (NET_SET_MTU with VIRTIO_NET_F_MTU): not delivered */
   rxOverMtu: number;
+  /** times the set of enabled RX queues changed (the frames held for the port spread again) */
+  rxQueueChanges: number;
 }
 
 export interface VhostUserPortOptions extends PortAttachOptions {
@@ -123,6 +129,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     rxBadRange: 0,
     txDisabledDropped: 0,
     rxOverMtu: 0,
+    rxQueueChanges: 0,
   };
 
   private readonly tx = new VhostTx(this.counters);
@@ -138,6 +145,8 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private laneCount = 0;
   private readonly laneHas = new Uint8Array(MAX_PAIRS);
   private lanesScheduled = false;
+  /** when the RX queue set last took effect (performance.now(), ms) */
+  private lanesAppliedAt = -Infinity;
   /** the guest sends on more than one TX queue: frames carry their TX queue pair */
   private txMulti = false;
   /** RX queue pairs delivered to since the last flush */
@@ -394,7 +403,9 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     if (n !== this.laneCount) changed = true;
     if (changed && !this.lanesScheduled) {
       this.lanesScheduled = true;
-      setImmediate(this.lanesApply);
+      const wait = this.lanesAppliedAt + RESPREAD_MIN_MS - performance.now();
+      if (wait <= 0) setImmediate(this.lanesApply);
+      else setTimeout(this.lanesApply, wait).unref();
     }
   }
 
@@ -411,6 +422,8 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     }
     this.laneCount = n;
     if (changed && this.index >= 0) {
+      this.lanesAppliedAt = performance.now();
+      this.counters.rxQueueChanges++;
       this.sessionLog(`${this.name}: frames spread over ${n} RX queue${n === 1 ? '' : 's'}`, { rxQueues: n });
       this.sw.queuesChanged(this.index);
     }
