@@ -28,7 +28,7 @@ import { offloadNeeds, RX_CSUM, VIRTIO_NET_HDR_GSO_ECN } from '../../virtio/offl
 import { EngineApi, PortAttachOptions } from '../engine-api';
 import { OffloadFallback, FALLBACK_DROPPED, PacketSink } from '../offload-fallback';
 import { PollLoop, Pollable } from '../poll-loop';
-import { Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_TOO_BIG, VhostRx } from './rx';
+import { Pieces, RES_BAD, RES_BROKEN, RES_BUDGET, RES_OK, RES_TOO_BIG, VhostRx } from './rx';
 import { VhostTx } from './tx';
 import { copies } from '../../datapath/copy-list';
 import type { FrameCapture } from '../../datapath/capture';
@@ -72,6 +72,12 @@ export interface PortCounters {
   rxOverMtu: number;
   /** times the set of enabled RX queues changed (the frames held for the port spread again) */
   rxQueueChanges: number;
+  /** descriptors (segments) walked in RX / TX chains */
+  rxDescWalked: number;
+  txDescWalked: number;
+  /** turns an RX queue / a TX batch stopped early at its descriptor budget (RX_DESC_BUDGET, TX_DESC_BUDGET) */
+  rxDescBudgetHits: number;
+  txDescBudgetHits: number;
 }
 
 export interface VhostUserPortOptions extends PortAttachOptions {
@@ -130,6 +136,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     txDisabledDropped: 0,
     rxOverMtu: 0,
     rxQueueChanges: 0,
+    rxDescWalked: 0,
+    txDescWalked: 0,
+    rxDescBudgetHits: 0,
+    txDescBudgetHits: 0,
   };
 
   private readonly tx = new VhostTx(this.counters);
@@ -201,6 +211,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
         if (this.rxCheckLane[l] === 0) continue;
         this.rxCheckLane[l] = 0;
         const rx = this.rxs[l];
+        if (rx !== null) rx.newTurn();
         if (this.index >= 0 && rx !== null && rx.usable()) this.sw.resourcesAvailable(this.index, l);
       }
     } catch (e) {
@@ -362,7 +373,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     else if (this.index >= 0) {
       const l = q.index >> 1;
       const rx = this.rxs[l];
-      if (rx !== null && q === rx.ring) this.sw.resourcesAvailable(this.index, l);
+      if (rx !== null && q === rx.ring) {
+        rx.newTurn();
+        this.sw.resourcesAvailable(this.index, l);
+      }
     }
   }
 
@@ -662,6 +676,11 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     const ring = this.rx.ring as Virtqueue;
     if (r === RES_OK) return true;
     if (r === RES_BAD) return true; // counted where it happened; the chains went back empty
+    if (r === RES_BUDGET) {
+      // this queue walked its descriptors for this turn: the frame waits, the next turn goes on
+      this.scheduleRxCheck(this.rxLane);
+      return false;
+    }
     if (r === RES_BROKEN) {
       s.ringBroken(ring);
       return false;
