@@ -149,6 +149,13 @@ const FAMILIES: Family[] = [
         p.rings.map((r): Sample => [{ port: p.name, queue: String(r.index >> 1), direction: r.kind === 'rx' ? 'out' : 'in' }, r.frames]),
       ),
   },
+  {
+    name: 'elastic_vhost_port_desc_budget_hits_total',
+    help: 'Turns of the event loop in which a port\'s RX queue (direction="out") or TX batch (direction="in") used up its descriptor budget; the rest waited for the next turn.',
+    type: 'counter',
+    labels: ['port', 'direction'],
+    read: (s) => s.ports.flatMap((p): Sample[] => (isVhost(p.counters) ? [[{ port: p.name, direction: 'out' }, p.counters.rxDescBudgetHits], [{ port: p.name, direction: 'in' }, p.counters.txDescBudgetHits]] : [])),
+  },
   { name: 'elastic_vhost_port_rings_broken_total', help: 'Virtqueues marked broken (a front-end error on that ring).', type: 'counter', labels: ['port'], read: perPort((p) => (isVhost(p.counters) ? p.counters.brokenRings : null)) },
   {
     name: 'elastic_vhost_port_offload_fallback_frames_total',
