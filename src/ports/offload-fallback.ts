@@ -17,6 +17,7 @@ import {
   GSO_MSS,
   newGsoInfo,
   parseTcpGso,
+  RX_ECN,
   RX_TSO4,
   RX_TSO6,
   segmentLength,
@@ -62,7 +63,9 @@ export class OffloadFallback {
 
   /** need: offloadNeeds() bits the receiver lacks. */
   deliver(sink: PacketSink, frame: Frame, need: number): number {
-    return need & (RX_TSO4 | RX_TSO6) ? this.segment(sink, frame) : this.checksum(sink, frame);
+    // a receiver that takes TSO but not ECN (GUEST_TSO4 without GUEST_ECN) lacks only RX_ECN for a
+    // TCPV4|ECN frame: that frame is segmented too, never passed on whole as a plain packet
+    return need & (RX_TSO4 | RX_TSO6 | RX_ECN) ? this.segment(sink, frame) : this.checksum(sink, frame);
   }
 
   private checksum(sink: PacketSink, frame: Frame): number {
