@@ -1,6 +1,7 @@
 // npm run fuzz -- --minutes N [--seed S]: the fuzz targets in turn until the time is up; prints
 // cases run per target. A failure prints its seed (re-run with --seed to reproduce) and exits 1.
 import { fuzzChains, fuzzMessages, fuzzPackedChains } from './targets';
+import { flowHashStats, fuzzFlowHash, fuzzOffload, offloadStats } from './offload';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
@@ -13,19 +14,30 @@ async function main(): Promise<void> {
   const until = Date.now() + minutes * 60_000;
   let chains = 0;
   let messages = 0;
+  let offload = 0;
+  let hashes = 0;
   console.log(`fuzz: ${minutes} min from seed ${seed}`);
   while (Date.now() < until) {
     try {
       chains += fuzzChains(seed, 200);
       chains += fuzzPackedChains(seed, 200);
       messages += await fuzzMessages(seed, 10);
+      offload += fuzzOffload(seed, 200);
+      hashes += fuzzFlowHash(seed, 500);
     } catch (e) {
       console.error(`fuzz: FAILED at seed ${seed}: ${(e as Error).message}`);
       process.exit(1);
     }
     seed++;
   }
-  console.log(`fuzz: ${chains} ring cases, ${messages} messages, no failure (last seed ${seed - 1})`);
+  const o = offloadStats;
+  console.log(`fuzz: ${chains} ring cases, ${messages} messages, ${offload} offload cases, ${hashes} flow-hash cases, no failure (last seed ${seed - 1})`);
+  console.log(
+    `fuzz: offload: ${o.segmented} frames segmented (${o.segments} segments), ${o.checksummed} checksums completed, ${o.dropped} dropped (counted), ` +
+      `${o.refused} with a refused buffer, ${o.sinkFailed} without buffers, ${o.plain} taken as they are, ${o.senderRefused} refused by the sender's checks; ` +
+      `slowest case ${o.maxCaseMs.toFixed(1)} ms`,
+  );
+  console.log(`fuzz: flow hash: ${flowHashStats.tupleChecked} with the tuple checked, ${flowHashStats.tupleBeyondPeek} with it beyond the peek`);
 }
 
 void main();
