@@ -1,4 +1,5 @@
-// Fuzz targets for the offload/header parsers (packets from packets.ts, laid over several segments):
+// Fuzz target for the offload fallback (packets from packets.ts, laid over several segments by
+// offload-sink.ts's Placer):
 //   offload   what a vhost-user port does for a receiver that did not negotiate an offload the frame
 //             asks for (port.ts deliver(): offloadNeeds & ~rxOffload, then OffloadFallback into a
 //             PacketSink), with half the frames first put through a TX ring's checks (tx.ts
@@ -11,21 +12,15 @@
 //             (test/checksum.ts) and the payload put back together, a completed checksum equal to
 //             the independent one; a well-formed super-frame and a checksum field inside the
 //             frame are never dropped.
-//   flowhash  flowHash(frame): an unsigned 32-bit value, the same on every call, reading nothing
-//             outside eth[ethOff, +ethPeek); for an unmutated frame whose tuple lies in the peek,
-//             the same as for the frame contiguous, unmoved by a byte outside its tuple, moved by
-//             one inside it (each mixing step is a bijection, so one changed word always shows).
 import { onesSum } from '../checksum';
 import { copies } from '../../src/datapath/copy-list';
-import { Frame } from '../../src/datapath/frame';
-import { flowHash } from '../../src/datapath/flow-hash';
 import { MAX_ETH_LEN, MAX_HEADERS } from '../../src/datapath/layout';
 import { FALLBACK_DROPPED, OffloadFallback, type FallbackCounters } from '../../src/ports/offload-fallback';
 import { MAX_CHAINS } from '../../src/virtio/chain';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../src/virtio/net-header';
 import { checkSenderHeader, GSO_HDRS, newGsoInfo, OFFLOAD_OK, offloadNeeds, RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from '../../src/virtio/offload';
 import { FuzzSink, Placer, RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG } from './offload-sink';
-import { get16, getLe16, HDR, K_IP4, K_OTHER, K_TCP4, K_TCP6, K_UDP4, PacketGen, SCTP, TCP, UDP, UDPLITE } from './packets';
+import { get16, getLe16, HDR, K_TCP4, K_TCP6, PacketGen, TCP } from './packets';
 import { Rng } from './targets';
 
 /** what a peer may negotiate, as netFeaturesUsable leaves it (virtio 5.1.3.1: TSO needs CSUM, ECN a TSO) */
@@ -57,8 +52,6 @@ export const offloadStats = {
   refused: 0,
   maxCaseMs: 0,
 };
-
-export const flowHashStats = { cases: 0, tupleChecked: 0, tupleBeyondPeek: 0 };
 
 function fold(s: number): number {
   while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
@@ -176,6 +169,77 @@ function mustSegment(gen: PacketGen, sink: FuzzSink): string | null {
   return `a well-formed ${base === 1 ? 'IPv4' : 'IPv6'} TCP super-frame of ${n} segments (vlans ${gen.vlans}, ring ${sink.maxPackets})`;
 }
 
+/**
+ * What a vhost-user TX ring does to a frame before anyone sees it (tx.ts): lengths checked,
+ * DATA_VALID and num_buffers cleared, the header checked against what the sender negotiated,
+ * hdr_len set to the headers as they are. False: the sender's port drops it.
+ */
+function senderChecks(b: Uint8Array, len: number, txOffload: number, head: Uint8Array, info: Int32Array): boolean {
+  const eth = len - HDR;
+  if (eth < 14 || eth > MAX_ETH_LEN) return false;
+  b[10] = 0;
+  b[11] = 0;
+  b[0] &= VIRTIO_NET_HDR_F_NEEDS_CSUM;
+  if ((b[0] | b[1]) === 0) return true;
+  head.set(b.subarray(0, HDR + Math.min(eth, MAX_HEADERS)));
+  if (checkSenderHeader(head, 0, len, txOffload, info) !== OFFLOAD_OK) return false;
+  if (b[1] !== 0) {
+    b[2] = info[GSO_HDRS] & 0xff;
+    b[3] = info[GSO_HDRS] >>> 8;
+  }
+  return true;
+}
+
+/** deliver()'s result r against what the sink saw and the counters moved (dc checksummed, ds segmented, dd dropped). */
+function judge(r: number, dc: number, ds: number, dd: number, gen: PacketGen, sink: FuzzSink, need: number, fail: Fail): void {
+  const st = offloadStats;
+  const b = gen.buf;
+  const eth = gen.ethLen;
+  const gso = b[1];
+  if (r === FALLBACK_DROPPED) {
+    if (dd !== 1 || dc !== 0 || ds !== 0) fail(`dropped, counters moved by checksummed ${dc}, segmented ${ds}, dropped ${dd}`);
+    if (sink.begins !== 0) fail('dropped after it took the receiver\'s buffers');
+    const field = getLe16(b, 6) + getLe16(b, 8);
+    if (gso !== 0) {
+      const why = mustSegment(gen, sink);
+      if (why !== null) fail(`dropped ${why}`);
+    } else if (field + 2 <= eth) {
+      fail(`dropped a frame whose checksum field (${field}) lies inside it (${eth} bytes)`);
+    }
+    st.dropped++;
+    return;
+  }
+  if (dd !== 0) fail(`result ${r}, yet counted as dropped`);
+  if (r === RES_SHORT || r === RES_TOO_BIG || r === RES_BROKEN) {
+    if (r !== sink.lastFailure) fail(`result ${r}, the sink said ${sink.lastFailure}`);
+    if (sink.writes !== 0) fail(`${sink.writes} packets written into a reservation that failed`);
+    if (dc !== 0 || ds !== 0) fail('a failed reservation counted as delivered');
+    st.sinkFailed++;
+    return;
+  }
+  if (r !== RES_OK && r !== RES_BAD) fail(`result ${r}`);
+  if (sink.writes !== sink.packets) fail(`${sink.packets} packets reserved, ${sink.writes} written (a buffer lost)`);
+  if (r === RES_BAD) {
+    if (sink.refusedWrites === 0) fail('RES_BAD, yet every write was taken');
+    if (dc !== 0 || ds !== 0) fail('a refused packet counted as delivered');
+    st.refused++;
+  } else if (sink.refusedWrites !== 0) {
+    fail('RES_OK after a refused write');
+  }
+  // the receiver lacks an offload the frame asks for: a GSO frame must come out as segments
+  if (gso !== 0) {
+    if (r === RES_OK && ds !== 1) {
+      fail(`a GSO frame (gso_type 0x${gso.toString(16)}, ${eth} bytes, gso_size ${getLe16(b, 4)}) for a receiver lacking 0x${need.toString(16)} went out ${dc === 1 ? 'whole, as one plain packet with its checksum completed' : 'uncounted'}`);
+    }
+    st.segments += verifySegments(sink, b, eth, fail);
+    if (r === RES_OK) st.segmented++;
+  } else {
+    if (r === RES_OK && dc !== 1) fail('checksum completed, not counted');
+    verifyChecksum(sink, b, eth, fail);
+    if (r === RES_OK) st.checksummed++;
+  }
+}
+
 /** Offload fallback cases; throws on the first violation. Returns the number of cases. */
 export function fuzzOffload(seed: number, cases: number): number {
   const rng = new Rng(seed);
@@ -196,41 +260,23 @@ export function fuzzOffload(seed: number, cases: number): number {
         throw new Error(`offload: seed ${seed} case ${c}: ${why}`);
       };
       gen.next();
-      const b = gen.buf;
-      const len = gen.len;
-      const eth = len - HDR;
+      // half the frames as a vhost-user TX ring passes them on, half as they were made (hostile)
       if (rng.chance(0.5)) {
-        // a vhost-user TX ring's frame (tx.ts): lengths, DATA_VALID and num_buffers cleared, the
-        // header checked against what the sender negotiated, hdr_len as the headers are
-        if (eth < 14 || eth > MAX_ETH_LEN) {
+        const txOffload = rng.chance(0.6) ? OFFLOAD_SETS[OFFLOAD_SETS.length - 1] : rng.pick(OFFLOAD_SETS);
+        if (!senderChecks(gen.buf, gen.len, txOffload, head, info)) {
           st.senderRefused++;
           continue;
         }
-        b[10] = 0;
-        b[11] = 0;
-        b[0] &= VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        if ((b[0] | b[1]) !== 0) {
-          head.set(b.subarray(0, HDR + Math.min(eth, MAX_HEADERS)));
-          const txOffload = rng.chance(0.6) ? OFFLOAD_SETS[OFFLOAD_SETS.length - 1] : rng.pick(OFFLOAD_SETS);
-          if (checkSenderHeader(head, 0, len, txOffload, info) !== OFFLOAD_OK) {
-            st.senderRefused++;
-            continue;
-          }
-          if (b[1] !== 0) {
-            b[2] = info[GSO_HDRS] & 0xff;
-            b[3] = info[GSO_HDRS] >>> 8;
-          }
-        }
       }
-      const frame = placer.place(b, len);
+      const frame = placer.place(gen.buf, gen.len);
+      // as port.ts deliver(); mostly a receiver that lacks something (no offloads, VXLAN: rxOffload 0)
       let need = offloadNeeds(frame.hdr, frame.hdrOff) & ~rng.pick(OFFLOAD_SETS);
-      // mostly a receiver that lacks something (a guest without offloads, a VXLAN port: rxOffload 0)
       if (need === 0 && rng.chance(0.7)) need = offloadNeeds(frame.hdr, frame.hdrOff);
       if (need === 0) {
         st.plain++;
         continue;
       }
-      sink.setup(frame, b, HDR);
+      sink.setup(frame, gen.buf, HDR);
       const c0 = counters.rxChecksummed;
       const s0 = counters.rxSegmented;
       const d0 = counters.rxOffloadDropped;
@@ -244,158 +290,13 @@ export function fuzzOffload(seed: number, cases: number): number {
       copies.run();
       if (copies.copiesRefused !== refused) fail('the addon refused copies the TypeScript checks let through');
       sink.check();
-      const dc = counters.rxChecksummed - c0;
-      const ds = counters.rxSegmented - s0;
-      const dd = counters.rxOffloadDropped - d0;
-      const gso = b[1];
-      const field = getLe16(b, 6) + getLe16(b, 8);
-      if (r === FALLBACK_DROPPED) {
-        if (dd !== 1 || dc !== 0 || ds !== 0) fail(`dropped, counters moved by checksummed ${dc}, segmented ${ds}, dropped ${dd}`);
-        if (sink.begins !== 0) fail('dropped after it took the receiver\'s buffers');
-        if (gso !== 0) {
-          const why = mustSegment(gen, sink);
-          if (why !== null) fail(`dropped ${why}`);
-        } else if (field + 2 <= eth) {
-          fail(`dropped a frame whose checksum field (${field}) lies inside it (${eth} bytes)`);
-        }
-        st.dropped++;
-      } else if (dd !== 0) {
-        fail(`result ${r}, yet counted as dropped`);
-      } else if (r === RES_SHORT || r === RES_TOO_BIG || r === RES_BROKEN) {
-        if (r !== sink.lastFailure) fail(`result ${r}, the sink said ${sink.lastFailure}`);
-        if (sink.writes !== 0) fail(`${sink.writes} packets written into a reservation that failed`);
-        if (dc !== 0 || ds !== 0) fail('a failed reservation counted as delivered');
-        st.sinkFailed++;
-      } else if (r === RES_OK || r === RES_BAD) {
-        if (sink.writes !== sink.packets) fail(`${sink.packets} packets reserved, ${sink.writes} written (a buffer lost)`);
-        if (r === RES_BAD) {
-          if (sink.refusedWrites === 0) fail('RES_BAD, yet every write was taken');
-          if (dc !== 0 || ds !== 0) fail('a refused packet counted as delivered');
-          st.refused++;
-        } else if (sink.refusedWrites !== 0) {
-          fail('RES_OK after a refused write');
-        }
-        if (gso !== 0) {
-          if (r === RES_OK && ds !== 1) {
-            fail(`a GSO frame (gso_type 0x${gso.toString(16)}, ${eth} bytes, gso_size ${getLe16(b, 4)}) for a receiver lacking 0x${need.toString(16)} went out ${dc === 1 ? 'whole, as one plain packet with its checksum completed' : 'uncounted'}`);
-          }
-          st.segments += verifySegments(sink, b, eth, fail);
-          if (r === RES_OK) st.segmented++;
-        } else {
-          if (r === RES_OK && dc !== 1) fail('checksum completed, not counted');
-          verifyChecksum(sink, b, eth, fail);
-          if (r === RES_OK) st.checksummed++;
-        }
-      } else {
-        fail(`result ${r}`);
-      }
+      judge(r, counters.rxChecksummed - c0, counters.rxSegmented - s0, counters.rxOffloadDropped - d0, gen, sink, need, fail);
       const ms = performance.now() - t0;
       if (ms > st.maxCaseMs) st.maxCaseMs = ms;
     }
   } finally {
     placer.close();
     sink.close();
-  }
-  return cases;
-}
-
-/** Byte offsets flowHash's tuple reads and some it must not depend on, for an unmutated frame. */
-function tupleOf(gen: PacketGen, rng: Rng): { end: number; care: number[]; free: [number, number][] } {
-  const l3 = gen.l3;
-  const care: number[] = [];
-  const free: [number, number][] = [];
-  const any = () => 1 + rng.below(255);
-  for (let v = 0; v < gen.vlans; v++) free.push([14 + 4 * v, any()], [15 + 4 * v, any()]);
-  const ports = gen.proto === TCP || gen.proto === UDP || gen.proto === SCTP || gen.proto === UDPLITE;
-  let end: number;
-  if (gen.kind === K_OTHER) {
-    for (let i = 0; i < 12; i++) care.push(i);
-    end = l3;
-  } else if (gen.kind === K_TCP4 || gen.kind === K_UDP4 || gen.kind === K_IP4) {
-    for (let i = 0; i < 12; i++) free.push([i, any()]);
-    for (let i = 12; i < 20; i++) care.push(l3 + i);
-    for (const i of [1, 2, 3, 4, 5, 8, 10, 11]) free.push([l3 + i, any()]);
-    free.push([l3 + 6, rng.pick([0x40, 0x80, 0xc0])]); // DF and the reserved bit
-    for (let i = l3 + 20; i < gen.l4; i++) free.push([i, any()]);
-    if (ports && !gen.fragment) {
-      for (let i = 0; i < 4; i++) care.push(gen.l4 + i);
-      end = gen.l4 + 4;
-    } else {
-      end = l3 + 20;
-    }
-  } else {
-    for (let i = 0; i < 12; i++) free.push([i, any()]);
-    for (let i = 8; i < 40; i++) care.push(l3 + i);
-    free.push([l3, 1 + rng.below(15)]); // traffic class, high nibble
-    for (const i of [1, 2, 3, 4, 5, 7]) free.push([l3 + i, any()]);
-    if (ports) {
-      for (let i = 0; i < 4; i++) care.push(l3 + 40 + i);
-      end = l3 + 44;
-    } else {
-      end = l3 + 40;
-    }
-  }
-  for (let k = 0; k < 4; k++) free.push([end + rng.below(128), any()]);
-  return { end, care, free };
-}
-
-/** flowHash cases; throws on the first violation. Returns the number of cases. */
-export function fuzzFlowHash(seed: number, cases: number): number {
-  const rng = new Rng(seed);
-  const gen = new PacketGen(rng);
-  const placer = new Placer(rng);
-  const alt = new Uint8Array(HDR + MAX_ETH_LEN + 512);
-  const view = new Frame(0);
-  const st = flowHashStats;
-  try {
-    for (let c = 0; c < cases; c++) {
-      const fail: Fail = (why) => {
-        throw new Error(`flowhash: seed ${seed} case ${c}: ${why}`);
-      };
-      st.cases++;
-      gen.next();
-      const f = placer.place(gen.buf, gen.len);
-      const h = flowHash(f);
-      if (!Number.isInteger(h) || h < 0 || h > 0xffffffff) fail(`flowHash returned ${h}`);
-      if (flowHash(f) !== h) fail('a second call gave another hash');
-      // the same peek bytes elsewhere, with other bytes around them
-      const peek = f.ethPeek;
-      const a = 1 + rng.below(32);
-      for (let i = 0; i < a; i++) alt[i] = rng.below(256);
-      alt.set(f.eth.subarray(f.ethOff, f.ethOff + peek), a);
-      for (let i = 0; i < 64; i++) alt[a + peek + i] = rng.below(256);
-      view.eth = alt;
-      view.ethOff = a;
-      view.ethPeek = peek;
-      view.len = f.len;
-      if (flowHash(view) !== h) fail(`the hash depends on bytes outside eth[ethOff, +${peek})`);
-      if (gen.mutated) continue;
-      const t = tupleOf(gen, rng);
-      if (t.end > peek) {
-        st.tupleBeyondPeek++;
-        continue;
-      }
-      st.tupleChecked++;
-      view.eth = gen.buf;
-      view.ethOff = HDR;
-      view.ethPeek = gen.ethLen;
-      if (flowHash(view) !== h) fail(`the frame contiguous hashes differently (tuple end ${t.end}, peek ${peek})`);
-      view.eth = alt;
-      view.ethOff = a;
-      view.ethPeek = peek;
-      const free = t.free.filter(([o]) => o < peek);
-      if (free.length > 0) {
-        const [o, x] = rng.pick(free);
-        alt[a + o] ^= x;
-        if (flowHash(view) !== h) fail(`byte ${o} (^0x${x.toString(16)}), not part of the flow (kind ${gen.kind}, vlans ${gen.vlans}), changed the hash`);
-        alt[a + o] ^= x;
-      }
-      const k = rng.pick(t.care);
-      alt[a + k] ^= 1 + rng.below(255);
-      if (flowHash(view) === h) fail(`byte ${k} of the flow's tuple (kind ${gen.kind}, vlans ${gen.vlans}) did not change the hash`);
-    }
-  } finally {
-    placer.close();
   }
   return cases;
 }

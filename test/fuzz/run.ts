@@ -1,7 +1,8 @@
 // npm run fuzz -- --minutes N [--seed S]: the fuzz targets in turn until the time is up; prints
 // cases run per target. A failure prints its seed (re-run with --seed to reproduce) and exits 1.
 import { fuzzChains, fuzzMessages, fuzzPackedChains } from './targets';
-import { flowHashStats, fuzzFlowHash, fuzzOffload, offloadStats } from './offload';
+import { fuzzOffload, offloadStats } from './offload';
+import { flowHashStats, fuzzFlowHash } from './flowhash';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

@@ -8,8 +8,9 @@
 //   messages  random vhost-user message sequences (valid headers with random requests, sizes,
 //             payloads and fds) against a Session over a real socketpair: no exception escapes,
 //             the connection stays up or closes with a logged error, no fd leaks
-//   offload, flowhash   in offload.ts: virtio-net headers over mutated frames through the offload
-//             fallback into bounded buffers, and the flow hash
+//   offload   (offload.ts) virtio-net headers over mutated frames (packets.ts) through the
+//             offload fallback into bounded buffers
+//   flowhash  (flowhash.ts) flowHash over the same frames
 // Each returns how many cases ran. A deterministic PRNG: a failing seed reproduces.
 import * as fs from 'node:fs';
 import { native } from '../../src/native';

@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fuzzChains, fuzzMessages, fuzzPackedChains } from '../fuzz/targets';
-import { flowHashStats, fuzzFlowHash, fuzzOffload, offloadStats } from '../fuzz/offload';
+import { fuzzOffload, offloadStats } from '../fuzz/offload';
+import { flowHashStats, fuzzFlowHash } from '../fuzz/flowhash';
 
 test('fuzz: 3000 random rings over mapped memory: no exception, every segment inside the guest window', (t) => {
   let n = 0;
