@@ -3,18 +3,19 @@
 //             cuts inside the headers, a first segment that starts segSkip bytes in, garbage in
 //             the gaps), with the header elsewhere and eth/ethPeek as a TX ring's frame has them
 //   FuzzSink  a PacketSink with bounded buffers: ring size (maxPackets), buffers posted, buffer
-//             capacity, a broken ring, and buffers whose range the copy list must refuse. It
+//             capacity, a broken ring, a used-up descriptor budget, and buffers whose range the
+//             copy list must refuse. It
 //             records what each packet should hold and throws on any write outside what it gave.
 import { copies } from '../../src/datapath/copy-list';
 import { Frame, PEEK_MIN } from '../../src/datapath/frame';
 import { MAX_ETH_LEN } from '../../src/datapath/layout';
 import type { PacketSink } from '../../src/ports/offload-fallback';
-import { PIECE_FRAME, Pieces, RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG } from '../../src/ports/vhost-user/rx';
+import { PIECE_FRAME, Pieces, RES_BAD, RES_BROKEN, RES_BUDGET, RES_OK, RES_SHORT, RES_TOO_BIG } from '../../src/ports/vhost-user/rx';
 import { MAX_CHAINS } from '../../src/virtio/chain';
 import type { Rng } from './targets';
 import { HDR } from './packets';
 
-export { RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG };
+export { RES_BAD, RES_BROKEN, RES_BUDGET, RES_OK, RES_SHORT, RES_TOO_BIG };
 
 const MAX_SEGS = 16;
 const GAP = 48;
@@ -125,6 +126,8 @@ export class FuzzSink implements PacketSink {
   /** bytes per buffer (virtio-net header included) */
   cap = 0;
   broken = false;
+  /** this turn's descriptor budget used up (VhostRx RES_BUDGET) */
+  budget = false;
   /** chance that a packet's buffer lies where the copy list must refuse it */
   hostileChance = 0;
   // the reservation
@@ -156,6 +159,7 @@ export class FuzzSink implements PacketSink {
     this.avail = rng.chance(0.85) ? this.maxPackets : rng.below(this.maxPackets + 1);
     this.cap = rng.pick([HDR + 1514, HDR + 1518, 2048, 4096, HDR + MAX_ETH_LEN, HDR + MAX_ETH_LEN, 65536, 1 + rng.below(HDR + MAX_ETH_LEN + 100)]);
     this.broken = rng.chance(0.02);
+    this.budget = rng.chance(0.02);
     this.hostileChance = rng.chance(0.15) ? 0.3 : 0;
     this.begins = 0;
     this.packets = 0;
@@ -173,7 +177,7 @@ export class FuzzSink implements PacketSink {
     if (++this.begins > 1) this.fail('begin() twice for one frame');
     this.packets = 0;
     this.used = 0;
-    const r = this.broken ? RES_BROKEN : this.avail === 0 ? RES_SHORT : RES_OK;
+    const r = this.broken ? RES_BROKEN : this.budget ? RES_BUDGET : this.avail === 0 ? RES_SHORT : RES_OK;
     if (r !== RES_OK) this.lastFailure = r;
     return r;
   }

@@ -19,7 +19,7 @@ import { FALLBACK_DROPPED, OffloadFallback, type FallbackCounters } from '../../
 import { MAX_CHAINS } from '../../src/virtio/chain';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM } from '../../src/virtio/net-header';
 import { checkSenderHeader, GSO_HDRS, newGsoInfo, OFFLOAD_OK, offloadNeeds, RX_CSUM, RX_ECN, RX_TSO4, RX_TSO6 } from '../../src/virtio/offload';
-import { FuzzSink, Placer, RES_BAD, RES_BROKEN, RES_OK, RES_SHORT, RES_TOO_BIG } from './offload-sink';
+import { FuzzSink, Placer, RES_BAD, RES_BROKEN, RES_BUDGET, RES_OK, RES_SHORT, RES_TOO_BIG } from './offload-sink';
 import { get16, getLe16, HDR, K_TCP4, K_TCP6, PacketGen, TCP } from './packets';
 import { Rng } from './targets';
 
@@ -46,7 +46,7 @@ export const offloadStats = {
   segments: 0,
   checksummed: 0,
   dropped: 0,
-  /** the sink had no buffers, too small ones, or a broken ring */
+  /** the sink had no buffers, too small ones, a broken ring or no descriptor budget left */
   sinkFailed: 0,
   /** a buffer's copies were refused (RES_BAD) */
   refused: 0,
@@ -210,7 +210,7 @@ function judge(r: number, dc: number, ds: number, dd: number, gen: PacketGen, si
     return;
   }
   if (dd !== 0) fail(`result ${r}, yet counted as dropped`);
-  if (r === RES_SHORT || r === RES_TOO_BIG || r === RES_BROKEN) {
+  if (r === RES_SHORT || r === RES_TOO_BIG || r === RES_BROKEN || r === RES_BUDGET) {
     if (r !== sink.lastFailure) fail(`result ${r}, the sink said ${sink.lastFailure}`);
     if (sink.writes !== 0) fail(`${sink.writes} packets written into a reservation that failed`);
     if (dc !== 0 || ds !== 0) fail('a failed reservation counted as delivered');
