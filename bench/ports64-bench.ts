@@ -495,7 +495,7 @@ async function measure(sw: RunningBackend, pmds: TestPmd[], names: string[]): Pr
 }
 
 /** Stops the traffic, takes in what is in flight, and counts what never came back and what the switch dropped or stored. */
-async function drain(sw: RunningBackend, pmds: TestPmd[], remarks: string[]): Promise<{ lost: number; drops: Record<string, number>; stored: Map<string, number> }> {
+async function drain(sw: RunningBackend, pmds: TestPmd[], n: number, remarks: string[]): Promise<{ lost: number; drops: Record<string, number>; stored: Map<string, number> }> {
   for (const p of pmds) await p.cmd('stop');
   for (const p of pmds) await p.cmd('set fwd rxonly');
   for (const p of pmds) await p.cmd('start');
@@ -505,7 +505,23 @@ async function drain(sw: RunningBackend, pmds: TestPmd[], remarks: string[]): Pr
   for (const p of fin.flat()) if (p.rxErrors || p.txErrors || p.rxMissed) remarks.push(`front-end port ${p.port}: rx-errors ${p.rxErrors} tx-errors ${p.txErrors} rx-missed ${p.rxMissed}`);
   const drops: Record<string, number> = {};
   const stored = new Map<string, number>();
-  for (const v of await ctlPorts(sw.ctl)) {
+  const views = await ctlPorts(sw.ctl);
+  // where a missing frame is: the front-end's and the switch's counts of each port, side by side
+  groups(n).forEach((members, g) =>
+    members.forEach((j, k) => {
+      const fe = fin[g]!.find((st) => st.port === k);
+      const v = views.find((x) => x.name === `p${j}`);
+      if (!fe || !v) return;
+      const c = v.counters as Counters;
+      const ring = (i: number) => {
+        const r = v.rings.find((x) => x.index === i);
+        return r ? `ring ${i}: ${r.started ? 'started' : 'not started'}, ${r.enabled ? 'enabled' : 'disabled'}${r.broken ? `, broken (${r.broken})` : ''}, lastAvail ${r.lastAvail}, usedIdx ${r.usedIdx}` : `ring ${i}: none`;
+      };
+      if (fe.txPackets !== c.txFrames) remarks.push(`p${j}: the front-end sent ${fe.txPackets}, the switch took ${c.txFrames} from its TX ring (${fe.txPackets - c.txFrames} not taken; ${ring(1)})`);
+      if (fe.rxPackets !== c.rxFrames) remarks.push(`p${j}: the switch wrote ${c.rxFrames} into its RX ring, the front-end received ${fe.rxPackets} (${ring(0)})`);
+    }),
+  );
+  for (const v of views) {
     const e = v.engine!;
     stored.set(v.name, e.storedFrames);
     for (const [k, n] of Object.entries(e.drops)) if (n) drops[k] = (drops[k] ?? 0) + n;
@@ -545,7 +561,7 @@ async function runRound(memory: TestPmdMemory, n: number): Promise<Round> {
     for (const p of pmds) await p.cmd(`start tx_first ${TX_FIRST}`);
     await sleep(WARMUP * 1000);
     const t = await measure(sw, pmds, names);
-    const d = await drain(sw, pmds, remarks);
+    const d = await drain(sw, pmds, n, remarks);
     const after = rssOf(sw.pid);
     const ports: PortResult[] = a.setup.map((su) => {
       const [rx, tx, minRx] = t.rates.get(su.name)!;
