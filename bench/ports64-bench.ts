@@ -37,14 +37,14 @@
 //
 // What is measured, per round:
 // - Set-up. The switch logs each port's "front-end connected", features, memory table and device
-//   status events (info level, with their time, ms) and its control socket (`ctl ports`, polled
-//   every 50 ms while the front-ends start) says when a port's
-//   RX ring is started and enabled and its TX ring enabled (a TX ring starts on its first kick, the
-//   first frame). Per port: the handshake, "front-end connected" → the SET_STATUS that sets
-//   DRIVER_OK (ms, from the events); and connected → RX ring started (the answer of the poll that
-//   first saw it started: no event marks the kick, so up to one poll late). Also: testpmd spawn → first connection (EAL
-//   start-up), spawn → every port started, that span per port, and the switch's CPU time (utime +
-//   stime) over the attach per port, less what the ctl polls themselves cost it.
+//   status events (info level, with their time, ms), and its control socket (`ctl ports`, polled
+//   every 50 ms while the front-ends start) says when a port's RX ring is started and enabled and
+//   its TX ring enabled (a TX ring starts on its first kick: the first frame). Per port: the
+//   handshake, "front-end connected" → the SET_STATUS that sets DRIVER_OK (ms, from the events);
+//   and connected → RX ring started (the answer of the poll that first saw it: no event marks the
+//   kick, so up to one poll late). Also: testpmd spawn → first connection (EAL start-up), spawn →
+//   every port started, that span per port, and the switch's CPU time (utime + stime) over the
+//   attach per port, less what the ctl polls themselves cost it.
 // - Memory: VmRSS / RssAnon / RssShmem / HugetlbPages of the switch from /proc/PID/status,
 //   listening with nothing attached, once every port is started, and after the traffic; per port =
 //   the difference / ports. Guest memory the switch touches is shared with the front-end
@@ -57,7 +57,9 @@
 //   one-second rate of any port. Switch CPU over the window, ns per frame.
 // - Lost: after the window every testpmd stops, takes in what is still in flight (`fwd rxonly`,
 //   0.5 s), and lost = frames all front-ends sent − frames all received; the switch's own drop
-//   counters (by reason) and the frames that went through its elastic FIFO are listed beside it.
+//   counters (by reason) and the frames that went through its elastic FIFO are listed beside it,
+//   and a port whose front-end and switch counts differ is named with its ring's state (a frame
+//   not taken from its TX ring, or written to its RX ring and not received).
 //
 // Everything started is stopped by pid; hugepages reserved for the run are given back (also on
 // error or SIGINT).
