@@ -49,30 +49,17 @@
 // Memory: 2 MiB hugepages (nr_hugepages raised so that 1024 are free, restored afterwards, also on
 // error or SIGINT) with --in-memory --single-file-segments; --no-huge -m 1024 when that fails.
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { TestPmd, testpmdMissing, testpmdPath, vhostVdev, virtioUserVdev, killAllTestPmd, type PmdPortStats, type TestPmdMemory } from '../qemu-glue/testpmd';
+import { TestPmd, testpmdMissing, vhostVdev, virtioUserVdev, type PmdPortStats, type TestPmdMemory } from '../qemu-glue/testpmd';
 import { parseLogLine } from '../qemu-glue/switch-process';
+import { children, cli, cpuSeconds, cpuSplit, envNum, fmt, installCleanup, killEverything, machine, machineCpu, median, reserveHugepages, restoreHugepages, root, sleep, tmpDirs } from './bench-host';
 
 const MAC = ['02:00:5e:10:00:01', '02:00:5e:10:00:02'];
 const FE_CPU = 0;
 const BE_CPU = 1;
-const WANT_HUGEPAGES = 1024;
-const HUGEPAGES_FILE = '/proc/sys/vm/nr_hugepages';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const root = path.resolve(__dirname, '..', '..');
-const cli = path.join(root, 'dist', 'src', 'cli', 'main.js');
-
-function envNum(name: string, dflt: number): number {
-  const v = process.env[name];
-  if (v === undefined || v === '') return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name}="${v}" is not a number`);
-  return n;
-}
 
 const SECONDS = envNum('BENCH_SECONDS', 5);
 const WARMUP = envNum('BENCH_WARMUP', 2);
@@ -85,117 +72,7 @@ const BUSY_PCT = envNum('BENCH_BUSY_PCT', 10);
 /** … up to this many times */
 const BUSY_RETRIES = Math.floor(envNum('BENCH_BUSY_RETRIES', 2));
 
-// ------------------------------------------------------------------ clean-up
-
-const children = new Set<ChildProcess>();
-const tmpDirs = new Set<string>();
-let hugepagesRestore: number | null = null;
-
-function restoreHugepages(): void {
-  if (hugepagesRestore === null) return;
-  const old = hugepagesRestore;
-  hugepagesRestore = null;
-  try {
-    fs.writeFileSync(HUGEPAGES_FILE, `${old}\n`);
-  } catch (e) {
-    console.error(`loop-bench: could not restore ${HUGEPAGES_FILE} to ${old}: ${(e as Error).message}`);
-  }
-}
-
-function killEverything(): void {
-  for (const c of children) {
-    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  }
-  children.clear();
-  killAllTestPmd();
-  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
-  tmpDirs.clear();
-}
-
-process.on('exit', () => {
-  killEverything();
-  restoreHugepages();
-});
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    console.error(`loop-bench: ${sig}: stopping everything`);
-    killEverything();
-    restoreHugepages();
-    process.exit(130);
-  });
-}
-
-// ------------------------------------------------------------------ machine
-
-function sh(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : '';
-}
-
-function machine(): string[] {
-  const lscpu = sh('lscpu', []);
-  const field = (k: string): string => new RegExp(`^${k}:\\s*(.*)$`, 'm').exec(lscpu)?.[1]?.trim() ?? '?';
-  const osRelease = (() => {
-    try {
-      return /^PRETTY_NAME="?([^"\n]*)"?/m.exec(fs.readFileSync('/etc/os-release', 'utf8'))?.[1] ?? '?';
-    } catch {
-      return '?';
-    }
-  })();
-  const commit = sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD']);
-  const dirty = sh('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'native']) ? ' (src/ or native/ modified)' : '';
-  const dpdk = sh('dpkg-query', ['-W', '-f', '${Version}', 'dpdk']);
-  return [
-    `- date: ${new Date().toISOString()}`,
-    `- CPU: ${field('Model name')} (family ${field('CPU family')} model ${field('Model')}), nproc ${sh('nproc', []) || os.cpus().length}, ${field('Hypervisor vendor') !== '?' ? `${field('Hypervisor vendor')} guest` : 'bare metal?'}`,
-    `- OS: ${osRelease}, kernel ${os.release()}, ${Math.round(os.totalmem() / 2 ** 30)} GiB RAM`,
-    `- Node ${process.version}; DPDK ${dpdk || '?'} (${testpmdPath()}); elastic-vhost ${commit || '?'}${dirty}`,
-  ];
-}
-
-// ------------------------------------------------------------------ hugepages
-
-function meminfo(key: string): number {
-  const m = new RegExp(`^${key}:\\s*(\\d+)`, 'm').exec(fs.readFileSync('/proc/meminfo', 'utf8'));
-  return m ? Number(m[1]) : 0;
-}
-
-function reserveHugepages(): { memory: TestPmdMemory; note: string } {
-  const noHuge: TestPmdMemory = { kind: 'no-huge', mb: 1024 };
-  if (process.env.BENCH_NO_HUGE === '1') return { memory: noHuge, note: '--no-huge -m 1024 (BENCH_NO_HUGE=1)' };
-  if (meminfo('Hugepagesize') !== 2048) return { memory: noHuge, note: `--no-huge -m 1024 (default hugepage size is ${meminfo('Hugepagesize')} kB, not 2 MiB)` };
-  let old: number;
-  try {
-    old = Number(fs.readFileSync(HUGEPAGES_FILE, 'utf8').trim());
-  } catch (e) {
-    return { memory: noHuge, note: `--no-huge -m 1024 (cannot read ${HUGEPAGES_FILE}: ${(e as Error).message})` };
-  }
-  const free = meminfo('HugePages_Free');
-  if (free < WANT_HUGEPAGES) {
-    try {
-      hugepagesRestore = old;
-      fs.writeFileSync(HUGEPAGES_FILE, `${old + (WANT_HUGEPAGES - free)}\n`);
-    } catch (e) {
-      restoreHugepages();
-      return { memory: noHuge, note: `--no-huge -m 1024 (cannot reserve hugepages: ${(e as Error).message})` };
-    }
-  }
-  const got = meminfo('HugePages_Free');
-  if (got < WANT_HUGEPAGES / 2) {
-    restoreHugepages();
-    return { memory: noHuge, note: `--no-huge -m 1024 (only ${got} free 2 MiB hugepages after asking for ${WANT_HUGEPAGES})` };
-  }
-  return {
-    memory: { kind: 'hugepages' },
-    note: `--in-memory --single-file-segments on 2 MiB hugepages (${got} free; nr_hugepages ${old} → ${meminfo('HugePages_Total')}, restored to ${old} at the end)`,
-  };
-}
+installCleanup('loop-bench');
 
 // ------------------------------------------------------------------ back-ends
 
@@ -213,27 +90,6 @@ interface BackendSpec {
   pollUs?: number;
   /** packed virtqueues (the front-end's packed_vq=1) */
   packed?: boolean;
-}
-
-/** CPU seconds (utime+stime, all threads) of pid. */
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-/** CPU seconds the whole machine spent busy (user+nice+system+irq+softirq) and stolen, from /proc/stat. */
-function machineCpu(): { busy: number; steal: number } {
-  const f = /^cpu\s+(.*)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'))![1]!.split(/\s+/).map(Number);
-  // user nice system idle iowait irq softirq steal
-  return { busy: (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / CLK_TCK, steal: (f[7] ?? 0) / CLK_TCK };
-}
-
-function cpuSeconds(pid: number): number {
-  return cpuSplit(pid).reduce((a, b) => a + b, 0);
-}
-
-/** [utime, stime] of pid in seconds */
-function cpuSplit(pid: number): [number, number] {
-  const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  // after "pid (comm) ": state is field 3, utime field 14, stime field 15 (1-based in proc(5))
-  return [Number(f[14 - 3]) / CLK_TCK, Number(f[15 - 3]) / CLK_TCK];
 }
 
 async function startElasticVhost(dir: string, socks: string[], pollUs: number): Promise<Backend> {
@@ -476,15 +332,6 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
 }
 
 // ------------------------------------------------------------------ main
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-}
-
-function fmt(x: number, digits = 2): string {
-  return Number.isFinite(x) ? x.toFixed(digits) : '–';
-}
 
 async function main(): Promise<void> {
   const missing = testpmdMissing();
