@@ -103,7 +103,7 @@ export function formatPorts(ports: PortView[]): string {
 
 /** the VXLAN uplink's lines under the ports table: its VTEP, counters, send errors and one line per remote VTEP */
 function formatVxlan(name: string, v: VxlanView, c: Record<string, number>): string {
-  let out = `\n${name}: VNI ${v.vni}, local VTEP ${v.local}, underlay MTU ${v.underlayMtu} (inner frames up to ${v.maxInner} bytes)\n`;
+  let out = `\n${name}: VNI ${v.vni}, local VTEP ${v.local}, underlay MTU ${v.underlayMtu} (inner frames up to ${v.maxInner} bytes), source ports ${(v.sourcePorts ?? []).join(' ') || '-'}\n`;
   out += `${name}: counters ${nonZero({ ...c, ...(v.offload as unknown as Record<string, number>) })}\n`;
   out += `${name}: send errors ${nonZero(v.sendErrors)}\n`;
   for (const t of v.vteps) {

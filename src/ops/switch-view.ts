@@ -78,6 +78,8 @@ export interface VxlanView {
   underlayMtu: number;
   /** largest inner Ethernet frame the underlay MTU carries */
   maxInner: number;
+  /** UDP source ports frames leave from (picked per inner flow), the listening one first */
+  sourcePorts: number[];
   vteps: VtepView[];
   /** failed sends by dgram error code (EHOSTUNREACH, EMSGSIZE, …) */
   sendErrors: Record<string, number>;
@@ -131,6 +133,7 @@ function vxlanView(p: VxlanPort): VxlanView {
     local: endpointName(p.local.address, p.local.port),
     underlayMtu: p.underlayMtu,
     maxInner: p.maxInner,
+    sourcePorts: p.sourcePorts(),
     vteps: p.vteps().map((v) => ({ vtep: endpointName(v.address, v.port), ...v })),
     sendErrors: { ...p.sendErrorCodes },
     offload: { ...p.offloadCounters },

@@ -6,6 +6,12 @@
 //                     ──► plain frame: one copy into a send slot after its 8-byte VXLAN header;
 //                         checksum/TSO frame: OffloadFallback completes / segments into slots
 //                     ──► copies run, dgram.send() of each slot to each destination
+// Outer UDP source ports (RFC 7348 §5: "a hash of fields from the inner packet", so that ECMP
+// in the underlay spreads flows): srcports=N sockets send — the listening one and N−1 bound to
+// ephemeral ports of the local address — and a frame leaves from the one its inner flow hash picks
+// (flow-hash.ts), every segment and replica of it from that one, so a flow stays on one path and in
+// order. Datagrams are taken from any source port of a configured VTEP, as the kernel's vxlan does.
+//
 //   dgram 'message' ──► VXLAN header checked (I flag, VNI, length), VTEP must be configured
 //                   ──► copied into a receive slot after a zero engine header (the datagram's
 //                       Buffer is Node's, not a registered area) ──► inner source MAC learned with
@@ -37,6 +43,7 @@ import { PIECE_FRAME, Pieces, RES_BAD, RES_OK, RES_SHORT, RES_TOO_BIG } from './
 import type { Log } from '../log';
 import type { FrameCapture } from '../datapath/capture';
 import { DEFAULTS } from '../defaults';
+import { flowHash } from '../datapath/flow-hash';
 
 export const VXLAN_PORT = 4789;
 export const VXLAN_HDR_LEN = 8;
@@ -51,6 +58,10 @@ const MIN_UNDERLAY_MTU = 576;
 const MAX_UNDERLAY_MTU = 65535;
 /** largest UDP payload over IPv4 */
 const MAX_DATAGRAM = 65507;
+
+/** sockets frames leave from by default (their outer UDP source ports spread flows over the underlay's paths) */
+export const DEFAULT_SOURCE_PORTS = 8;
+const MAX_SOURCE_PORTS = 64;
 
 /** send slots; a TSO frame becomes at most ~45 segments, so this holds several at once */
 const SEND_SLOTS = 256;
@@ -84,6 +95,8 @@ export interface VxlanSpec {
   macs: { mac: string; vtep: VxlanEndpoint }[];
   /** underlay MTU: inner frame + 50 bytes must fit */
   mtu: number;
+  /** sockets (outer UDP source ports) frames leave from, picked per inner flow; 1: the listening one only */
+  srcPorts: number;
 }
 
 /** Writes the 8-byte VXLAN header (flags I, VNI) at buf[off]. */
@@ -122,6 +135,7 @@ export function parseVxlanSpec(s: string, what = '--vxlan'): VxlanSpec {
   const local = endpoint(parts[0], VXLAN_PORT, `${what} local address`);
   let vni: number | undefined;
   let mtu = DEFAULT_UNDERLAY_MTU;
+  let srcPorts = DEFAULT_SOURCE_PORTS;
   const remotes: VxlanEndpoint[] = [];
   const macs: { mac: string; vtep: VxlanEndpoint }[] = [];
   for (const p of parts.slice(1)) {
@@ -150,6 +164,12 @@ export function parseVxlanSpec(s: string, what = '--vxlan'): VxlanSpec {
         macs.push({ mac, vtep: endpoint(v.slice(at + 1), local.port, `${what} mac`) });
         break;
       }
+      case 'srcports':
+        if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_SOURCE_PORTS) {
+          throw new Error(`${what}: srcports=${v}: give the number of UDP source ports frames leave from, 1 to ${MAX_SOURCE_PORTS}`);
+        }
+        srcPorts = Number(v);
+        break;
       case 'mtu':
         if (!/^\d+$/.test(v) || Number(v) < MIN_UNDERLAY_MTU || Number(v) > MAX_UNDERLAY_MTU) {
           throw new Error(`${what}: mtu=${v}: give the underlay's MTU, ${MIN_UNDERLAY_MTU} to ${MAX_UNDERLAY_MTU}`);
@@ -157,7 +177,7 @@ export function parseVxlanSpec(s: string, what = '--vxlan'): VxlanSpec {
         mtu = Number(v);
         break;
       default:
-        throw new Error(`${what}: unknown part "${p}" (known: vni=, remote=, mac=, mtu=)`);
+        throw new Error(`${what}: unknown part "${p}" (known: vni=, remote=, mac=, mtu=, srcports=)`);
     }
   }
   if (vni === undefined) throw new Error(`${what}: vni=N is missing`);
@@ -167,7 +187,7 @@ export function parseVxlanSpec(s: string, what = '--vxlan'): VxlanSpec {
     if (seen.has(r.address)) throw new Error(`${what}: remote ${r.address} given twice`);
     seen.add(r.address);
   }
-  return { local: local.address, port: local.port, vni, remotes, macs, mtu };
+  return { local: local.address, port: local.port, vni, remotes, macs, mtu, srcPorts };
 }
 
 export interface VxlanCounters {
@@ -261,6 +281,8 @@ export class VxlanPort implements EnginePort, PacketSink {
   private readonly vtepReceived: Float64Array;
   private readonly vtepReceivedBytes: Float64Array;
   private readonly sock: dgram.Socket;
+  /** the sockets frames leave from: sock first, then srcports − 1 on ephemeral ports */
+  private readonly sendSocks: dgram.Socket[] = [];
   private readonly time = new Float64Array(1);
   private readonly timer: NodeJS.Timeout;
   // send slots: one registered area, a Buffer view of each slot made once
@@ -357,6 +379,38 @@ export class VxlanPort implements EnginePort, PacketSink {
       this.table.expire();
     }, TICK_MS).unref();
     this.sock.bind({ address: spec.local, port: spec.port, exclusive: true });
+    this.sendSocks.push(this.sock);
+    for (let i = 1; i < (spec.srcPorts ?? 1); i++) {
+      const s = dgram.createSocket({ type: 'udp4' });
+      s.on('error', (e) => {
+        this.log(`${this.name}: error: UDP send socket ${i} on ${spec.local}: ${e.message}; uplink detached`, { level: 'error', port: this.name, connection: this.index });
+        this.close();
+      });
+      s.on('listening', () => {
+        try {
+          s.setSendBufferSize(4 << 20);
+        } catch {
+          /* capped by net.core.wmem_max */
+        }
+      });
+      // what reaches a send socket is not VXLAN traffic of ours (remotes send to the listening port)
+      s.on('message', () => {});
+      s.bind({ address: spec.local, port: 0, exclusive: true });
+      this.sendSocks.push(s);
+    }
+  }
+
+  /** the UDP source ports frames leave from (once bound), the listening one first */
+  sourcePorts(): number[] {
+    const out: number[] = [];
+    for (const s of this.sendSocks) {
+      try {
+        out.push(s.address().port);
+      } catch {
+        /* not bound yet */
+      }
+    }
+    return out;
   }
 
   private vtep(e: VxlanEndpoint): number {
@@ -464,6 +518,8 @@ export class VxlanPort implements EnginePort, PacketSink {
     }
     c.toRemoteFrames++;
     c.toRemoteBytes += frame.ethLen;
+    const socks = this.sendSocks;
+    const sock = socks.length > 1 ? socks[flowHash(frame) % socks.length] : this.sock;
     copies.run(); // the bytes must be in the slots before dgram reads them
     const n = this.packets;
     this.packets = 0;
@@ -479,12 +535,12 @@ export class VxlanPort implements EnginePort, PacketSink {
       if (vtep >= 0) {
         this.slotPending[k] = 1;
         this.slotVtep[k] = vtep;
-        this.sock.send(this.slotBuf[k], 0, len, this.vtepPort[vtep], this.vtepAddr[vtep], this.slotDone[k]);
+        sock.send(this.slotBuf[k], 0, len, this.vtepPort[vtep], this.vtepAddr[vtep], this.slotDone[k]);
       } else {
         // head-end replication: one slot, a send per remote; free when every send called back
         this.slotPending[k] = fs.length;
         const done = k * fs.length;
-        for (let j = 0; j < fs.length; j++) this.sock.send(this.slotBuf[k], 0, len, this.vtepPort[fs[j]], this.vtepAddr[fs[j]], this.floodDone[done + j]);
+        for (let j = 0; j < fs.length; j++) sock.send(this.slotBuf[k], 0, len, this.vtepPort[fs[j]], this.vtepAddr[fs[j]], this.floodDone[done + j]);
       }
     }
     return true;
@@ -594,10 +650,12 @@ export class VxlanPort implements EnginePort, PacketSink {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
-    try {
-      this.sock.close();
-    } catch {
-      /* not bound yet, or already closed */
+    for (const s of this.sendSocks.length > 0 ? this.sendSocks : [this.sock]) {
+      try {
+        s.close();
+      } catch {
+        /* not bound yet, or already closed */
+      }
     }
     this.sw.detach(this.index);
     copies.settle();

@@ -217,7 +217,7 @@ describe('the VXLAN uplink in metrics, ctl and the web view', { timeout: 120_000
     const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     // PORT MODE STATE CONN IN OUT FAST STORED DRAINED DROPPED QUEUED CAPTURE PATH
     assert.match(r.stdout, new RegExp(`^vxlan:42\\s+vxlan\\s+connected\\s+${vxConn}\\s+1\\s+2\\s+\\d+\\s+\\d+\\s+\\d+\\s+\\d+\\s+0\\s+-\\s+127\\.0\\.0\\.1:${local}$`, 'm'), r.stdout);
-    assert.match(r.stdout, new RegExp(`^vxlan:42: VNI 42, local VTEP 127\\.0\\.0\\.1:${local}, underlay MTU 1500 \\(inner frames up to 1464 bytes\\)$`, 'm'), r.stdout);
+    assert.match(r.stdout, new RegExp(`^vxlan:42: VNI 42, local VTEP 127\\.0\\.0\\.1:${local}, underlay MTU 1500 \\(inner frames up to 1464 bytes\\), source ports ${local}( \\d+){7}$`, 'm'), r.stdout);
     assert.match(r.stdout, /^vxlan:42: counters .*\btoRemoteFrames=2\b.*\bencapDatagrams=3\b.*\bdecapFrames=1\b.*\btxTooBig=1\b.*\brxWrongVni=1\b.*\brxUnknownVtep=1\b/m, r.stdout);
     assert.match(r.stdout, /^vxlan:42: send errors \(all 0\)$/m);
     assert.match(r.stdout, new RegExp(`^vxlan:42: vtep ${esc(a.name)} flood, 1 MACs, sent 2 datagrams 400 bytes, 0 send errors, received 1 frames 200 bytes$`, 'm'), r.stdout);

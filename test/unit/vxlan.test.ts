@@ -36,8 +36,9 @@ test('VXLAN header: I flag, 24-bit VNI, reserved bytes zero; decode checks lengt
 
 test('--vxlan spec: defaults, every part, and errors that say what is wrong', () => {
   assert.deepEqual(parseVxlanSpec('192.168.7.1,vni=42,remote=192.168.7.2'), {
-    local: '192.168.7.1', port: 4789, vni: 42, remotes: [{ address: '192.168.7.2', port: 4789 }], macs: [], mtu: 1500,
+    local: '192.168.7.1', port: 4789, vni: 42, remotes: [{ address: '192.168.7.2', port: 4789 }], macs: [], mtu: 1500, srcPorts: 8,
   });
+  assert.equal(parseVxlanSpec('192.168.7.1,vni=42,remote=192.168.7.2,srcports=1').srcPorts, 1);
   const s = parseVxlanSpec('10.1.1.1:8472,vni=16777215,remote=10.1.1.2,remote=10.1.1.3:4789,mac=52:54:00:AA:00:01@10.1.1.4,mtu=9000');
   assert.equal(s.port, 8472);
   assert.equal(s.vni, 0xffffff);
@@ -56,6 +57,8 @@ test('--vxlan spec: defaults, every part, and errors that say what is wrong', ()
     ['10.0.0.1,vni=1,remote=10.0.0.2,mac=52:54:00:00:00:01', /MAC@IP/],
     ['10.0.0.1,vni=1,remote=10.0.0.2,mtu=100', /mtu=100/],
     ['10.0.0.1,vni=1,remote=10.0.0.2,ttl=3', /unknown part "ttl=3"/],
+    ['10.0.0.1,vni=1,remote=10.0.0.2,srcports=0', /srcports=0: give the number of UDP source ports/],
+    ['10.0.0.1,vni=1,remote=10.0.0.2,srcports=65', /srcports=65/],
   ];
   for (const [spec, re] of bad) assert.throws(() => parseVxlanSpec(spec), re, spec);
 });
@@ -303,9 +306,9 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
   });
 
   it('a failed send is counted by its error code and at its VTEP, the other replica still counted as sent; the slot is freed', async () => {
-    // fault injection: the socket's sends to B fail as a route to it gone would (EHOSTUNREACH)
-    const sock = (port as unknown as { sock: dgram.Socket }).sock;
-    const real = sock.send;
+    // fault injection: the sockets' sends to B fail as a route to it gone would (EHOSTUNREACH)
+    const socks = (port as unknown as { sendSocks: dgram.Socket[] }).sendSocks;
+    const real = socks[0].send;
     type Cb = (e: Error | null) => void;
     const failing = function (this: dgram.Socket, ...args: unknown[]): void {
       if (args[4] === '127.0.0.3') {
@@ -314,7 +317,7 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
       }
       (real as (...a: unknown[]) => void).apply(this, args);
     };
-    sock.send = failing as typeof sock.send;
+    for (const sock of socks) sock.send = failing as typeof sock.send;
     const v0 = byVtep();
     const c0 = { ...port.counters };
     try {
@@ -323,7 +326,7 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
       sw.flush();
       await until('the sends called back', () => port.counters.encapDatagrams - c0.encapDatagrams === 1 && port.counters.txSendErrors - c0.txSendErrors === 2);
     } finally {
-      sock.send = real;
+      for (const sock of socks) sock.send = real;
     }
     const v1 = byVtep();
     assert.deepEqual(port.sendErrorCodes, { EHOSTUNREACH: 2 });
@@ -338,6 +341,55 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
     sw.flush();
     assert.equal(port.counters.txSlotsBusy, busy, 'no frame waited for a slot');
     await until('the 256 sent', () => port.counters.encapDatagrams - sent === 256, 5000);
+  });
+
+  it('outer UDP source ports: flows spread over the send sockets (RFC 7348 §5), each flow always from one port', async () => {
+    const seen = new Map<number, Set<number>>(); // inner UDP source port → outer source ports
+    const onMsg = (m: Buffer, r: dgram.RemoteInfo): void => {
+      const inner = m.subarray(8);
+      if (inner.length < 42 || inner[12] !== 0x08 || inner[23] !== 17) return;
+      const sport = inner.readUInt16BE(34);
+      if (!seen.has(sport)) seen.set(sport, new Set());
+      seen.get(sport)!.add(r.port);
+    };
+    a.sock.on('message', onMsg);
+    try {
+      const FLOWS = 32;
+      for (let rep = 0; rep < 3; rep++) {
+        for (let f = 0; f < FLOWS; f++) {
+          const fr = new Uint8Array(HDR + 14 + 20 + 8 + 4);
+          fr.set(macBytes(X), HDR);
+          fr.set(macBytes(VM), HDR + 6);
+          fr[HDR + 12] = 0x08;
+          const ip = HDR + 14;
+          fr[ip] = 0x45;
+          fr[ip + 8] = 64;
+          fr[ip + 9] = 17;
+          fr.set([10, 9, 0, 1], ip + 12);
+          fr.set([10, 9, 0, 2], ip + 16);
+          new DataView(fr.buffer).setUint16(ip + 2, 20 + 8 + 4);
+          new DataView(fr.buffer).setUint16(ip + 20, 30000 + f);
+          new DataView(fr.buffer).setUint16(ip + 22, 5001);
+          input(sw, vmIndex, fr);
+        }
+        sw.flush();
+        await until('the datagrams at A', () => [...seen.values()].length === FLOWS);
+        await settle(20);
+      }
+    } finally {
+      a.sock.off('message', onMsg);
+    }
+    const ports = new Set(port.sourcePorts());
+    assert.equal(ports.size, 8, `eight send sockets: ${[...ports].join(' ')}`);
+    const used = new Set<number>();
+    for (const [sport, outer] of seen) {
+      assert.equal(outer.size, 1, `inner flow ${sport} left from ${[...outer].join(' ')}`);
+      for (const o of outer) {
+        assert.ok(ports.has(o), `outer port ${o} is one of ours`);
+        used.add(o);
+      }
+    }
+    assert.ok(used.size >= 4, `32 flows over ${used.size} source ports`);
   });
 
   it('capture: inner frames as received from remotes and as sent to them (a flood once, a TSO frame as its segments), in order', async () => {
