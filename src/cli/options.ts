@@ -69,7 +69,7 @@ const poolBlocks = (DEFAULTS.poolMb * 1024 * 1024) / DEFAULTS.blockSize;
 
 export const SETTINGS: readonly SettingDef[] = [
   { key: 'tap', kind: 'string', flags: '-t, --tap <name>', help: 'host uplink: attach (create if needed) TAP device NAME; address and bring it up on the host yourself' },
-  { key: 'vxlan', kind: 'spec', flags: '--vxlan <spec>', check: (s, what) => parseVxlanSpec(s, what || 'vxlan'), help: 'VXLAN uplink (RFC 7348) to other hosts: LOCAL_IP[:PORT],vni=N,remote=IP[:PORT][,remote=…][,mac=MAC@IP…][,mtu=UNDERLAY_MTU] (port 4789, mtu 1500 unless given); unknown and broadcast frames go to every remote' },
+  { key: 'vxlan', kind: 'spec', flags: '--vxlan <spec>', check: (s, what) => parseVxlanSpec(s, what || 'vxlan'), help: 'VXLAN uplink (RFC 7348) to other hosts: LOCAL_IP[:PORT],vni=N,remote=IP[:PORT][,remote=…][,mac=MAC@IP…][,mtu=UNDERLAY_MTU][,srcports=N] (port 4789, mtu 1500, 8 source ports picked per flow unless given); unknown and broadcast frames go to every remote' },
   { key: 'poolMb', kind: 'int', flags: '--pool-mb <n>', min: 1, help: `size of the local data store (elastic FIFO) in MiB (${DEFAULTS.poolMb} MiB = ${poolBlocks} blocks of ${DEFAULTS.blockSize / 1024} KiB)` },
   { key: 'blockSize', kind: 'int', flags: '--block-size <bytes>', min: 128, multipleOf: 8, help: 'local data store block size (multiple of 8, >= 128)' },
   { key: 'shareLimit', kind: 'int', flags: '--share-limit <blocks>', min: 1, live: true, help: 'default most blocks one port may hold queued (default: half the pool)' },
