@@ -2,11 +2,12 @@
 // facts for the report, environment numbers, 2 MiB hugepages reserved for the run and given back,
 // CPU time from /proc, and one clean-up that SIGKILLs by pid every child and testpmd started and
 // removes the work directories — on normal exit, on error and on SIGINT/SIGTERM/SIGHUP.
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { killAllTestPmd, testpmdPath, type TestPmdMemory } from '../qemu-glue/testpmd';
+import { parseLogLine, type LogRecord } from '../qemu-glue/switch-process';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 export const root = path.resolve(__dirname, '..', '..');
@@ -181,4 +182,55 @@ export function cpuSplit(pid: number): [number, number] {
 /** CPU seconds (utime+stime, all threads) of pid. */
 export function cpuSeconds(pid: number): number {
   return cpuSplit(pid).reduce((a, b) => a + b, 0);
+}
+
+/** An elastic-vhost the benchmark started: its pid, whether it exited, and a clean stop. */
+export interface SwitchChild {
+  readonly pid: number;
+  /** how it exited ({code, signal} as JSON), null while it runs */
+  exited(): string | null;
+  /** SIGTERM, SIGKILL after 10 s; null when it exited with code 0, else why not (tail: the last log lines) */
+  stop(tail: () => string): Promise<string | null>;
+}
+
+/**
+ * Spawns `taskset args…` (the switch under test), tracked for the clean-up, and hands each line of
+ * its output, parsed as a log record, to onRecord (echoed to stderr with echo).
+ */
+export function spawnSwitch(args: string[], onRecord: (r: LogRecord, line: string) => void, echo = false): SwitchChild {
+  const p = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(p);
+  let exited: string | null = null;
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    p.on('exit', (code, signal) => {
+      children.delete(p);
+      exited = JSON.stringify({ code, signal });
+      resolve({ code, signal });
+    }),
+  );
+  let partial = '';
+  const onData = (d: Buffer): void => {
+    partial += d.toString();
+    let i;
+    while ((i = partial.indexOf('\n')) >= 0) {
+      const line = partial.slice(0, i);
+      partial = partial.slice(i + 1);
+      onRecord(parseLogLine(line), line);
+      if (echo) process.stderr.write(`[ev] ${line}\n`);
+    }
+  };
+  p.stdout!.on('data', onData);
+  p.stderr!.on('data', onData);
+  return {
+    pid: p.pid!,
+    exited: () => exited,
+    async stop(tail) {
+      if (exited) return `exited early ${exited}; last log:\n${tail()}`;
+      p.kill('SIGTERM');
+      const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
+      const e = await exit;
+      clearTimeout(t);
+      return e.code === 0 ? null : `exit ${JSON.stringify(e)} on SIGTERM; last log:\n${tail()}`;
+    },
+  };
 }

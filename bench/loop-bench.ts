@@ -49,13 +49,12 @@
 // Memory: 2 MiB hugepages (nr_hugepages raised so that 1024 are free, restored afterwards, also on
 // error or SIGINT) with --in-memory --single-file-segments; --no-huge -m 1024 when that fails.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TestPmd, testpmdMissing, vhostVdev, virtioUserVdev, type PmdPortStats, type TestPmdMemory } from '../qemu-glue/testpmd';
-import { parseLogLine } from '../qemu-glue/switch-process';
-import { children, cli, cpuSeconds, cpuSplit, envNum, fmt, installCleanup, killEverything, machine, machineCpu, median, reserveHugepages, restoreHugepages, root, sleep, tmpDirs } from './bench-host';
+import { cli, spawnSwitch, cpuSeconds, cpuSplit, envNum, fmt, installCleanup, killEverything, machine, machineCpu, median, reserveHugepages, restoreHugepages, root, sleep, tmpDirs } from './bench-host';
 
 const MAC = ['02:00:5e:10:00:01', '02:00:5e:10:00:02'];
 const FE_CPU = 0;
@@ -109,33 +108,11 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     ...(pollUs > 0 ? ['--poll-us', String(pollUs)] : []),
     ...(QUEUES > 8 ? ['--queues', String(QUEUES)] : []),
   ];
-  const p = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(p);
   const log: string[] = [];
-  let exited: string | null = null;
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    p.on('exit', (code, signal) => {
-      children.delete(p);
-      exited = JSON.stringify({ code, signal });
-      resolve({ code, signal });
-    }),
-  );
-  let partial = '';
-  const onData = (d: Buffer): void => {
-    partial += d.toString();
-    let i;
-    while ((i = partial.indexOf('\n')) >= 0) {
-      const line = partial.slice(0, i);
-      partial = partial.slice(i + 1);
-      log.push(parseLogLine(line).msg);
-      if (echo) process.stderr.write(`[ev] ${line}\n`);
-    }
-  };
-  p.stdout!.on('data', onData);
-  p.stderr!.on('data', onData);
+  const p = spawnSwitch(args, (r) => log.push(r.msg), echo);
   const end = Date.now() + 15_000;
   while (!socks.every((s) => log.some((l) => l.endsWith(`listening on ${s}`)))) {
-    if (exited) throw new Error(`elastic-vhost exited ${exited}:\n${log.slice(-20).join('\n')}`);
+    if (p.exited()) throw new Error(`elastic-vhost exited ${p.exited()}:\n${log.slice(-20).join('\n')}`);
     if (Date.now() > end) throw new Error(`elastic-vhost not listening after 15 s:\n${log.slice(-20).join('\n')}`);
     await sleep(20);
   }
@@ -148,15 +125,8 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
   };
   return {
     label: pollUs > 0 ? `elastic-vhost --poll-us ${pollUs}` : 'elastic-vhost (event mode)',
-    pid: p.pid!,
-    async stop() {
-      if (exited) return `exited early ${exited}; last log:\n${log.slice(-10).join('\n')}`;
-      p.kill('SIGTERM');
-      const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
-      const e = await exit;
-      clearTimeout(t);
-      return e.code === 0 ? null : `exit ${JSON.stringify(e)} on SIGTERM; last log:\n${log.slice(-10).join('\n')}`;
-    },
+    pid: p.pid,
+    stop: () => p.stop(() => log.slice(-10).join('\n')),
     remarks() {
       const st = readStats();
       if (!st) return ['no stats file'];

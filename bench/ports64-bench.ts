@@ -64,16 +64,15 @@
 // Everything started is stopped by pid; hugepages reserved for the run are given back (also on
 // error or SIGINT).
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TestPmd, testpmdMissing, virtioUserVdev, type PmdPortStats, type TestPmdMemory } from '../qemu-glue/testpmd';
-import { parseLogLine } from '../qemu-glue/switch-process';
 import { request } from '../src/cli/ctl';
 import type { PortView } from '../src/ops/switch-view';
 import type { PortCounters } from '../src/ports/vhost-user/port';
-import { children, cli, cpuSeconds, cpuSplit, envNum, fmt, installCleanup, killEverything, machine, machineCpu, median, reserveHugepages, restoreHugepages, sleep, tmpDirs } from './bench-host';
+import { cli, spawnSwitch, cpuSeconds, cpuSplit, envNum, fmt, installCleanup, killEverything, machine, machineCpu, median, reserveHugepages, restoreHugepages, sleep, tmpDirs } from './bench-host';
 
 const FE_CPU = 0;
 const BE_CPU = 1;
@@ -146,31 +145,15 @@ async function startSwitch(dir: string, socks: string[]): Promise<RunningBackend
     LOG_LEVEL,
     ...(POLL_US > 0 ? ['--poll-us', String(POLL_US)] : []),
   ];
-  const p = spawn('taskset', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.add(p);
   const events = new Map<string, SwitchEvent[]>();
   const problems: string[] = [];
   const last: string[] = [];
   const listening = new Set<string>();
-  let exited: string | null = null;
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    p.on('exit', (code, signal) => {
-      children.delete(p);
-      exited = JSON.stringify({ code, signal });
-      resolve({ code, signal });
-    }),
-  );
-  let partial = '';
-  const onData = (d: Buffer): void => {
-    partial += d.toString();
-    let i;
-    while ((i = partial.indexOf('\n')) >= 0) {
-      const line = partial.slice(0, i);
-      partial = partial.slice(i + 1);
-      const r = parseLogLine(line);
+  const p = spawnSwitch(
+    args,
+    (r) => {
       last.push(r.msg);
       if (last.length > 30) last.shift();
-      if (echo) process.stderr.write(`[ev] ${line}\n`);
       if (r.level === 'warn' || r.level === 'error' || r.level === 'fatal' || r.level === 'raw') problems.push(r.msg);
       const m = /^listening on (.*)$/.exec(r.msg);
       if (m) listening.add(m[1]!);
@@ -179,13 +162,12 @@ async function startSwitch(dir: string, socks: string[]): Promise<RunningBackend
         if (!list) events.set(r.port, (list = []));
         list.push({ t: Date.parse(r.time), msg: r.msg, level: r.level });
       }
-    }
-  };
-  p.stdout!.on('data', onData);
-  p.stderr!.on('data', onData);
+    },
+    echo,
+  );
   const end = Date.now() + 30_000;
   for (;;) {
-    if (exited) throw new Error(`elastic-vhost exited ${exited}:\n${last.join('\n')}`);
+    if (p.exited()) throw new Error(`elastic-vhost exited ${p.exited()}:\n${last.join('\n')}`);
     if (Date.now() > end) throw new Error(`elastic-vhost not listening on its ${socks.length} sockets and control socket after 30 s:\n${last.join('\n')}`);
     if (socks.every((s) => listening.has(s))) {
       try {
@@ -198,19 +180,12 @@ async function startSwitch(dir: string, socks: string[]): Promise<RunningBackend
     await sleep(50);
   }
   return {
-    pid: p.pid!,
+    pid: p.pid,
     ctl,
     events,
     problems,
     tail: () => last.join('\n'),
-    async stop() {
-      if (exited) return `exited early ${exited}; last log:\n${last.slice(-10).join('\n')}`;
-      p.kill('SIGTERM');
-      const t = setTimeout(() => p.kill('SIGKILL'), 10_000);
-      const e = await exit;
-      clearTimeout(t);
-      return e.code === 0 ? null : `exit ${JSON.stringify(e)} on SIGTERM; last log:\n${last.slice(-10).join('\n')}`;
-    },
+    stop: () => p.stop(() => last.slice(-10).join('\n')),
   };
 }
 
