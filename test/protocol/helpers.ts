@@ -9,7 +9,8 @@ import type { Frame } from '../../src/datapath/frame';
 import { copies } from '../../src/datapath/copy-list';
 import { frameBytes } from '../../src/datapath/byte-frame';
 import { VhostUserPort, VhostUserPortOptions } from '../../src/ports/vhost-user/port';
-import { FrontEnd, Packet, StartOptions, Virtqueue, waitFor } from './frontend';
+import { FrontEnd, Packet, sleep, StartOptions, Virtqueue, waitFor } from './frontend';
+import { Switch, type SwitchOptions } from '../../src/engine/switch';
 import { PackedVirtqueue } from './packed-frontend';
 
 /** Protocol tests are about the vhost-user layer: this "switch" floods every frame to every other port. */
@@ -271,4 +272,30 @@ function pairOf<A extends DriverRing, B extends DriverRing>(hub: TestHub, log: L
       await assertNoFdLeak(before);
     },
   };
+}
+
+/**
+ * Runs body with a real Switch (opts: its options; logging off); every guest body started through
+ * the `start` it is given is closed afterwards, failed or not. Then: nothing logged as an error,
+ * no fd leaked.
+ */
+export async function withSwitch(opts: SwitchOptions, body: (sw: Switch, log: LogCapture, start: typeof startGuest) => Promise<void>): Promise<void> {
+  const before = fdCount();
+  const log = new LogCapture();
+  const sw = new Switch({ log: () => {}, ...opts });
+  const guests: Guest[] = [];
+  const start: typeof startGuest = async (...args) => {
+    const g = await startGuest(...args);
+    guests.push(g);
+    return g;
+  };
+  try {
+    await body(sw, log, start);
+  } finally {
+    for (const g of guests) if (g.port.connected) await closeGuest(g);
+    sw.close();
+  }
+  await sleep(10);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
 }

@@ -4,10 +4,9 @@
 // only its own flows (the others go on); disabling rings spreads what is held over those left.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Switch } from '../../src/engine/switch';
 import { RESPREAD_MIN_MS } from '../../src/ports/vhost-user/port';
 import { sleep, waitFor, Virtqueue } from './frontend';
-import { assertNoFdLeak, closeGuest, fdCount, Guest, LogCapture, netHdr, packet, sendPacket, startGuest } from './helpers';
+import { Guest, netHdr, packet, sendPacket, withSwitch } from './helpers';
 
 const mac = (n: number) => new Uint8Array([0x52, 0x54, 0, 0, 0, n]);
 const BCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -44,24 +43,8 @@ function drainRings(g: Guest, pairs: number, into: [number, number][][]): void {
   }
 }
 
-async function withSwitch(body: (sw: Switch, log: LogCapture) => Promise<Guest[]>): Promise<void> {
-  const before = fdCount();
-  const log = new LogCapture();
-  const sw = new Switch({ poolBytes: 4 << 20, queues: 8, log: () => {} });
-  let guests: Guest[] = [];
-  try {
-    guests = await body(sw, log);
-  } finally {
-    for (const g of guests) if (g.port.connected) await closeGuest(g);
-    sw.close();
-  }
-  await sleep(10);
-  assert.deepEqual(log.errors(), []);
-  await assertNoFdLeak(before);
-}
-
 test('a 4-queue receiver: a single-queue sender\'s flows spread over all four RX rings, each flow on one ring and in order', async () => {
-  await withSwitch(async (sw, log) => {
+  await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
     const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [256, 2048] });
     await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
@@ -89,12 +72,11 @@ test('a 4-queue receiver: a single-queue sender\'s flows spread over all four RX
     }
     assert.deepEqual(b.port.queueFrames().rx.slice(0, 4), got.map((r) => r.length));
     assert.equal(sw.stats().total.dropped, 0);
-    return [a, b];
   });
 });
 
 test('a 4-queue sender to a 4-queue receiver: TX queue k arrives on RX queue k', async () => {
-  await withSwitch(async (sw, log) => {
+  await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log, { queuePairs: 4 });
     const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [64, 2048] });
     await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
@@ -116,12 +98,11 @@ test('a 4-queue sender to a 4-queue receiver: TX queue k arrives on RX queue k',
     }, 3000, 'all frames at B');
     for (let k = 0; k < 4; k++) assert.deepEqual(got[k], [0, 1, 2, 3, 4].map((s) => [100 + k, s]), `RX ring ${2 * k}: ${JSON.stringify(got)}`);
     assert.deepEqual(a.port.queueFrames().tx.slice(0, 4), [5, 5, 5, 5]);
-    return [a, b];
   });
 });
 
 test('one RX ring without buffers holds only its flows; disabling rings spreads the held frames over the rest, in order', async () => {
-  await withSwitch(async (sw, log) => {
+  await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
     const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [0, 2048] });
     await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
@@ -160,12 +141,11 @@ test('one RX ring without buffers holds only its flows; disabling rings spreads 
     for (let f = 0; f < FLOWS; f++) assert.deepEqual(all.get(40000 + f), [0, 1, 2, 3], `flow ${f}`);
     assert.equal(sw.stats().total.dropped, 0);
     sw.checkInvariants();
-    return [a, b];
   });
 });
 
 test('a guest toggling an RX queue on and off without pause: at most one re-spread per RESPREAD_MIN_MS, nothing lost, flows in order', async () => {
-  await withSwitch(async (sw, log) => {
+  await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
     const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [0, 2048] });
     await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
@@ -198,6 +178,5 @@ test('a guest toggling an RX queue on and off without pause: at most one re-spre
     for (const r of got) for (const [f, s] of r) all.set(f, [...(all.get(f) ?? []), s]);
     for (let f = 0; f < FLOWS; f++) assert.deepEqual(all.get(40000 + f), [0, 1, 2, 3, 4, 5, 6, 7], `flow ${f}`);
     assert.equal(sw.stats().total.dropped, 0);
-    return [a, b];
   });
 });

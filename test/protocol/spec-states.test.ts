@@ -3,11 +3,10 @@
 // processed and its frames discarded, and the netdev MTU is enforced on what a guest receives.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Switch } from '../../src/engine/switch';
 import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
 import { sleep, waitFor, Virtqueue } from './frontend';
-import { assertNoFdLeak, closeGuest, ethFrame, fdCount, Guest, LogCapture, netHdr, packet, receiveN, sendPacket, seqOf, startGuest } from './helpers';
+import { ethFrame, netHdr, packet, receiveN, sendPacket, seqOf, withSwitch } from './helpers';
 
 const mac = (n: number) => new Uint8Array([0x52, 0x54, 0, 0, 0, n]);
 const BCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -19,30 +18,9 @@ function usedBytes(vq: Virtqueue): Uint8Array {
 }
 
 /** Runs body with a switch; every guest it started is closed afterwards, failed or not. */
-async function withSwitch(body: (sw: Switch, log: LogCapture, start: typeof startGuest) => Promise<void>): Promise<void> {
-  const before = fdCount();
-  const log = new LogCapture();
-  const sw = new Switch({ poolBytes: 4 << 20, log: () => {} });
-  const guests: Guest[] = [];
-  const start: typeof startGuest = async (...args) => {
-    const g = await startGuest(...args);
-    guests.push(g);
-    return g;
-  };
-  try {
-    await body(sw, log, start);
-  } finally {
-    for (const g of guests) if (g.port.connected) await closeGuest(g);
-    sw.close();
-  }
-  await sleep(10);
-  assert.deepEqual(log.errors(), []);
-  await assertNoFdLeak(before);
-}
-
 for (const eventIdx of [true, false]) {
   test(`a stopped ring is never written (${eventIdx ? 'EVENT_IDX' : 'NO_NOTIFY flags'}): frames for it wait in the elastic FIFO and arrive after the restart`, async () => {
-    await withSwitch(async (sw, log, startGuest) => {
+    await withSwitch({ poolBytes: 4 << 20 }, async (sw, log, startGuest) => {
       const opts = eventIdx ? {} : { features: DEFAULT_NO_EVENT_IDX };
       const a = await startGuest(sw, 'vmA', log, opts);
       const b = await startGuest(sw, 'vmB', log, opts);
@@ -82,7 +60,7 @@ for (const eventIdx of [true, false]) {
 }
 
 test('a started but disabled TX ring is processed and its frames discarded (counted); enabled again, frames pass', async () => {
-  await withSwitch(async (sw, log, startGuest) => {
+  await withSwitch({ poolBytes: 4 << 20 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
     const b = await startGuest(sw, 'vmB', log);
     await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, mac(2), BCAST)));
@@ -121,7 +99,7 @@ function vlanFrame(len: number, seq: number): Uint8Array {
 }
 
 test('NET_SET_MTU is enforced: a non-GSO frame longer than MTU + Ethernet header (+ VLAN tag) is not delivered, counted as rxOverMtu', async () => {
-  await withSwitch(async (sw, log, startGuest) => {
+  await withSwitch({ poolBytes: 4 << 20 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
     const b = await startGuest(sw, 'vmB', log, { mtu: 1500 });
     const c = await startGuest(sw, 'vmC', log, { mtu: 1500, features: DEFAULT_FEATURES & ~bit(VirtioFeature.NET_F_MTU) });
