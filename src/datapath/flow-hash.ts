@@ -5,13 +5,8 @@
 // Only the bytes a Frame's owner makes contiguous (eth[ethOff, +ethPeek)) are read: a header that
 // lies beyond them hashes by the next shorter tuple. Allocates nothing; returns an unsigned 32-bit value.
 import type { Frame } from './frame';
+import { ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP } from './layout';
 
-const ETH_P_IPV4 = 0x0800;
-const ETH_P_IPV6 = 0x86dd;
-const ETH_P_8021Q = 0x8100;
-const ETH_P_8021AD = 0x88a8;
-const IPPROTO_TCP = 6;
-const IPPROTO_UDP = 17;
 const IPPROTO_SCTP = 132;
 const IPPROTO_UDPLITE = 136;
 
@@ -54,7 +49,7 @@ export function flowHash(frame: Frame): number {
   }
   o += 2;
   let h = 0x9747b28c;
-  if (type === ETH_P_IPV4 && o + 20 <= end && b[o] >> 4 === 4) {
+  if (type === ETH_P_IP && o + 20 <= end && b[o] >> 4 === 4) {
     const ihl = (b[o] & 0x0f) * 4;
     const proto = b[o + 9];
     h = mix(mix(mix(h, word(b, o + 12)), word(b, o + 16)), proto);

@@ -22,6 +22,14 @@ export const ETH_SRC = 6;
 export const ETH_TYPE = 12;
 export const ETH_HDR_LEN = 14;
 
+// EtherTypes and IP protocol numbers the data path looks at (offload, flow hash, MTU check)
+export const ETH_P_IP = 0x0800;
+export const ETH_P_IPV6 = 0x86dd;
+export const ETH_P_8021Q = 0x8100;
+export const ETH_P_8021AD = 0x88a8;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+
 /** largest Ethernet frame taken from anyone: a 64 KiB GSO payload + Ethernet header + one VLAN tag */
 export const MAX_ETH_LEN = 65536 + 18;
 /** largest engine frame: header + MAX_ETH_LEN */

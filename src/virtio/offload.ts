@@ -5,7 +5,7 @@
 //
 // Pure and allocation-free: results go into caller-owned typed arrays. Every length is checked
 // against len before it is used — the header and the frame come from a guest.
-import { ENGINE_HDR_LEN } from '../datapath/layout';
+import { ENGINE_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP } from '../datapath/layout';
 import { copyBytes } from '../datapath/copy';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6 } from './net-header';
 
@@ -40,11 +40,6 @@ export function newGsoInfo(): Int32Array {
   return new Int32Array(GSO_INFO_LEN);
 }
 
-const ETH_P_IP = 0x0800;
-const ETH_P_IPV6 = 0x86dd;
-const ETH_P_8021Q = 0x8100;
-const ETH_P_8021AD = 0x88a8;
-const IPPROTO_TCP = 6;
 const TCP_FIN = 0x01;
 const TCP_PSH = 0x08;
 const TCP_CWR = 0x80;

@@ -16,7 +16,7 @@
 import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
 import { Frame } from '../../datapath/frame';
-import { ETH_HDR_LEN, ETH_TYPE, ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
+import { ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_TYPE, ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection } from '../../vhost-user/connection';
 import { Log, withFields } from '../../log';
@@ -652,7 +652,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   private overMtu(frame: Frame): boolean {
     if ((frame.hdr[frame.hdrOff + HDR_GSO_TYPE] & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE) return false;
     const t = (frame.eth[frame.ethOff + ETH_TYPE] << 8) | frame.eth[frame.ethOff + ETH_TYPE + 1];
-    const vlan = t === 0x8100 || t === 0x88a8 ? VLAN_TAG_LEN : 0;
+    const vlan = t === ETH_P_8021Q || t === ETH_P_8021AD ? VLAN_TAG_LEN : 0;
     return frame.ethLen > this.maxEthLen + vlan;
   }
 
