@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RESPREAD_MIN_MS } from '../../src/ports/vhost-user/port';
 import { sleep, waitFor, Virtqueue } from './frontend';
-import { Guest, netHdr, packet, sendPacket, withSwitch } from './helpers';
+import { Switch } from '../../src/engine/switch';
+import { Guest, LogCapture, netHdr, packet, sendPacket, startGuest, withSwitch } from './helpers';
 
 const mac = (n: number) => new Uint8Array([0x52, 0x54, 0, 0, 0, n]);
 const BCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
@@ -43,13 +44,20 @@ function drainRings(g: Guest, pairs: number, into: [number, number][][]): void {
   }
 }
 
+/** Guest B with four queue pairs (rxBuffers RX buffers posted on each RX ring), its rings
+ * started, its RX queue set in effect and its MAC learned by the switch. */
+async function fourQueueReceiver(start: typeof startGuest, sw: Switch, log: LogCapture, rxBuffers: number): Promise<Guest> {
+  const b = await start(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [rxBuffers, 2048] });
+  await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
+  await sleep(10); // the port's RX queue set is applied outside the session's event
+  await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6))); // B learned
+  return b;
+}
+
 test('a 4-queue receiver: a single-queue sender\'s flows spread over all four RX rings, each flow on one ring and in order', async () => {
   await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
-    const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [256, 2048] });
-    await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
-    await sleep(10);
-    await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6))); // B learned
+    const b = await fourQueueReceiver(startGuest, sw, log, 256);
     const got: [number, number][][] = [[], [], [], []];
     const FLOWS = 32;
     const PER = 6;
@@ -78,10 +86,7 @@ test('a 4-queue receiver: a single-queue sender\'s flows spread over all four RX
 test('a 4-queue sender to a 4-queue receiver: TX queue k arrives on RX queue k', async () => {
   await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log, { queuePairs: 4 });
-    const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [64, 2048] });
-    await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
-    await sleep(10);
-    await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6)));
+    const b = await fourQueueReceiver(startGuest, sw, log, 64);
     // A's TX rings started (as QEMU starts every ring at DRIVER_OK): A sends on four queues
     for (const i of [1, 3, 5, 7]) (a.fe.rings[i] as Virtqueue).kick();
     await waitFor(() => [1, 3, 5, 7].every((i) => a.port.session!.rings[i].started), 2000, 'A TX rings');
@@ -104,10 +109,7 @@ test('a 4-queue sender to a 4-queue receiver: TX queue k arrives on RX queue k',
 test('one RX ring without buffers holds only its flows; disabling rings spreads the held frames over the rest, in order', async () => {
   await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
-    const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [0, 2048] });
-    await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
-    await sleep(10);
-    await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6)));
+    const b = await fourQueueReceiver(startGuest, sw, log, 0);
     // buffers on rings 0, 2 and 4 only
     for (const i of [0, 2, 4]) {
       (b.fe.rings[i] as Virtqueue).postRx(256, 2048);
@@ -147,10 +149,7 @@ test('one RX ring without buffers holds only its flows; disabling rings spreads 
 test('a guest toggling an RX queue on and off without pause: at most one re-spread per RESPREAD_MIN_MS, nothing lost, flows in order', async () => {
   await withSwitch({ poolBytes: 4 << 20, queues: 8 }, async (sw, log, startGuest) => {
     const a = await startGuest(sw, 'vmA', log);
-    const b = await startGuest(sw, 'vmB', log, { queuePairs: 4, rxBuffers: [0, 2048] });
-    await waitFor(() => [0, 2, 4, 6].every((i) => b.port.session!.rings[i].started), 2000, 'B RX rings');
-    await sleep(10);
-    await sendPacket(b, packet(netHdr(12), udpFrame(2, 0xff, 1, 0).fill(0xff, 0, 6)));
+    const b = await fourQueueReceiver(startGuest, sw, log, 0);
     const FLOWS = 32;
     for (let s = 0; s < 8; s++) for (let f = 0; f < FLOWS; f++) await sendPacket(a, packet(netHdr(12), udpFrame(1, 2, 40000 + f, s)));
     assert.equal(sw.stats().ports.find((p) => p.name === 'vmB')!.queuedFrames, FLOWS * 8);
