@@ -830,10 +830,16 @@ Napi::Value RegisterArea(const Napi::CallbackInfo& info) {
     base = static_cast<uint8_t*>(ab.Data());
     len = ab.ByteLength();
   } else if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    Napi::ArrayBuffer ab = ta.ArrayBuffer();
-    base = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset();
-    len = ta.ByteLength();
+    // the view's own data pointer: also right for a view over a SharedArrayBuffer (the data
+    // store the worker threads share), whose buffer napi_get_arraybuffer_info refuses
+    napi_typedarray_type type;
+    size_t elements = 0;
+    void* data = nullptr;
+    if (napi_get_typedarray_info(env, v, &type, &elements, &data, nullptr, nullptr) != napi_ok) {
+      ThrowType(env, "registerArea: unreadable typed array");
+    }
+    base = static_cast<uint8_t*>(data);
+    len = v.As<Napi::TypedArray>().ByteLength();
   } else {
     ThrowType(env, "registerArea: expected an ArrayBuffer or a typed array");
   }
@@ -1034,6 +1040,16 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
     ThrowErrno(info.Env(), "write", errno);
   }
   return Napi::Number::New(info.Env(), static_cast<double>(n));
+}
+
+// dup(fd) -> a new fd (close-on-exec) for the same file: a worker thread gets its own copy of a
+// front-end's fd, so the main thread closing or replacing its own never leaves the worker writing
+// to a number that now names something else
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int fd = GetFd(info, 0, "dup");
+  int r = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) ThrowErrno(info.Env(), "dup", errno);
+  return Napi::Number::New(info.Env(), r);
 }
 
 void Close(const Napi::CallbackInfo& info) {
@@ -1316,6 +1332,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("read", Napi::Function::New<Read>(env, "read"));
   exports.Set("write", Napi::Function::New<Write>(env, "write"));
   exports.Set("close", Napi::Function::New<Close>(env, "close"));
+  exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
   exports.Set("copy", Napi::Function::New<Copy>(env, "copy"));
   exports.Set("registerArea", Napi::Function::New<RegisterArea>(env, "registerArea"));
   exports.Set("unregisterArea", Napi::Function::New<UnregisterArea>(env, "unregisterArea"));

@@ -74,6 +74,8 @@ export interface NativeAddon {
   read(fd: number, buf: Uint8Array, offset: number, length: number): number;
   write(fd: number, buf: Uint8Array, offset: number, length: number): number;
   close(fd: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC): a second fd for the same file (a worker thread's own copy) */
+  dup(fd: number): number;
   /** memmove(dst+dstOff, src+srcOff, len), bounds-checked, allocating nothing: the data path's large copies */
   copy(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number, len: number): void;
 

@@ -75,6 +75,27 @@ function hashOf(hi: number, lo: number, shift: number): number {
   return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> shift;
 }
 
+/** header words of a shared table: [lock, seq, entries, changes] */
+const H_LOCK = 0;
+const H_SEQ = 1;
+const H_ENTRIES = 2;
+const H_CHANGES = 3;
+const HEADER_BYTES = 64;
+
+function roundCapacity(capacity: number): number {
+  let bits = 4;
+  while (1 << bits < capacity) bits++;
+  return 1 << bits;
+}
+
+/**
+ * The MAC table. With `shared` (a SharedArrayBuffer of sharedBytes(capacity)) it lives in shared
+ * memory and every data-plane thread uses the same one: changes (a new MAC, a move, removal,
+ * ageing) take a spin lock and make a sequence count odd while they run; lookups take no lock and
+ * read again when the count moved under them (a seqlock), so a reader never sees a half-moved
+ * entry. Refreshing a known MAC's last-seen time is a plain store. In shared mode lookup() does
+ * not remove aged entries itself (that is a change): expire() does, from one thread.
+ */
 export class MacTable {
   readonly capacity: number;
   private readonly mask: number;
@@ -85,7 +106,17 @@ export class MacTable {
   private readonly ports: Int32Array;
   private readonly seen: Float64Array;
   private readonly flags: Uint8Array;
-  private entries = 0;
+  /** [lock, seq, entries, changes] (in shared memory for a shared table) */
+  private readonly hdr: Int32Array;
+  /** the table is shared with other threads: lock and sequence count in force */
+  readonly shared: boolean;
+  readonly sab: SharedArrayBuffer | null;
+
+  /** bytes of a shared table of this many slots */
+  static sharedBytes(capacity: number): number {
+    const cap = roundCapacity(capacity);
+    return HEADER_BYTES + cap * (8 + 4 + 4 + 8 + 1) + 8;
+  }
   /** after learn() returned LEARN_NEW: the connection the MAC moved from (a migrated or moved
    * VM), or -1 when it was new or aged out */
   movedFrom = -1;
@@ -98,22 +129,67 @@ export class MacTable {
     capacity = DEFAULTS.macTableSize,
     readonly ageMs = DEFAULTS.macAgeS * 1000,
     readonly time: Float64Array = new Float64Array(1),
+    /** shared memory to live in (made by another thread already when `attach`) */
+    shared: SharedArrayBuffer | null = null,
+    attach = false,
   ) {
-    let bits = 4;
-    while (1 << bits < capacity) bits++;
-    this.capacity = 1 << bits;
+    this.capacity = roundCapacity(capacity);
+    const bits = 31 - Math.clz32(this.capacity);
     this.mask = this.capacity - 1;
     this.shift = 32 - bits;
     this.maxEntries = (this.capacity * 3) >>> 2;
-    this.keys = new Float64Array(this.capacity).fill(EMPTY);
-    this.homes = new Int32Array(this.capacity);
-    this.ports = new Int32Array(this.capacity);
-    this.seen = new Float64Array(this.capacity);
-    this.flags = new Uint8Array(this.capacity);
+    const cap = this.capacity;
+    this.shared = shared !== null;
+    this.sab = shared;
+    if (shared === null) {
+      this.hdr = new Int32Array(4);
+      this.keys = new Float64Array(cap);
+      this.homes = new Int32Array(cap);
+      this.ports = new Int32Array(cap);
+      this.seen = new Float64Array(cap);
+      this.flags = new Uint8Array(cap);
+    } else {
+      if (shared.byteLength < MacTable.sharedBytes(cap)) throw new RangeError('shared MAC table buffer too small');
+      let o = 0;
+      this.hdr = new Int32Array(shared, o, 4);
+      o += HEADER_BYTES;
+      this.keys = new Float64Array(shared, o, cap);
+      o += 8 * cap;
+      this.seen = new Float64Array(shared, o, cap);
+      o += 8 * cap;
+      this.homes = new Int32Array(shared, o, cap);
+      o += 4 * cap;
+      this.ports = new Int32Array(shared, o, cap);
+      o += 4 * cap;
+      this.flags = new Uint8Array(shared, o, cap);
+    }
+    if (!attach) this.keys.fill(EMPTY);
   }
 
   get size(): number {
-    return this.entries;
+    return this.hdr[H_ENTRIES];
+  }
+
+  /** how many times a MAC was added or moved (another thread holding frames for an unknown
+   * destination looks again when this changed) */
+  get changes(): number {
+    return Atomics.load(this.hdr, H_CHANGES);
+  }
+
+  private lock(): void {
+    if (!this.shared) return;
+    const h = this.hdr;
+    while (Atomics.compareExchange(h, H_LOCK, 0, 1) !== 0) {
+      /* a change of another thread: a few hundred nanoseconds */
+    }
+    Atomics.add(h, H_SEQ, 1);
+  }
+
+  private unlock(): void {
+    if (!this.shared) return;
+    const h = this.hdr;
+    Atomics.add(h, H_SEQ, 1);
+    Atomics.store(h, H_LOCK, 0);
   }
 
   private find(hi: number, lo: number): number {
@@ -133,6 +209,7 @@ export class MacTable {
 
   /** the connection of this unicast MAC, or -1 (unknown or aged out — an aged entry is removed) */
   lookup(hi: number, lo: number): number {
+    if (this.shared) return this.lookupShared(hi, lo);
     const slot = this.find(hi, lo);
     if (slot < 0) return -1;
     if (this.aged(slot)) {
@@ -142,7 +219,41 @@ export class MacTable {
     return this.ports[slot];
   }
 
+  private lookupShared(hi: number, lo: number): number {
+    const h = this.hdr;
+    for (;;) {
+      const s1 = Atomics.load(h, H_SEQ);
+      if ((s1 & 1) === 0) {
+        const slot = this.find(hi, lo);
+        const port = slot < 0 || this.aged(slot) ? -1 : this.ports[slot];
+        if (Atomics.load(h, H_SEQ) === s1) return port;
+      }
+    }
+  }
+
   learn(hi: number, lo: number, port: number): number {
+    if (!this.shared) return this.learnHere(hi, lo, port);
+    // known on this connection and fresh: refresh without the lock (the common case, per frame)
+    const h = this.hdr;
+    const s1 = Atomics.load(h, H_SEQ);
+    if ((s1 & 1) === 0) {
+      const slot = this.find(hi, lo);
+      if (slot >= 0 && this.ports[slot] === port && (this.flags[slot] !== 0 || !this.aged(slot))) {
+        if (this.flags[slot] === 0) this.seen[slot] = this.time[0];
+        if (Atomics.load(h, H_SEQ) === s1) {
+          this.movedFrom = -1;
+          return LEARN_REFRESHED;
+        }
+      }
+    }
+    this.lock();
+    const r = this.learnHere(hi, lo, port);
+    this.unlock();
+    if (r === LEARN_NEW) Atomics.add(h, H_CHANGES, 1);
+    return r;
+  }
+
+  private learnHere(hi: number, lo: number, port: number): number {
     const now = this.time[0];
     const slot = this.find(hi, lo);
     this.movedFrom = -1;
@@ -160,20 +271,26 @@ export class MacTable {
 
   /** a configured MAC: never ages, not learnable on another connection */
   setStatic(hi: number, lo: number, port: number): boolean {
+    this.lock();
     const slot = this.find(hi, lo);
+    let ok = true;
     if (slot >= 0) {
       this.ports[slot] = port;
       this.flags[slot] = FLAG_STATIC;
-      return true;
+    } else {
+      ok = this.insert(hi, lo, port, FLAG_STATIC);
     }
-    return this.insert(hi, lo, port, FLAG_STATIC);
+    this.unlock();
+    if (ok) Atomics.add(this.hdr, H_CHANGES, 1);
+    return ok;
   }
 
   remove(hi: number, lo: number): boolean {
+    this.lock();
     const slot = this.find(hi, lo);
-    if (slot < 0) return false;
-    this.removeSlot(slot);
-    return true;
+    if (slot >= 0) this.removeSlot(slot);
+    this.unlock();
+    return slot >= 0;
   }
 
   /** forget every MAC (learned or static) of one connection; returns how many */
@@ -194,7 +311,7 @@ export class MacTable {
   }
 
   private insert(hi: number, lo: number, port: number, flags: number): boolean {
-    if (this.entries >= this.maxEntries) return false;
+    if (this.hdr[H_ENTRIES] >= this.maxEntries) return false;
     const home = hashOf(hi, lo, this.shift);
     let i = home;
     while (this.keys[i] !== EMPTY) i = (i + 1) & this.mask;
@@ -203,7 +320,7 @@ export class MacTable {
     this.ports[i] = port;
     this.seen[i] = this.time[0];
     this.flags[i] = flags;
-    this.entries++;
+    this.hdr[H_ENTRIES]++;
     return true;
   }
 
@@ -225,13 +342,14 @@ export class MacTable {
       hole = j;
     }
     this.keys[hole] = EMPTY;
-    this.entries--;
+    this.hdr[H_ENTRIES]--;
   }
 
   // Control path only (a closure per call). After a removal the slot is examined again, since
   // removeSlot may have shifted a later entry into it.
   private sweep(match: (slot: number) => boolean): number {
     let removed = 0;
+    this.lock();
     for (let i = 0; i < this.capacity; ) {
       if (this.keys[i] !== EMPTY && match(i)) {
         this.removeSlot(i);
@@ -240,6 +358,7 @@ export class MacTable {
         i++;
       }
     }
+    this.unlock();
     return removed;
   }
 }
