@@ -248,8 +248,9 @@ export class MacTable {
     }
     this.lock();
     const r = this.learnHere(hi, lo, port);
-    this.unlock();
+    // counted before the unlock: a reader that finds the new entry sees the count moved too
     if (r === LEARN_NEW) Atomics.add(h, H_CHANGES, 1);
+    this.unlock();
     return r;
   }
 
@@ -280,8 +281,8 @@ export class MacTable {
     } else {
       ok = this.insert(hi, lo, port, FLAG_STATIC);
     }
-    this.unlock();
     if (ok) Atomics.add(this.hdr, H_CHANGES, 1);
+    this.unlock();
     return ok;
   }
 

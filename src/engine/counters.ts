@@ -25,7 +25,9 @@ export const DROP_SAME_CONNECTION = 15; // destination is the source connection
 export const DROP_DETACHED = 16; // queued for a connection that detached
 export const DROP_TOO_BIG = 17; // longer than the largest frame allowed (--max-frame-bytes)
 export const FOLLOWED_FRAMES = 18; // held for the connection a MAC moved away from, moved to its new one (live migration)
-export const COUNTER_COUNT = 19;
+export const HANDED_FRAMES = 19; // worker threads: handed to the thread that serves the destination RX queue (counted there again as fast or stored)
+export const HANDED_BYTES = 20;
+export const COUNTER_COUNT = 21;
 
 export interface DropCounts {
   poolExhausted: number;
@@ -50,6 +52,9 @@ export interface TrafficCounts {
   resolvedFrames: number;
   /** held for the connection a MAC moved away from, then moved here with the MAC (live migration) */
   followedFrames: number;
+  /** worker threads: frames handed to the thread serving the destination's RX queue (that thread counts them again, as fast or stored) */
+  handedFrames: number;
+  handedBytes: number;
   holdFlooded: number;
   drops: DropCounts;
   /** sum of drops */
@@ -58,10 +63,17 @@ export interface TrafficCounts {
 
 export class Counters {
   readonly perPort: Float64Array;
-  readonly total = new Float64Array(COUNTER_COUNT);
+  readonly total: Float64Array;
 
-  constructor(readonly maxPorts: number) {
-    this.perPort = new Float64Array(maxPorts * COUNTER_COUNT);
+  /** bytes of the shared memory a thread's counters live in (worker threads: the control thread sums them) */
+  static sharedBytes(maxPorts: number): number {
+    return (maxPorts + 1) * COUNTER_COUNT * 8;
+  }
+
+  constructor(readonly maxPorts: number, shared: SharedArrayBuffer | null = null) {
+    const buf = shared ?? new ArrayBuffer(Counters.sharedBytes(maxPorts));
+    this.total = new Float64Array(buf, 0, COUNTER_COUNT);
+    this.perPort = new Float64Array(buf, COUNTER_COUNT * 8, maxPorts * COUNTER_COUNT);
   }
 
   add(port: number, counter: number, n: number): void {
@@ -84,8 +96,17 @@ export class Counters {
     this.perPort.fill(0, port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
   }
 
-  snapshot(port: number): TrafficCounts {
-    const row = port < 0 ? this.total : this.perPort.subarray(port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
+  snapshot(port: number, others: readonly Counters[] = []): TrafficCounts {
+    let row = port < 0 ? this.total : this.perPort.subarray(port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
+    if (others.length > 0) {
+      // the sum over this thread's counters and those of the other data-plane threads
+      const sum = new Float64Array(row);
+      for (const o of others) {
+        const r = port < 0 ? o.total : o.perPort.subarray(port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
+        for (let c = 0; c < COUNTER_COUNT; c++) sum[c] += r[c];
+      }
+      row = sum;
+    }
     const drops: DropCounts = {
       poolExhausted: row[DROP_POOL_EXHAUSTED],
       shareLimit: row[DROP_SHARE_LIMIT],
@@ -109,6 +130,8 @@ export class Counters {
       drainedBytes: row[DRAINED_BYTES],
       resolvedFrames: row[RESOLVED_FRAMES],
       followedFrames: row[FOLLOWED_FRAMES],
+      handedFrames: row[HANDED_FRAMES],
+      handedBytes: row[HANDED_BYTES],
       holdFlooded: row[HOLD_FLOODED],
       drops,
       dropped,

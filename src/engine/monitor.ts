@@ -21,13 +21,14 @@ import {
   DROP_HOLD_EXPIRED,
   DROP_SAME_CONNECTION,
   FOLLOWED_FRAMES,
+  HANDED_FRAMES,
   HOLD_FLOODED,
   RESOLVED_FRAMES,
 } from './counters';
 import type { ElasticFifo } from './elastic-fifo';
-import type { EnginePort } from './port';
+import type { EnginePort, Handoff } from './port';
 import type { StoreEngine } from './store-engine';
-import { macKey } from './classifier';
+import { keyHi, keyLo, macKey, type MacTable } from './classifier';
 import { Frame } from '../datapath/frame';
 import { copies } from '../datapath/copy-list';
 
@@ -45,6 +46,10 @@ export class Monitor {
   /** respread()'s list of frames, in the order they are taken off their queues */
   private readonly spread: Int32Array;
   private readonly lanes: number;
+  /** resolveKnown()'s keys found unknown in one walk */
+  private readonly failedKeys = new Float64Array(64);
+  /** worker threads: RX queues another thread serves get the frame handed over */
+  handoff: Handoff | null = null;
 
   constructor(
     private readonly fifo: ElasticFifo,
@@ -58,7 +63,7 @@ export class Monitor {
     private readonly time: Float64Array,
   ) {
     this.frame = new Frame(fifo.maxFrameBlocks);
-    this.spread = new Int32Array(fifo.blockCount);
+    this.spread = new Int32Array(fifo.totalBlocks);
     this.lanes = conns.lanes;
   }
 
@@ -83,11 +88,21 @@ export class Monitor {
     const frame = this.frame;
     const q = this.q(i, l);
     let n = 0;
+    const h = this.handoff;
+    const remote = h !== null && h.remote(i, l);
     // The blocks may still be waiting for their copy in (stored in this batch): ports read headers.
     if (fifo.qFrames[q] > 0) copies.settle();
     while (fifo.qFrames[q] > 0) {
       const head = fifo.qHead[q];
       const len = fifo.frameLen[head];
+      if (remote) {
+        // the frame goes to the serving thread in the blocks it waits in
+        if (!(h as Handoff).sendHead(i, l, head)) break;
+        fifo.shift(q);
+        this.counters.frame(i, HANDED_FRAMES, len);
+        n++;
+        continue;
+      }
       fifo.describe(head, frame);
       if (!port.deliver(frame, l)) break;
       // released now, reused by a later copy of this batch at the earliest: its copy out runs first
@@ -150,6 +165,55 @@ export class Monitor {
         } else {
           // Already in the pool, so the move does not take blocks: it is not refused by i's share
           // limit (the queue may exceed it until drained).
+          fifo.push(this.queueFor(i, cur), cur);
+          this.counters.add(i, RESOLVED_FRAMES, 1);
+          moved++;
+        }
+      } else {
+        prev = cur;
+      }
+      cur = next;
+    }
+    return moved;
+  }
+
+  /**
+   * Worker threads: another thread learned MACs (the shared table changed). Every unresolved frame
+   * whose destination is known now moves to its connection's queue, in arrival order (as
+   * resolve() does for one MAC). Returns frames moved; the caller drains.
+   */
+  resolveKnown(table: MacTable): number {
+    const fifo = this.fifo;
+    const q = this.store.unresolvedQueue;
+    let prev = -1;
+    let moved = 0;
+    // A MAC may be learned by another thread while this walk runs: its earlier frames were found
+    // unknown, its later ones known. Those later ones must wait too (they would overtake), so a key
+    // once found unknown stays unknown for the rest of the walk; the next walk (the table's change
+    // count moved) takes them all, in order. Past UNKNOWN_KEYS distinct unknown keys nothing more
+    // moves in this walk.
+    let unknown = 0;
+    const failed = this.failedKeys;
+    copies.settle();
+    for (let cur = fifo.qHead[q]; cur !== -1; ) {
+      const next = fifo.frameNext[cur];
+      const key = fifo.frameKey[cur];
+      let i = -1;
+      let seenUnknown = unknown >= failed.length;
+      for (let k = 0; k < unknown && !seenUnknown; k++) if (failed[k] === key) seenUnknown = true;
+      if (!seenUnknown) {
+        i = table.lookup(keyHi(key), keyLo(key));
+        if (i < 0 || this.conns.ports[i] === null) {
+          i = -1;
+          failed[unknown++] = key;
+        }
+      }
+      if (i >= 0) {
+        fifo.unlink(q, prev, cur);
+        if (fifo.frameSrc[cur] === i) {
+          fifo.release(cur);
+          this.counters.add(i, DROP_SAME_CONNECTION, 1);
+        } else {
           fifo.push(this.queueFor(i, cur), cur);
           this.counters.add(i, RESOLVED_FRAMES, 1);
           moved++;

@@ -36,3 +36,17 @@ export interface EnginePort {
    */
   wantResources(want: boolean, lane: number): void;
 }
+
+/**
+ * Worker threads (src/workers/): RX queues served by another data-plane thread. The engine asks
+ * remote() before it delivers; for such a queue, send() takes free packet buffers of the shared
+ * data store, records the copy into them and hands the frame to that thread after the batch's
+ * copies ran (false: no room now; the frame waits in this thread's queue for that RX queue).
+ */
+export interface Handoff {
+  remote(dest: number, lane: number): boolean;
+  send(dest: number, lane: number, frame: Frame): boolean;
+  /** a frame already in the shared store (queued here, head block `head`, off its queue after
+   * this) handed over as it is: no copy, no new blocks (false: no room now) */
+  sendHead(dest: number, lane: number, head: number): boolean;
+}

@@ -45,15 +45,18 @@ import {
   DROP_SAME_CONNECTION,
   DROP_TOO_BIG,
   FAST_FRAMES,
+  HANDED_FRAMES,
   RX_FRAMES,
+  STORED_FRAMES,
+  DROP_SHARE_LIMIT,
   type TrafficCounts,
 } from './counters';
-import { ElasticFifo } from './elastic-fifo';
+import { ElasticFifo, type FifoShare } from './elastic-fifo';
 import { Monitor, type Flooder, type UnknownPolicy } from './monitor';
-import type { EnginePort } from './port';
+import type { EnginePort, Handoff } from './port';
 import { StoreEngine } from './store-engine';
 import { MAX_FRAME, MIN_FRAME } from '../datapath/layout';
-import type { Frame } from '../datapath/frame';
+import { Frame } from '../datapath/frame';
 import { copies } from '../datapath/copy-list';
 import { DEFAULTS, MiB } from '../defaults';
 import type { Log } from '../log';
@@ -94,6 +97,23 @@ export interface SwitchOptions {
   /** milliseconds, monotonic enough (default Date.now); tests pass a fake clock */
   clock?: () => number;
   log?: Log;
+  /** one of several data-plane threads (src/workers/): what it shares with the others */
+  shard?: ShardOptions;
+}
+
+/** A switch that is one data-plane thread of several (src/workers/): the MAC table, the local data
+ * store and the counters live in shared memory. */
+export interface ShardOptions {
+  /** makes the shared MAC table (a MacTable over a SharedArrayBuffer) reading "now" from `time` */
+  table: (time: Float64Array) => MacTable;
+  /** this thread's partition of the shared data store */
+  fifo: FifoShare;
+  /** this thread's counters (Counters.sharedBytes) */
+  counters: SharedArrayBuffer;
+  /** this thread configures the table (static MACs, removal on detach, ageing): the control thread */
+  tableKeeper: boolean;
+  /** the other threads' counters, summed into stats() (the control thread) */
+  peerCounters?: Counters[];
 }
 
 export interface AttachOptions {
@@ -192,6 +212,21 @@ export class Switch implements Flooder {
   private stale = true;
   private readonly maxFrameLen: number;
   private refusedConnections = 0;
+  /** worker threads: what the shared table's change count was when this thread last looked */
+  private tableChanges = 0;
+  private readonly tableKeeper: boolean;
+  private readonly peerCounters: Counters[];
+  /** worker threads: runs after every batch's copies (frames handed to other threads go out) */
+  onBatchEnd: (() => void) | null = null;
+  /** worker threads: RX queues another thread serves (set by src/workers/shard.ts) */
+  get handoff(): Handoff | null {
+    return this.monitor.handoff;
+  }
+  set handoff(h: Handoff | null) {
+    this.monitor.handoff = h;
+  }
+  /** scratch frame for adopt() */
+  private readonly adoptFrame: Frame;
 
   constructor(opts: SwitchOptions = {}) {
     const blockSize = opts.blockSize ?? DEFAULTS.blockSize;
@@ -205,16 +240,21 @@ export class Switch implements Flooder {
     if (!(Number.isInteger(lanes) && lanes >= 1 && lanes <= 1024)) throw new RangeError(`queues ${lanes} outside [1, 1024]`);
     this.lanes = lanes;
     this.conns = new ConnectionTable(maxPorts, lanes);
-    this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts * lanes + 1, lanes);
+    const shard = opts.shard ?? null;
+    this.fifo = new ElasticFifo(poolBytes, blockSize, maxPorts * lanes + 1, lanes, shard === null ? null : shard.fifo);
     this.unresolvedQueue = maxPorts * lanes;
-    this.counters = new Counters(maxPorts);
+    this.counters = new Counters(maxPorts, shard === null ? null : shard.counters);
+    this.tableKeeper = shard === null || shard.tableKeeper;
+    this.peerCounters = shard?.peerCounters ?? [];
+    this.adoptFrame = new Frame(this.fifo.maxFrameBlocks);
     const blocks = this.fifo.blockCount;
     this.poolBytes = poolBytes;
     this.defaultShareLimit = opts.defaultShareLimit ?? Math.max(1, blocks >>> 1);
     this.storeEngine = new StoreEngine(this.fifo, this.conns, this.counters, opts.unresolvedShareLimit ?? Math.max(1, blocks >>> 2), this.time);
     const holdTimeMs = opts.holdTimeMs ?? DEFAULTS.holdMs;
     this.monitor = new Monitor(this.fifo, this.conns, this.counters, this.storeEngine, this, holdTimeMs, opts.unknownPolicy ?? DEFAULTS.unknown, this.time);
-    this.table = new MacTable(opts.macTableSize ?? DEFAULTS.macTableSize, opts.macAgeMs ?? DEFAULTS.macAgeS * 1000, this.time);
+    this.table = shard !== null ? shard.table(this.time) : new MacTable(opts.macTableSize ?? DEFAULTS.macTableSize, opts.macAgeMs ?? DEFAULTS.macAgeS * 1000, this.time);
+    if (shard !== null) this.tableChanges = this.table.changes;
     this.clock = opts.clock ?? Date.now;
     this.log = opts.log ?? (() => {});
     this.time[0] = this.clock();
@@ -226,9 +266,10 @@ export class Switch implements Flooder {
     this.stale = this.clockPerBatch;
   }
 
-  /** Add a port; returns its connection number. */
-  attach(port: EnginePort, opts: AttachOptions = {}): number {
-    const index = this.conns.freeIndex();
+  /** Add a port; returns its connection number (worker threads: `at`, the number the control
+   * thread gave it). */
+  attach(port: EnginePort, opts: AttachOptions = {}, at = -1): number {
+    const index = at >= 0 ? (this.conns.ports[at] === null ? at : -1) : this.conns.freeIndex();
     if (index < 0) {
       this.refusedConnections++;
       throw new Error(`switch full: ${this.conns.maxPorts} connections (--max-ports)`);
@@ -247,7 +288,7 @@ export class Switch implements Flooder {
     const fifo = this.fifo;
     const dropped = fifo.clearGroup(index);
     this.counters.add(index, DROP_DETACHED, dropped);
-    this.table.removePort(index);
+    if (this.tableKeeper) this.table.removePort(index);
     const q = this.unresolvedQueue;
     for (let f = fifo.qHead[q]; f !== -1; f = fifo.frameNext[f]) if (fifo.frameSrc[f] === index) fifo.frameSrc[f] = -1;
     this.conns.remove(index);
@@ -258,14 +299,14 @@ export class Switch implements Flooder {
   setStaticMac(index: number, mac: string | null): void {
     this.portAt(index);
     const old = this.conns.staticKey[index];
-    if (old >= 0) this.table.remove(keyHi(old), keyLo(old));
+    if (old >= 0 && this.tableKeeper) this.table.remove(keyHi(old), keyLo(old));
     this.conns.staticKey[index] = -1;
     if (mac === null) return;
     const key = parseMac(mac);
     const hi = keyHi(key);
     const lo = keyLo(key);
     if (isGroupHi(hi)) throw new Error(`static MAC ${mac} is a group address`);
-    if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
+    if (this.tableKeeper && !this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
     this.conns.staticKey[index] = key;
     this.resolveTo(hi, lo, index);
     copies.run();
@@ -283,7 +324,7 @@ export class Switch implements Flooder {
     const hi = keyHi(key);
     const lo = keyLo(key);
     if (isGroupHi(hi)) throw new Error(`remote MAC ${mac} is a group address`);
-    if (!this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
+    if (this.tableKeeper && !this.table.setStatic(hi, lo, index)) throw new Error('MAC table full');
     this.resolveTo(hi, lo, index);
     copies.run();
     this.conns.flushOne(index);
@@ -362,6 +403,9 @@ export class Switch implements Flooder {
       }
     }
     const dest = classify(this.table, buf, off);
+    // worker threads: a MAC another thread just learned may have frames held here as unknown; they
+    // go first, or this frame would overtake them
+    if (dest >= 0 && this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
     if (dest >= 0) {
       if (dest === src) counters.add(src, DROP_SAME_CONNECTION, 1);
       else this.forward(dest, frame, src);
@@ -380,10 +424,68 @@ export class Switch implements Flooder {
     if (this.fifo.qFrames[this.unresolvedQueue] > 0) {
       if (this.clockPerBatch) this.time[0] = this.clock();
       this.monitor.expire();
+      if (this.table.shared) this.resolveShared();
     }
     this.stale = this.clockPerBatch;
     copies.run();
     this.conns.flushDirty();
+    if (this.onBatchEnd !== null) this.onBatchEnd();
+  }
+
+  /** Worker threads: another thread learned a MAC; frames held here as unknown for it move on. */
+  private resolveShared(): void {
+    const c = this.table.changes;
+    if (c === this.tableChanges) return;
+    this.tableChanges = c;
+    if (this.monitor.resolveKnown(this.table) > 0) this.monitor.sweep();
+  }
+
+  /**
+   * Worker threads: frame `head` of the shared data store, handed over by another thread for queue
+   * q (connection × queues + RX queue, an RX queue this thread serves). The second test as for a
+   * frame of our own: delivered now if nothing waits on that queue and the port takes it, else
+   * queued there (within the connection's share limit; a drop is counted). The caller runs the
+   * batch's copies and flushes (endAdopt).
+   */
+  adopt(q: number, head: number): void {
+    const fifo = this.fifo;
+    const lanes = this.lanes;
+    const dest = (q / lanes) | 0;
+    const lane = q - dest * lanes;
+    const port = dest < this.conns.maxPorts ? this.conns.ports[dest] : null;
+    const len = fifo.frameLen[head];
+    if (port === null || q >= this.unresolvedQueue) {
+      fifo.release(head);
+      this.counters.add(-1, DROP_DETACHED, 1);
+      return;
+    }
+    fifo.frameTime[head] = this.time[0];
+    fifo.frameNext[head] = -1;
+    if (fifo.qFrames[q] === 0) {
+      copies.settle();
+      fifo.describe(head, this.adoptFrame);
+      if (port.deliver(this.adoptFrame, lane)) {
+        fifo.release(head);
+        this.counters.frame(dest, FAST_FRAMES, len);
+        this.conns.markDirty(dest);
+        return;
+      }
+    }
+    if (fifo.gBlocks[dest] + fifo.frameBlocks[head] > this.conns.shareLimit[dest]) {
+      fifo.release(head);
+      this.counters.add(dest, DROP_SHARE_LIMIT, 1);
+      return;
+    }
+    fifo.push(q, head);
+    this.counters.frame(dest, STORED_FRAMES, len);
+    this.conns.want(dest, lane, true);
+  }
+
+  /** after a run of adopt(): the batch's copies, then the ports delivered to publish and signal */
+  endAdopt(): void {
+    copies.run();
+    this.conns.flushDirty();
+    if (this.onBatchEnd !== null) this.onBatchEnd();
   }
 
   /** The monitor's trigger (a): RX queue `lane` of connection index got RX buffers or its ring
@@ -394,6 +496,7 @@ export class Switch implements Flooder {
     this.monitor.drain(index, lane);
     copies.run();
     this.conns.flushOne(index);
+    if (this.onBatchEnd !== null) this.onBatchEnd();
   }
 
   /** Connection index's set of RX queues changed (a multiqueue guest enabled or disabled some):
@@ -404,6 +507,7 @@ export class Switch implements Flooder {
     if (this.monitor.respread(index) > 0) this.monitor.drainAll(index);
     copies.run();
     this.conns.flushOne(index);
+    if (this.onBatchEnd !== null) this.onBatchEnd();
   }
 
   /** Periodic work (also run by the internal timer): hold-time expiry, MAC aging, lost-kick sweep. */
@@ -411,13 +515,15 @@ export class Switch implements Flooder {
     const now = this.clock();
     this.time[0] = now;
     this.monitor.expire();
+    if (this.table.shared) this.resolveShared();
     if (now - this.time[1] >= this.table.ageMs / 4) {
       this.time[1] = now;
-      this.table.expire();
+      if (this.tableKeeper) this.table.expire();
     }
     this.monitor.sweep();
     copies.run();
     this.conns.flushDirty();
+    if (this.onBatchEnd !== null) this.onBatchEnd();
   }
 
   /** Stop the timer. Queued frames stay until detach. */
@@ -440,8 +546,15 @@ export class Switch implements Flooder {
     const conns = this.conns;
     const lane = conns.laneFor(dest, frame);
     const q = dest * this.lanes + lane;
-    // frames already waiting make the resources count as unavailable: order per destination queue
-    if (this.fifo.qFrames[q] === 0 && (conns.ports[dest] as EnginePort).deliver(frame, lane)) {
+    const h = this.handoff;
+    if (h !== null && h.remote(dest, lane)) {
+      // another thread serves that RX queue: handed over (one copy, into the shared store)
+      if (this.fifo.qFrames[q] === 0 && h.send(dest, lane, frame)) {
+        this.counters.frame(dest, HANDED_FRAMES, frame.len);
+        return;
+      }
+    } else if (this.fifo.qFrames[q] === 0 && (conns.ports[dest] as EnginePort).deliver(frame, lane)) {
+      // frames already waiting make the resources count as unavailable: order per destination queue
       this.counters.frame(dest, FAST_FRAMES, frame.len);
       conns.markDirty(dest);
       return;
@@ -500,12 +613,12 @@ export class Switch implements Flooder {
         queuedPerQueue: perQueue(i),
         queuedOldestMs: ageOf(fifo.groupHeadTime(i)),
         wantsResources: conns.wantingAny(i),
-        ...this.counters.snapshot(i),
+        ...this.counters.snapshot(i, this.peerCounters),
       });
     }
     ports.sort((a, b) => a.index - b.index);
     return {
-      total: this.counters.snapshot(-1),
+      total: this.counters.snapshot(-1, this.peerCounters),
       pool: {
         blockSize: fifo.blockSize,
         blocks: fifo.blockCount,

@@ -203,6 +203,8 @@ function trafficOf(e: PortStats): TrafficCounts {
     fastBytes: e.fastBytes,
     storedFrames: e.storedFrames,
     storedBytes: e.storedBytes,
+    handedFrames: e.handedFrames,
+    handedBytes: e.handedBytes,
     drainedFrames: e.drainedFrames,
     drainedBytes: e.drainedBytes,
     resolvedFrames: e.resolvedFrames,

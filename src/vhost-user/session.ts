@@ -54,6 +54,12 @@ export interface SessionDevice {
   ringBroken(q: Virtqueue, reason: string): void;
   /** a kick arrived on a usable q (or polling mode looked at it) */
   kick(q: Virtqueue): void;
+  /**
+   * Worker threads: q's kick fd is watched by another thread (true; fd -1: no longer), which
+   * reports the first kick through Session.kickedElsewhere(). Without it, or false, the session
+   * watches the fd itself.
+   */
+  watchKick?(q: Virtqueue, fd: number): boolean;
   /** the MTU the guest was given (NET_SET_MTU, with VIRTIO_NET_F_MTU negotiated); 0: none */
   mtuChanged(mtu: number): void;
   /** SEND_RARP: announce mac on behalf of the guest (after migration) */
@@ -856,6 +862,7 @@ export class Session {
     } else {
       this.stopKick(r);
       r.setKickFd(fd);
+      if (fd >= 0 && this.device.watchKick?.(r, fd) === true) return;
       if (fd < 0) {
         // Polling mode: no kicks will come; the ring counts as started now and is looked at
         // every POLL_MS as if it had been kicked.
@@ -916,7 +923,24 @@ export class Session {
     this.pollTimer = null;
   }
 
+  /** Worker threads: the thread watching ring `index`'s kick fd saw a kick: the ring starts. */
+  kickedElsewhere(index: number): void {
+    const q = this.rings[index];
+    if (q === undefined || q.kickFd < 0 || this.closed) return;
+    try {
+      if (!q.started) {
+        q.start();
+        this.sync(q);
+      } else if (this.processable(q)) {
+        this.device.kick(q);
+      }
+    } catch (e) {
+      this.internalError(`kick on ${q.name}`, e);
+    }
+  }
+
   private stopKick(r: Virtqueue): void {
+    if (r.kickFd >= 0 && this.kickPollers[r.index] === null) this.device.watchKick?.(r, -1);
     const p = this.kickPollers[r.index];
     if (p) p.close();
     this.kickPollers[r.index] = null;

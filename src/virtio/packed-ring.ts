@@ -168,6 +168,11 @@ export class PackedRing implements Virtqueue {
     return this._num > 0 && this._addrSet && this.desc32.length > 0 && this._broken === null;
   }
 
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated */
+  get indirect(): boolean {
+    return this.indirectAllowed;
+  }
+
   setFeatures(eventIdx: boolean, indirect: boolean): void {
     this._eventIdx = eventIdx;
     this.indirectAllowed = indirect;

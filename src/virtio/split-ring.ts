@@ -138,6 +138,11 @@ export class SplitRing implements Virtqueue {
   }
 
   /** SET_FEATURES: how the ring is driven */
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated */
+  get indirect(): boolean {
+    return this.indirectAllowed;
+  }
+
   setFeatures(eventIdx: boolean, indirect: boolean): void {
     this._eventIdx = eventIdx;
     this.indirectAllowed = indirect;

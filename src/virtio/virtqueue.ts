@@ -18,6 +18,9 @@ export interface Virtqueue {
   readonly availAddr: number;
   readonly usedAddr: number;
   readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  /** the most descriptors one chain may have (--max-chain-descriptors) */
+  readonly maxChain: number;
   readonly started: boolean;
   readonly enabled: boolean;
   /** set up (size, addresses translated) and not broken */

@@ -86,6 +86,57 @@ export interface VhostUserPortOptions extends PortAttachOptions {
   session?: Partial<SessionOptions>;
   /** adaptive polling: the loop the TX rings are polled by after a batch (none: event mode) */
   pollLoop?: PollLoop | null;
+  /** worker threads (src/workers/): which queue pairs this thread serves, and the shared state */
+  threads?: PortThreads | null;
+}
+
+/** What the rings' data path reports to: the session (control thread), or a worker thread's ring host. */
+export interface RingHost {
+  internalError(where: string, e: unknown): void;
+  ringBroken(ring: Virtqueue): void;
+}
+
+/** The PortCounters fields in a fixed order: a worker thread's counters of a port live in a
+ * shared Float64Array row in this order, which the control thread adds to its own. */
+export const PORT_COUNTER_KEYS: readonly (keyof PortCounters)[] = [
+  'txFrames', 'txBytes', 'txDropped', 'rxFrames', 'rxBytes', 'rxTooBig', 'rxNoBuffers', 'brokenRings', 'txBadOffload',
+  'rxChecksummed', 'rxSegmented', 'rxOffloadDropped', 'rxBadRange', 'txDisabledDropped', 'rxOverMtu', 'rxQueueChanges',
+  'rxDescWalked', 'txDescWalked', 'rxDescBudgetHits', 'txDescBudgetHits',
+];
+
+/** A connection's state shared by the data-plane threads (worker threads). */
+export interface PortSharedViews {
+  /** RX queue pairs frames are spread over, ascending (the control thread writes them) */
+  laneSet: Int32Array;
+  laneHas: Uint8Array;
+  /** [RX queues in laneSet, guest sends on several TX queues (1/0), version (bumped on a change)] */
+  laneCell: Int32Array;
+}
+
+/** Worker threads: the queue pairs of a connection are spread over the data-plane threads. */
+export interface PortThreads {
+  /** this thread serves queue pair `pair` of connection `index` */
+  serves(index: number, pair: number): boolean;
+  shared(index: number): PortSharedViews;
+  /** the control thread: ring events of queue pairs another thread serves go there */
+  forward: RingForward | null;
+  /** the control thread: the other threads' counters of connection index (PORT_COUNTER_KEYS rows; per-queue frames) */
+  peerCounters(index: number): { port: Float64Array; rxq: Float64Array; txq: Float64Array }[];
+}
+
+/** The control thread's side of the rings another thread serves (src/workers/pool.ts). */
+export interface RingForward {
+  connected(index: number, port: VhostUserPort): void;
+  disconnected(index: number): void;
+  features(index: number, cfg: NetConfig): void;
+  mtu(index: number, mtu: number): void;
+  memory(index: number, mem: GuestMemory): void;
+  /** the ring's state changed (started enabled/disabled), as the session told it */
+  started(index: number, q: Virtqueue): void;
+  /** the ring stopped: returns once the serving thread stopped it, with q's base brought up to date */
+  stopped(index: number, q: Virtqueue): void;
+  kick(index: number, q: Virtqueue): void;
+  kickFd(index: number, q: Virtqueue, fd: number): void;
 }
 
 const writeEventfd = (fd: number): void => {
@@ -150,15 +201,31 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** frames written to each RX queue pair / chains taken from each TX queue pair (kept across reconnects, as the counters are) */
   readonly rxQueueFrames = new Float64Array(MAX_PAIRS);
   readonly txQueueFrames = new Float64Array(MAX_PAIRS);
-  /** the RX queue pairs laneFor() spreads over (enabled RX rings), ascending; laneHas[p] = p is one */
-  private readonly laneSet = new Int32Array(MAX_PAIRS);
-  private laneCount = 0;
-  private readonly laneHas = new Uint8Array(MAX_PAIRS);
+  /** the RX queue pairs laneFor() spreads over (enabled RX rings), ascending; laneHas[p] = p is one
+   * (worker threads: shared, written by the control thread) */
+  private laneSet: Int32Array = new Int32Array(MAX_PAIRS);
+  private laneHas: Uint8Array = new Uint8Array(MAX_PAIRS);
+  /** [RX queues in laneSet, several TX queues (1/0), version] */
+  private laneCell: Int32Array = new Int32Array(3);
+  private get laneCount(): number {
+    return this.laneCell[0];
+  }
+  private set laneCount(n: number) {
+    this.laneCell[0] = n;
+  }
+  /** the session (control thread) or a worker thread's ring host */
+  host: RingHost | null = null;
+  private readonly threads: PortThreads | null;
   private lanesScheduled = false;
   /** when the RX queue set last took effect (performance.now(), ms) */
   private lanesAppliedAt = -Infinity;
   /** the guest sends on more than one TX queue: frames carry their TX queue pair */
-  private txMulti = false;
+  private get txMulti(): boolean {
+    return this.laneCell[1] !== 0;
+  }
+  private set txMulti(on: boolean) {
+    this.laneCell[1] = on ? 1 : 0;
+  }
   /** RX queue pairs delivered to since the last flush */
   private readonly rxDirty = new Uint8Array(MAX_PAIRS);
   private readonly rxDirtyList = new Int32Array(MAX_PAIRS);
@@ -215,7 +282,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
         if (this.index >= 0 && rx !== null && rx.usable()) this.sw.resourcesAvailable(this.index, l);
       }
     } catch (e) {
-      this.session?.internalError('RX delivery', e);
+      this.host?.internalError('RX delivery', e);
     }
   };
 
@@ -224,13 +291,13 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     try {
       this.applyLanes();
     } catch (e) {
-      this.session?.internalError('RX queue change', e);
+      this.host?.internalError('RX queue change', e);
     }
   };
 
   private readonly txResume = (): void => {
     this.txScheduled = false;
-    const s = this.session;
+    const s = this.host;
     if (!s) return;
     try {
       for (let i = 1; i < this.queues.length; i += 2) {
@@ -250,6 +317,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.log = opts.log;
     this.sessionLog = withFields(opts.log, () => (this.index >= 0 ? { port: this.name, connection: this.index } : { port: this.name }));
     this.pollLoop = opts.pollLoop ?? null;
+    this.threads = opts.threads ?? null;
     this.shareLimit = opts.shareLimit;
     this.rx = this.rxOf(0);
   }
@@ -274,11 +342,57 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       while (n > 0 && a[n - 1] === 0) n--;
       return Array.from(a.subarray(0, n));
     };
-    return { rx: trim(this.rxQueueFrames), tx: trim(this.txQueueFrames) };
+    if (this.threads === null || this.index < 0) return { rx: trim(this.rxQueueFrames), tx: trim(this.txQueueFrames) };
+    const rx = new Float64Array(this.rxQueueFrames);
+    const tx = new Float64Array(this.txQueueFrames);
+    for (const row of this.threads.peerCounters(this.index)) {
+      for (let p = 0; p < MAX_PAIRS; p++) {
+        rx[p] += row.rxq[p];
+        tx[p] += row.txq[p];
+      }
+    }
+    return { rx: trim(rx), tx: trim(tx) };
   }
 
   get connected(): boolean {
-    return this.session !== null;
+    return this.host !== null;
+  }
+
+  /** this thread serves queue pair `pair` (always, without worker threads) */
+  private serves(pair: number): boolean {
+    return this.threads === null || this.threads.serves(this.index, pair);
+  }
+
+  /** ring events of queue pairs another thread serves go to it (control thread, worker threads) */
+  private forwarded(q: Virtqueue): RingForward | null {
+    const t = this.threads;
+    if (t === null || t.forward === null || this.index < 0) return null;
+    return t.serves(this.index, q.index >> 1) ? null : t.forward;
+  }
+
+  /** worker threads: the lane state of this connection is the shared one */
+  private useShared(index: number): void {
+    if (this.threads === null) return;
+    const v = this.threads.shared(index);
+    this.laneSet = v.laneSet;
+    this.laneHas = v.laneHas;
+    this.laneCell = v.laneCell;
+  }
+
+  /** The counters with those the other data-plane threads counted for this port added. */
+  allCounters(): PortCounters {
+    const c = { ...this.counters };
+    if (this.threads === null || this.index < 0) return c;
+    for (const row of this.threads.peerCounters(this.index)) {
+      for (let k = 0; k < PORT_COUNTER_KEYS.length; k++) c[PORT_COUNTER_KEYS[k]] += row.port[k];
+    }
+    return c;
+  }
+
+  /** Worker threads: copies the counters into a shared row (PORT_COUNTER_KEYS order). */
+  writeCounters(row: Float64Array): void {
+    const c = this.counters;
+    for (let k = 0; k < PORT_COUNTER_KEYS.length; k++) row[k] = c[PORT_COUNTER_KEYS[k]];
   }
 
   /** packets one reservation may hold: the RX ring deliver() is writing to now */
@@ -299,12 +413,15 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       return;
     }
     const conn = new Connection(fd, this.name, this.sessionLog);
+    this.useShared(this.index);
     this.session = new Session(conn, this, { ...this.opts.session, name: this.name, log: this.sessionLog });
+    this.host = this.session;
     for (const rx of this.rxs) if (rx) rx.ring = null;
     this.wantRx.fill(0);
     this.laneCount = 0;
     this.laneHas.fill(0);
     this.txMulti = false;
+    this.threads?.forward?.connected(this.index, this);
     conn.start();
     this.sessionLog(`${this.name}: front-end connected`);
   }
@@ -331,19 +448,50 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     }
     this.rxOffload = cfg.rxOffload;
     this.txOffload = cfg.txOffload;
+    if (this.threads?.forward && this.index >= 0) this.threads.forward.features(this.index, cfg);
   }
 
   mtuChanged(mtu: number): void {
     this.maxEthLen = mtu > 0 ? mtu + ETH_HDR_LEN : 0;
+    if (this.threads?.forward && this.index >= 0) this.threads.forward.mtu(this.index, mtu);
   }
 
   memoryChanged(mem: GuestMemory): void {
     this.mem = mem;
     for (const rx of this.rxs) if (rx) rx.mem = mem;
+    if (this.threads?.forward && this.index >= 0) this.threads.forward.memory(this.index, mem);
+  }
+
+  watchKick(q: Virtqueue, fd: number): boolean {
+    const f = this.forwarded(q);
+    if (f === null) return false;
+    f.kickFd(this.index, q, fd);
+    return true;
+  }
+
+  /**
+   * Worker threads: this thread serves some of connection index's queue pairs; `host` (the
+   * thread's ring host) stands where the session is on the control thread. attach() was done by
+   * the caller with this index.
+   */
+  attachHere(index: number, host: RingHost): void {
+    this.index = index;
+    this.host = host;
+    this.useShared(index);
+    for (const rx of this.rxs) if (rx) rx.ring = null;
+    this.wantRx.fill(0);
   }
 
   ringStarted(q: Virtqueue): void {
     if (q.index >= 2 * MAX_PAIRS) return;
+    const f = this.forwarded(q);
+    if (f !== null) {
+      // another thread serves this queue pair: it gets the ring, this thread keeps the spread
+      this.seen[q.index] = q;
+      f.started(this.index, q);
+      this.queueSetChanged();
+      return;
+    }
     this.queues[q.index] = q;
     this.seen[q.index] = q;
     if (q.index & 1) {
@@ -358,6 +506,12 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   ringStopped(q: Virtqueue): void {
     if (q.index >= 2 * MAX_PAIRS) return;
+    const f = this.forwarded(q);
+    if (f !== null) {
+      f.stopped(this.index, q);
+      this.queueSetChanged();
+      return;
+    }
     this.queues[q.index] = null;
     if (q.index & 1) this.stopPolling(q);
     else this.rxRingChanged(q.index >> 1);
@@ -369,7 +523,9 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   }
 
   kick(q: Virtqueue): void {
-    if (q.index & 1) this.processTx(q);
+    const f = this.forwarded(q);
+    if (f !== null) f.kick(this.index, q);
+    else if (q.index & 1) this.processTx(q);
     else if (this.index >= 0) {
       const l = q.index >> 1;
       const rx = this.rxs[l];
@@ -402,6 +558,8 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
    * several TX queues. A new RX set takes effect in applyLanes(), outside any engine call.
    */
   private queueSetChanged(): void {
+    // worker threads: the control thread sees every ring and works the spread out for all
+    if (this.threads !== null && this.threads.forward === null) return;
     let tx = 0;
     let changed = false;
     let n = 0;
@@ -435,6 +593,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       if (on) this.laneSet[n++] = l;
     }
     this.laneCount = n;
+    if (changed) Atomics.add(this.laneCell, 2, 1); // worker threads spread what they hold again
     if (changed && this.index >= 0) {
       this.lanesAppliedAt = performance.now();
       this.counters.rxQueueChanges++;
@@ -473,9 +632,13 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       if (p) this.pollLoop?.drop(p);
       this.txPollers[i] = null;
     }
-    if (this.index >= 0) this.sw.detach(this.index);
+    if (this.index >= 0) {
+      this.threads?.forward?.disconnected(this.index);
+      this.sw.detach(this.index);
+    }
     this.index = -1;
     this.session = null;
+    this.host = null;
     for (const rx of this.rxs) {
       if (!rx) continue;
       rx.ring = null;
@@ -484,6 +647,12 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     this.mem = null;
     this.queues.fill(null);
     this.seen.fill(null);
+    if (this.threads !== null && this.threads.forward === null) {
+      // a worker thread's port: the shared lane state is the control thread's
+      this.laneSet = new Int32Array(MAX_PAIRS);
+      this.laneHas = new Uint8Array(MAX_PAIRS);
+      this.laneCell = new Int32Array(3);
+    }
     this.laneCount = 0;
     this.laneHas.fill(0);
     this.rxDirtyCount = 0;
@@ -505,12 +674,12 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   }
 
   private txUsable(ring: Virtqueue): boolean {
-    return this.session !== null && this.index >= 0 && this.mem !== null && this.processing(ring);
+    return this.host !== null && this.index >= 0 && this.mem !== null && this.processing(ring);
   }
 
   /** One batch from ring: frames into the engine, its copies run, TX and RX used entries published. */
   private txBatch(ring: Virtqueue): number {
-    const s = this.session as Session;
+    const s = this.host as RingHost;
     // a started but disabled TX ring is processed and its frames discarded (the spec's "Ring states")
     const pair = ring.index >> 1;
     const n = this.tx.take(ring, this.mem as GuestMemory, this.sw, this.index, this.hdrLen, this.txOffload, TX_BUDGET, !ring.enabled, this.txMulti ? pair : -1);
@@ -568,7 +737,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
       const n = this.txBatch(ring);
       return n > 0 && ring.broken === null;
     } catch (e) {
-      this.session?.internalError('TX processing', e);
+      this.host?.internalError('TX processing', e);
       return false;
     }
   }
@@ -598,7 +767,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   deliver(frame: Frame, lane = 0): boolean {
     const rx = lane >= 0 && lane < MAX_PAIRS ? this.rxs[lane] : null;
-    if (this.session === null || rx === null || !rx.usable()) return false;
+    if (this.host === null || rx === null || !rx.usable()) return false;
     this.rx = rx;
     this.rxLane = lane;
     if (this.rxDirty[lane] === 0) {
@@ -672,7 +841,7 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
 
   /** deliver()'s answer for a reservation result other than RES_OK (chains given back first). */
   private result(r: number): boolean {
-    const s = this.session as Session;
+    const s = this.host as RingHost;
     const ring = this.rx.ring as Virtqueue;
     if (r === RES_OK) return true;
     if (r === RES_BAD) return true; // counted where it happened; the chains went back empty
