@@ -33,6 +33,7 @@
 //                                             the one forwarding core of each side serves them all
 //   BENCH_BUSY_PCT=10 BENCH_BUSY_RETRIES=2    a cell during which other processes used more than
 //                                             10 % of a CPU (from /proc/stat) is measured again
+//   BENCH_WORKERS="1,2"                       elastic-vhost with --workers 1 and 2 (2: both cores)
 //   BENCH_ECHO=1                              mirror testpmd's and elastic-vhost's output
 //
 // Throughput: after `start tx_first N` and the warm-up, `show port stats all` at the start and the
@@ -89,13 +90,15 @@ interface BackendSpec {
   pollUs?: number;
   /** packed virtqueues (the front-end's packed_vq=1) */
   packed?: boolean;
+  /** --workers N (N > 1: the back-end may use both cores, shared with the front-end's) */
+  workers?: number;
 }
 
-async function startElasticVhost(dir: string, socks: string[], pollUs: number): Promise<Backend> {
+async function startElasticVhost(dir: string, socks: string[], pollUs: number, workers = 1): Promise<Backend> {
   const statsFile = path.join(dir, 'ev-stats.json');
   const args = [
     '-c',
-    String(BE_CPU),
+    workers > 1 ? `${FE_CPU},${BE_CPU}` : String(BE_CPU),
     process.execPath,
     // BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof": profile the back-end
     ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : []),
@@ -107,6 +110,7 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     '1000',
     ...(pollUs > 0 ? ['--poll-us', String(pollUs)] : []),
     ...(QUEUES > 8 ? ['--queues', String(QUEUES)] : []),
+    ...(workers > 1 ? ['--workers', String(workers)] : []),
   ];
   const log: string[] = [];
   const p = spawnSwitch(args, (r) => log.push(r.msg), echo);
@@ -124,7 +128,7 @@ async function startElasticVhost(dir: string, socks: string[], pollUs: number): 
     }
   };
   return {
-    label: pollUs > 0 ? `elastic-vhost --poll-us ${pollUs}` : 'elastic-vhost (event mode)',
+    label: (pollUs > 0 ? `elastic-vhost --poll-us ${pollUs}` : 'elastic-vhost (event mode)') + (workers > 1 ? ` --workers ${workers}` : ''),
     pid: p.pid,
     stop: () => p.stop(() => log.slice(-10).join('\n')),
     remarks() {
@@ -208,7 +212,7 @@ async function runCell(test: string, spec: BackendSpec, memory: TestPmdMemory): 
   let fe: TestPmd | null = null;
   const remarks: string[] = [];
   try {
-    be = spec.kind === 'dpdk' ? await startDpdkVhost(socks, memory) : await startElasticVhost(dir, socks, spec.pollUs ?? 0);
+    be = spec.kind === 'dpdk' ? await startDpdkVhost(socks, memory) : await startElasticVhost(dir, socks, spec.pollUs ?? 0, spec.workers ?? 1);
     fe = new TestPmd({
       name: 'fe',
       cpu: FE_CPU,
@@ -333,6 +337,10 @@ async function main(): Promise<void> {
     notes.push('--poll-us is not in the CLI yet: elastic-vhost measured in event mode only');
   }
   const which = (process.env.BENCH_BACKENDS ?? 'dpdk,ev').split(',').map((s) => s.trim());
+  // BENCH_WORKERS="1,2": elastic-vhost with --workers 1 and 2 (N > 1 runs on both cores: the
+  // front-end's core is shared with the back-end's second thread)
+  const workerCounts = (process.env.BENCH_WORKERS ?? '1').split(',').map((s) => Number(s.trim()));
+  if (workerCounts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`BENCH_WORKERS="${process.env.BENCH_WORKERS}": whole numbers >= 1, comma separated`);
   const layouts = (process.env.BENCH_PACKED ?? '0').split(',').map((s) => s.trim());
   if (layouts.some((l) => l !== '0' && l !== '1')) throw new Error(`BENCH_PACKED="${process.env.BENCH_PACKED}": 0 (split), 1 (packed) or 0,1`);
   const specs: BackendSpec[] = layouts.flatMap((l) => {
@@ -341,7 +349,11 @@ async function main(): Promise<void> {
     const lb = packed ? ' packed' : '';
     return [
       ...(which.includes('dpdk') ? [{ key: `dpdk${k}`, label: `DPDK vhost${lb}`, kind: 'dpdk' as const, packed }] : []),
-      ...(which.includes('ev') ? polls.map((n) => ({ key: `ev${n}${k}`, label: (n ? `elastic-vhost poll ${n}` : 'elastic-vhost') + lb, kind: 'ev' as const, pollUs: n, packed })) : []),
+      ...(which.includes('ev')
+        ? polls.flatMap((n) =>
+            workerCounts.map((w) => ({ key: `ev${n}${k}${w > 1 ? `-w${w}` : ''}`, label: (n ? `elastic-vhost poll ${n}` : 'elastic-vhost') + lb + (w > 1 ? ` workers ${w}` : ''), kind: 'ev' as const, pollUs: n, packed, workers: w })),
+          )
+        : []),
     ];
   });
   if (specs.length === 0) throw new Error('BENCH_BACKENDS selects no back-end (dpdk, ev)');

@@ -24,6 +24,7 @@ export interface Defaults {
   maxGuestMemGb: number;
   maxTotalMemGb: number;
   pollUs: number;
+  workers: number;
   logLevel: LogLevel;
   logCounters: boolean;
   quiet: boolean;
@@ -61,6 +62,8 @@ export const DEFAULTS: Readonly<Defaults> = Object.freeze({
   maxTotalMemGb: 4096,
   /** event mode (see README, "Polling", for the measurement behind it) */
   pollUs: 0,
+  /** data-plane threads (1: the one loop; see BENCHMARKS.md, "Worker threads") */
+  workers: 1,
   logLevel: 'info',
   logCounters: false,
   quiet: false,

@@ -90,6 +90,7 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'maxGuestMemGb', kind: 'int', flags: '--max-guest-mem-gb <n>', min: 1, help: 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)' },
   { key: 'maxTotalMemGb', kind: 'int', flags: '--max-total-mem-gb <n>', min: 1, help: 'most guest memory all connections may map together, in GiB' },
   { key: 'pollUs', kind: 'int', flags: '--poll-us <us>', min: 0, help: 'adaptive polling: after a batch keep polling the TX rings that had work for up to this many microseconds of no new work before sleeping on their kick eventfds again (0: pure event mode; costs CPU while polling)' },
+  { key: 'workers', kind: 'int', flags: '--workers <n>', min: 1, max: 16, help: 'data-plane threads: queue pairs are spread over N threads (the main thread is one of them and keeps sockets, sessions and the operator\'s tools); 1 is the single loop. No live migration (dirty logging) and no packet capture of rings other threads serve with N > 1' },
   { key: 'logLevel', kind: 'choice', flags: '--log-level <level>', choices: LOG_LEVELS, live: true, help: 'least level logged (JSON lines on a pipe or file, pretty on a terminal)' },
   { key: 'logCounters', kind: 'bool', flags: '--log-counters', live: true, help: 'log the engine counters that changed, every --stats-interval ms' },
   { key: 'quiet', kind: 'bool', flags: '-q, --quiet', help: 'no counters line even with --log-counters (kept for old command lines; --log-level filters the rest)' },

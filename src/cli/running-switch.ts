@@ -10,6 +10,10 @@ import { resolveSocketOwner } from './socket-owner';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Switch } from '../engine/switch';
+import { WorkerPool } from '../workers/pool';
+import { DEFAULTS } from '../defaults';
+import { bit, VirtioFeature } from '../vhost-user/features';
+import { ProtocolFeature } from '../vhost-user/message';
 import { chainLimitHits } from '../virtio/split-ring';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
 import { VhostUserPort } from '../ports/vhost-user/port';
@@ -17,7 +21,7 @@ import { TapPort } from '../ports/tap-port';
 import { parseVxlanSpec, VxlanPort } from '../ports/vxlan-port';
 import { PollLoop } from '../ports/poll-loop';
 import { Dialer, Endpoint, Listener } from '../vhost-user/server';
-import { DEFAULT_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
+import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, limitHits, OFFLOAD_FEATURES, SessionOptions } from '../vhost-user/session';
 import { Log, withFields } from '../log';
 import { native } from '../native';
 import { GiB, MiB } from '../defaults';
@@ -82,7 +86,7 @@ export function portSpecProblem(spec: PortSpec, ports: readonly { name: string }
 export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): RunningSwitch {
   // names resolved once, before anything is opened: an unknown one is an error naming its option
   const socketOwner = resolveSocketOwner(s.socketOwner, s.socketGroup);
-  const sw = new Switch({
+  const engineOptions = {
     poolBytes: s.poolMb * MiB,
     blockSize: s.blockSize,
     holdTimeMs: s.holdMs,
@@ -93,8 +97,24 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     // any port may be given up to this many queue pairs (per port, at run time too)
     queues: MOST_QUEUE_PAIRS,
     maxFrameLen: s.maxFrameBytes + ENGINE_HDR_LEN,
-    log,
-  });
+  };
+  // --workers N > 1: N data-plane threads, this one (thread 0) and N - 1 worker threads
+  const pool =
+    (s.workers ?? 1) > 1
+      ? new WorkerPool({
+          threads: s.workers,
+          switchOptions: { ...engineOptions, defaultShareLimit: s.shareLimit },
+          poolBytes: engineOptions.poolBytes,
+          blockSize: s.blockSize,
+          maxPorts: s.maxPorts,
+          lanes: MOST_QUEUE_PAIRS,
+          macTableSize: DEFAULTS.macTableSize,
+          macAgeMs: engineOptions.macAgeMs,
+          log,
+        })
+      : null;
+  const sw = pool !== null ? pool.sw : new Switch({ ...engineOptions, log });
+  if (pool !== null) log(`data plane: ${pool.count} threads (queue pairs spread over them)`, { workers: pool.count });
   const pollLoop = s.pollUs > 0 ? new PollLoop(s.pollUs) : null;
   const sessionOptions = (spec: PortSpec): Partial<SessionOptions> => ({
     maxQueuePairs: spec.queues ?? s.queues,
@@ -102,7 +122,11 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     maxChainDescriptors: s.maxChainDescriptors,
     maxMappedBytes: s.maxGuestMemGb * GiB,
     maxTotalMappedBytes: s.maxTotalMemGb * GiB,
-    ...((spec.offload ?? s.offload) ? {} : { features: DEFAULT_FEATURES & ~OFFLOAD_FEATURES }),
+    // worker threads: no dirty logging (the threads serving rings do not write the log)
+    ...(((spec.offload ?? s.offload) ? 0n : OFFLOAD_FEATURES) | (pool !== null ? bit(VirtioFeature.LOG_ALL) : 0n)) === 0n
+      ? {}
+      : { features: DEFAULT_FEATURES & ~(((spec.offload ?? s.offload) ? 0n : OFFLOAD_FEATURES) | (pool !== null ? bit(VirtioFeature.LOG_ALL) : 0n)) },
+    ...(pool !== null ? { protocolFeatures: DEFAULT_PROTOCOL_FEATURES & ~bit(ProtocolFeature.LOG_SHMFD) } : {}),
   });
   const ports: VhostUserPort[] = [];
   /** each port's socket (none for the --fd port), and its resolved path */
@@ -117,7 +141,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     time: new Date().toISOString(),
     engine: sw.stats(),
     settings: sw.settings(),
-    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.counters, queues: p.queueFrames() })),
+    vhostUser: ports.map((p) => ({ name: p.name, connected: p.connected, index: p.index, counters: p.allCounters(), queues: p.queueFrames() })),
     tap: tap ? { name: tap.name, counters: tap.counters } : null,
     vxlan: vxlan ? { name: vxlan.name, counters: vxlan.counters, offload: vxlan.offloadCounters, sendErrors: vxlan.sendErrorCodes, vteps: vxlan.vteps(), macs: vxlan.macEntries() } : null,
     limits: { ...limitHits, chainDescriptors: chainLimitHits[0], refusedConnections: sw.stats().refusedConnections },
@@ -143,6 +167,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
       staticMac: spec.mac?.toLowerCase(),
       shareLimit: spec.share,
       pollLoop,
+      threads: pool?.threads ?? null,
       session: sessionOptions(spec),
     });
     const acceptor = (fd: number): boolean => {
@@ -238,6 +263,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     for (const p of ports) p.close();
     tap?.close();
     vxlan?.close();
+    pool?.close();
     writeStats();
     sw.close();
   };

@@ -216,6 +216,9 @@ export class Switch implements Flooder {
   private tableChanges = 0;
   private readonly tableKeeper: boolean;
   private readonly peerCounters: Counters[];
+  /** worker threads: the control thread tells the others of connections coming and going */
+  onAttach: ((index: number, port: EnginePort, opts: { staticMac?: string; shareLimit: number }) => void) | null = null;
+  onDetach: ((index: number) => void) | null = null;
   /** worker threads: runs after every batch's copies (frames handed to other threads go out) */
   onBatchEnd: (() => void) | null = null;
   /** worker threads: RX queues another thread serves (set by src/workers/shard.ts) */
@@ -276,6 +279,7 @@ export class Switch implements Flooder {
     }
     this.conns.add(index, port, opts.shareLimit ?? this.defaultShareLimit);
     this.counters.resetPort(index);
+    if (this.onAttach !== null) this.onAttach(index, port, { staticMac: opts.staticMac, shareLimit: this.conns.shareLimit[index] });
     this.log(`attach ${port.name} as connection ${index}`, { port: port.name, connection: index });
     if (opts.staticMac !== undefined) this.setStaticMac(index, opts.staticMac);
     return index;
@@ -292,6 +296,7 @@ export class Switch implements Flooder {
     const q = this.unresolvedQueue;
     for (let f = fifo.qHead[q]; f !== -1; f = fifo.frameNext[f]) if (fifo.frameSrc[f] === index) fifo.frameSrc[f] = -1;
     this.conns.remove(index);
+    if (this.onDetach !== null) this.onDetach(index);
     this.log(`detach ${port.name} (connection ${index}), ${dropped} queued frames dropped`, { port: port.name, connection: index, dropped });
   }
 

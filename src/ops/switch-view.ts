@@ -164,7 +164,7 @@ export function portViews(host: OpsHost, stats = host.sw.stats()): PortView[] {
       protocolFeatures: [],
       mtu: null,
       rings: [],
-      counters: { ...p.counters },
+      counters: p instanceof VhostUserPort ? p.allCounters() : { ...p.counters },
       engine: e ? trafficOf(e) : null,
       queue: e ? { frames: e.queuedFrames, blocks: e.queuedBlocks, shareLimit: e.shareLimit, oldestMs: e.queuedOldestMs, perQueue: e.queuedPerQueue } : null,
       capture: captures.get(r.name) ?? null,

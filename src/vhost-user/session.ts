@@ -923,6 +923,14 @@ export class Session {
     this.pollTimer = null;
   }
 
+  /** Worker threads: the thread serving ring `index` found it broken. */
+  ringBrokenElsewhere(index: number, reason: string): void {
+    const r = this.rings[index];
+    if (r === undefined || this.closed) return;
+    r.markBroken(reason);
+    this.ringBroken(r);
+  }
+
   /** Worker threads: the thread watching ring `index`'s kick fd saw a kick: the ring starts. */
   kickedElsewhere(index: number): void {
     const q = this.rings[index];

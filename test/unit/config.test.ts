@@ -84,7 +84,7 @@ test('schema errors name the key and the line, every one of them, in line order'
     'config.yaml:15: holdMs: must be >= 0',
     'config.yaml:16: logLevel: must be one of "trace", "debug", "info", "warn", "error", "fatal", "silent"',
   ]);
-  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, vxlan, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, logLevel, logCounters, quiet, metrics, ctl, ctlMode, web, captures)']);
+  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, vxlan, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, workers, logLevel, logCounters, quiet, metrics, ctl, ctlMode, web, captures)']);
   assert.deepEqual(problems('ports:\n  - {name: a, path: /x/a}\n  - name: a\n    path: /x/a\n'), [
     'config.yaml:3: ports[1].name: "a" is also ports[0].name',
     'config.yaml:4: ports[1].path: "/x/a" is also ports[0].path',

@@ -1,0 +1,65 @@
+// --workers: the data plane over two threads (the control thread and one worker thread) with the
+// TypeScript front-end. Guest A's queue pair is served by the control thread, guest B's by the
+// worker thread (the owner table spreads connections round-robin): frames cross between the
+// threads both ways, in order, counted once; the worker thread's ring gives its base back on
+// GET_VRING_BASE; the counters the control thread reports include the worker thread's.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { WorkerPool } from '../../src/workers/pool';
+import { MAX_PAIRS } from '../../src/workers/layout';
+import { sleep, waitFor } from './frontend';
+import { bindPair, closeGuest, ethFrame, Guest, LogCapture, MAC_A, MAC_B, makePort, netHdr, packet, receiveN, sendPacket, seqOf, fdCount, assertNoFdLeak } from './helpers';
+
+async function startOn(pool: WorkerPool, name: string, log: LogCapture): Promise<Guest> {
+  const port = makePort(pool.sw, name, log, { threads: pool.threads });
+  const fe = bindPair(port);
+  const { rx, tx } = await fe.start({ rxBuffers: [256, 2048] });
+  await waitFor(() => port.session!.rings[0].started, 3000, `${name} RX ring started`);
+  return { port, fe, rx, tx };
+}
+
+test('--workers 2: frames cross between the control thread and a worker thread both ways, in order, counted once', { timeout: 60_000 }, async () => {
+  const before = fdCount();
+  const log = new LogCapture();
+  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: () => {} });
+  try {
+    const a = await startOn(pool, 'vmA', log);
+    const b = await startOn(pool, 'vmB', log);
+    const owner = new Uint8Array(pool.layout.owner);
+    assert.equal(owner[a.port.index * MAX_PAIRS], 0, 'A served by the control thread');
+    assert.equal(owner[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
+    // each side announces itself (broadcast), so both MACs are learned in the shared table
+    await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
+    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
+    await receiveN(b, 1, 5000);
+    await receiveN(a, 1, 5000);
+    const N = 200;
+    for (let i = 1; i <= N; i++) await sendPacket(a, packet(netHdr(12), ethFrame(60 + (i % 900), i, MAC_A, MAC_B)));
+    const atB = await receiveN(b, N, 10_000);
+    assert.deepEqual(atB.map((p) => seqOf(p.frame)), Array.from({ length: N }, (_, i) => i + 1), 'A → B (control thread → worker thread) in order');
+    for (let i = 1; i <= N; i++) await sendPacket(b, packet(netHdr(12), ethFrame(60 + (i % 900), i, MAC_B, MAC_A)));
+    const atA = await receiveN(a, N, 10_000);
+    assert.deepEqual(atA.map((p) => seqOf(p.frame)), Array.from({ length: N }, (_, i) => i + 1), 'B → A (worker thread → control thread) in order');
+    await sleep(150); // the worker thread publishes its port counters every 50 ms
+    const st = pool.sw.stats();
+    const pb = st.ports.find((p) => p.name === 'vmB')!;
+    const pa = st.ports.find((p) => p.name === 'vmA')!;
+    assert.equal(pb.rxFrames, N + 1, 'B: frames taken from it (counted by the worker thread)');
+    assert.equal(pa.rxFrames, N + 1, 'A: frames taken from it');
+    assert.equal(st.total.dropped, 0, 'nothing dropped');
+    assert.ok(st.total.handedFrames >= 2 * N, `frames handed between the threads: ${st.total.handedFrames}`);
+    const cb = b.port.allCounters();
+    assert.equal(cb.txFrames, N + 1, "B's port counters include the worker thread's TX");
+    assert.equal(cb.rxFrames, N + 1, "B's port counters include the worker thread's RX");
+    // GET_VRING_BASE on B's TX ring: the worker thread stops it and gives its index back
+    const base = await b.fe.getVringBase(1);
+    assert.equal(base, N + 1, "B's TX ring base is the worker thread's index");
+    await closeGuest(a);
+    await closeGuest(b);
+  } finally {
+    pool.close();
+  }
+  await sleep(100);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+});
