@@ -122,6 +122,7 @@ const FAMILIES: Family[] = [
   { name: 'elastic_vhost_port_drained_frames_total', help: 'Frames delivered to the port from the elastic FIFO by the monitor, since it connected.', type: 'counter', labels: ['port'], read: engine((e) => e.drainedFrames) },
   { name: 'elastic_vhost_port_drained_bytes_total', help: 'Ethernet bytes delivered to the port from the elastic FIFO, since it connected.', type: 'counter', labels: ['port'], read: engine((e) => e.drainedBytes) },
   { name: 'elastic_vhost_port_resolved_frames_total', help: 'Frames held as unresolved, moved to the port once its MAC became known.', type: 'counter', labels: ['port'], read: engine((e) => e.resolvedFrames) },
+  { name: 'elastic_vhost_port_handed_frames_total', help: 'Worker threads (--workers N > 1): frames for this port handed from the thread that took them to the thread serving its RX queue.', type: 'counter', labels: ['port'], read: engine((e) => e.handedFrames) },
   { name: 'elastic_vhost_port_followed_frames_total', help: 'Frames held for another port that followed a MAC moving to this one (live migration).', type: 'counter', labels: ['port'], read: engine((e) => e.followedFrames) },
   { name: 'elastic_vhost_port_hold_flooded_frames_total', help: 'Unresolved frames the port sent that passed the hold time and were flooded.', type: 'counter', labels: ['port'], read: engine((e) => e.holdFlooded) },
   {
