@@ -104,12 +104,14 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
       ? new WorkerPool({
           threads: s.workers,
           switchOptions: { ...engineOptions, defaultShareLimit: s.shareLimit },
-          poolBytes: engineOptions.poolBytes,
+          // each thread gets a partition of --pool-mb, so a thread holds as much as the single loop does
+          poolBytes: engineOptions.poolBytes * s.workers,
           blockSize: s.blockSize,
           maxPorts: s.maxPorts,
           lanes: MOST_QUEUE_PAIRS,
           macTableSize: DEFAULTS.macTableSize,
           macAgeMs: engineOptions.macAgeMs,
+          pollUs: s.pollUs,
           log,
         })
       : null;

@@ -30,6 +30,8 @@ export interface PoolOptions {
   lanes: number;
   macTableSize: number;
   macAgeMs: number;
+  /** --poll-us for the worker threads' rings too */
+  pollUs?: number;
   log: Log;
 }
 
@@ -66,7 +68,7 @@ export class WorkerPool implements RingForward {
     const file = path.join(__dirname, 'ring-thread.js');
     const { log: _log, clock: _clock, ...plain } = o.switchOptions;
     for (let t = 1; t < o.threads; t++) {
-      const w = new Worker(file, { workerData: { layout, me: t, switchOptions: plain } });
+      const w = new Worker(file, { workerData: { layout, me: t, switchOptions: plain, pollUs: o.pollUs ?? 0 } });
       w.on('message', (m: FromWorker) => this.fromWorker(t, m));
       w.on('error', (e) => this.log(`error: data-plane thread ${t} failed: ${e.stack ?? e}`, { level: 'error' }));
       w.unref();

@@ -25,11 +25,14 @@ import type { NetConfig } from '../virtio/net-config';
 import { native, Poller } from '../native';
 import { copies } from '../datapath/copy-list';
 import type { Log } from '../log';
+import { PollLoop } from '../ports/poll-loop';
 
 export interface RingThreadData {
   layout: ThreadsLayout;
   me: number;
   switchOptions: SwitchOptions;
+  /** --poll-us: this thread polls its TX rings after a batch as the main thread does (0: event mode) */
+  pollUs?: number;
 }
 
 /** a ring as the control thread describes it when it starts */
@@ -222,7 +225,8 @@ class Conn implements RingHost {
 }
 
 function main(): void {
-  const { layout, me, switchOptions } = workerData as RingThreadData;
+  const { layout, me, switchOptions, pollUs } = workerData as RingThreadData;
+  const pollLoop = (pollUs ?? 0) > 0 ? new PollLoop(pollUs as number) : null;
   const port = parentPort!;
   const post = (m: FromWorker): void => port.postMessage(m);
   const log: Log = (msg, fields) => post({ t: 'log', msg, fields: fields as Record<string, unknown> | undefined });
@@ -279,7 +283,7 @@ function main(): void {
             sw.attach(new Elsewhere(m.name), { staticMac: m.staticMac, shareLimit: m.shareLimit }, m.index);
             break;
           }
-          const p = new VhostUserPort(sw, { name: m.name, log, threads, staticMac: m.staticMac, shareLimit: m.shareLimit });
+          const p = new VhostUserPort(sw, { name: m.name, log, threads, pollLoop, staticMac: m.staticMac, shareLimit: m.shareLimit });
           sw.attach(p, { staticMac: m.staticMac, shareLimit: m.shareLimit }, m.index);
           const conn = new Conn(m.index, p, post);
           p.attachHere(m.index, conn);

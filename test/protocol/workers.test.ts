@@ -6,25 +6,27 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkerPool } from '../../src/workers/pool';
+import { PollLoop } from '../../src/ports/poll-loop';
 import { MAX_PAIRS } from '../../src/workers/layout';
 import { sleep, waitFor } from './frontend';
 import { bindPair, closeGuest, ethFrame, Guest, LogCapture, MAC_A, MAC_B, makePort, netHdr, packet, receiveN, sendPacket, seqOf, fdCount, assertNoFdLeak } from './helpers';
 
-async function startOn(pool: WorkerPool, name: string, log: LogCapture): Promise<Guest> {
-  const port = makePort(pool.sw, name, log, { threads: pool.threads });
+async function startOn(pool: WorkerPool, name: string, log: LogCapture, pollLoop: PollLoop | null): Promise<Guest> {
+  const port = makePort(pool.sw, name, log, { threads: pool.threads, pollLoop });
   const fe = bindPair(port);
   const { rx, tx } = await fe.start({ rxBuffers: [256, 2048] });
   await waitFor(() => port.session!.rings[0].started, 3000, `${name} RX ring started`);
   return { port, fe, rx, tx };
 }
 
-test('--workers 2: frames cross between the control thread and a worker thread both ways, in order, counted once', { timeout: 60_000 }, async () => {
+async function crossing(pollUs: number): Promise<void> {
   const before = fdCount();
   const log = new LogCapture();
-  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: () => {} });
+  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, pollUs, log: () => {} });
+  const pollLoop = pollUs > 0 ? new PollLoop(pollUs) : null;
   try {
-    const a = await startOn(pool, 'vmA', log);
-    const b = await startOn(pool, 'vmB', log);
+    const a = await startOn(pool, 'vmA', log, pollLoop);
+    const b = await startOn(pool, 'vmB', log, pollLoop);
     const owner = new Uint8Array(pool.layout.owner);
     assert.equal(owner[a.port.index * MAX_PAIRS], 0, 'A served by the control thread');
     assert.equal(owner[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
@@ -62,4 +64,8 @@ test('--workers 2: frames cross between the control thread and a worker thread b
   await sleep(100);
   assert.deepEqual(log.errors(), []);
   await assertNoFdLeak(before);
-});
+}
+
+test('--workers 2: frames cross between the control thread and a worker thread both ways, in order, counted once', { timeout: 60_000 }, () => crossing(0));
+
+test('--workers 2 --poll-us 200: the same with both threads polling their TX rings after a batch', { timeout: 60_000 }, () => crossing(200));
