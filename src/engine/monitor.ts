@@ -146,6 +146,26 @@ export class Monitor {
     return n;
   }
 
+  /**
+   * Frame cur (after prev) leaves queue q for connection i's queue (the RX queue it goes to there),
+   * counted as `counter` on i; a frame that came from i itself is dropped instead (a switch never
+   * sends a frame back out of its source). Already in the pool, so the move does not take blocks:
+   * it is not refused by i's share limit (the queue may exceed it until drained). Returns 1 when
+   * moved, 0 when dropped.
+   */
+  private moveHeld(q: number, prev: number, cur: number, i: number, counter: number): number {
+    const fifo = this.fifo;
+    fifo.unlink(q, prev, cur);
+    if (fifo.frameSrc[cur] === i) {
+      fifo.release(cur);
+      this.counters.add(i, DROP_SAME_CONNECTION, 1);
+      return 0;
+    }
+    fifo.push(this.queueFor(i, cur), cur);
+    this.counters.add(i, counter, 1);
+    return 1;
+  }
+
   /** Move unresolved frames for MAC hi/lo to connection i's queue, in arrival order. Frames that
    * came from i itself are dropped (a switch never sends a frame back out of its source). */
   resolve(hi: number, lo: number, i: number): number {
@@ -158,17 +178,7 @@ export class Monitor {
     for (let cur = fifo.qHead[q]; cur !== -1; ) {
       const next = fifo.frameNext[cur];
       if (fifo.frameKey[cur] === key) {
-        fifo.unlink(q, prev, cur);
-        if (fifo.frameSrc[cur] === i) {
-          fifo.release(cur);
-          this.counters.add(i, DROP_SAME_CONNECTION, 1);
-        } else {
-          // Already in the pool, so the move does not take blocks: it is not refused by i's share
-          // limit (the queue may exceed it until drained).
-          fifo.push(this.queueFor(i, cur), cur);
-          this.counters.add(i, RESOLVED_FRAMES, 1);
-          moved++;
-        }
+        moved += this.moveHeld(q, prev, cur, i, RESOLVED_FRAMES);
       } else {
         prev = cur;
       }
@@ -190,8 +200,8 @@ export class Monitor {
     // A MAC may be learned by another thread while this walk runs: its earlier frames were found
     // unknown, its later ones known. Those later ones must wait too (they would overtake), so a key
     // once found unknown stays unknown for the rest of the walk; the next walk (the table's change
-    // count moved) takes them all, in order. Past UNKNOWN_KEYS distinct unknown keys nothing more
-    // moves in this walk.
+    // count moved) takes them all, in order. Past failedKeys.length (64) distinct unknown keys
+    // nothing more moves in this walk.
     let unknown = 0;
     const failed = this.failedKeys;
     copies.settle();
@@ -209,15 +219,7 @@ export class Monitor {
         }
       }
       if (i >= 0) {
-        fifo.unlink(q, prev, cur);
-        if (fifo.frameSrc[cur] === i) {
-          fifo.release(cur);
-          this.counters.add(i, DROP_SAME_CONNECTION, 1);
-        } else {
-          fifo.push(this.queueFor(i, cur), cur);
-          this.counters.add(i, RESOLVED_FRAMES, 1);
-          moved++;
-        }
+        moved += this.moveHeld(q, prev, cur, i, RESOLVED_FRAMES);
       } else {
         prev = cur;
       }
@@ -242,15 +244,7 @@ export class Monitor {
       for (let cur = fifo.qHead[fq]; cur !== -1; ) {
         const next = fifo.frameNext[cur];
         if (fifo.frameKey[cur] === key) {
-          fifo.unlink(fq, prev, cur);
-          if (fifo.frameSrc[cur] === to) {
-            fifo.release(cur);
-            this.counters.add(to, DROP_SAME_CONNECTION, 1);
-          } else {
-            fifo.push(this.queueFor(to, cur), cur);
-            this.counters.add(to, FOLLOWED_FRAMES, 1);
-            moved++;
-          }
+          moved += this.moveHeld(fq, prev, cur, to, FOLLOWED_FRAMES);
         } else {
           prev = cur;
         }
