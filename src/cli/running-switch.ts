@@ -265,7 +265,7 @@ export function runSwitch(s: Settings, log: Log, opts: RunOptions = {}): Running
     for (const p of ports) p.close();
     tap?.close();
     vxlan?.close();
-    pool?.close();
+    void pool?.close();
     writeStats();
     sw.close();
   };

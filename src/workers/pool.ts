@@ -20,6 +20,8 @@ import type { Log } from '../log';
 
 /** how long a ring stop waits for the thread serving it */
 export const STOP_WAIT_MS = 2000;
+/** how long close() lets a worker thread end by itself before it is terminated */
+export const EXIT_WAIT_MS = 5000;
 
 export interface PoolOptions {
   threads: number;
@@ -49,6 +51,8 @@ export class WorkerPool implements RingForward {
   private readonly doorbell: Poller;
   private readonly log: Log;
   private closed = false;
+  private closing: Promise<void> | null = null;
+  private readonly exited: boolean[] = [];
 
   constructor(o: PoolOptions) {
     this.log = o.log;
@@ -71,6 +75,11 @@ export class WorkerPool implements RingForward {
       const w = new Worker(file, { workerData: { layout, me: t, switchOptions: plain, pollUs: o.pollUs ?? 0 } });
       w.on('message', (m: FromWorker) => this.fromWorker(t, m));
       w.on('error', (e) => this.log(`error: data-plane thread ${t} failed: ${e.stack ?? e}`, { level: 'error' }));
+      const k = this.workers.length;
+      this.exited.push(false);
+      w.once('exit', () => {
+        this.exited[k] = true;
+      });
       w.unref();
       this.workers.push(w);
     }
@@ -207,18 +216,40 @@ export class WorkerPool implements RingForward {
     return this.shard.inbound();
   }
 
-  close(): void {
-    if (this.closed) return;
+  /**
+   * Stops the worker threads. Each one is told to close what it serves (its rings, kick pollers,
+   * mappings and the fds duplicated for it) and ends its own loop; only one that has not ended within
+   * EXIT_WAIT_MS is terminated. The doorbells are closed once no thread polls them. Resolves when every
+   * worker thread has ended, so that nothing duplicated for one is still open after it.
+   */
+  close(): Promise<void> {
+    if (this.closing !== null) return this.closing;
     this.post(-1, { t: 'close' });
     this.closed = true;
     this.doorbell.close();
-    for (const w of this.workers) void w.terminate();
-    for (const fd of this.layout.doorbells) {
-      try {
-        native.close(fd);
-      } catch {
-        /* closed */
+    const ends = this.workers.map(
+      (w, k) =>
+        new Promise<void>((resolve) => {
+          if (this.exited[k]) return resolve();
+          const timer = setTimeout(() => {
+            this.log(`error: data-plane thread ${k + 1} did not end within ${EXIT_WAIT_MS} ms of close: terminated`, { level: 'error' });
+            void w.terminate();
+          }, EXIT_WAIT_MS);
+          w.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+        }),
+    );
+    this.closing = Promise.all(ends).then(() => {
+      for (const fd of this.layout.doorbells) {
+        try {
+          native.close(fd);
+        } catch {
+          /* closed */
+        }
       }
-    }
+    });
+    return this.closing;
   }
 }

@@ -343,6 +343,7 @@ function main(): void {
           clearInterval(timer);
           doorbell.close();
           sw.close();
+          // nothing of this thread is left open: its loop ends and the control thread sees it exit
           port.close();
           break;
       }
