@@ -92,6 +92,18 @@ export class Counters {
     this.total[framesCounter + 1] += len - 12;
   }
 
+  /** n frames of `bytes` bytes in all (headers included) counted at once */
+  frames(port: number, framesCounter: number, n: number, bytes: number): void {
+    const eth = bytes - 12 * n;
+    if (port >= 0) {
+      const base = port * COUNTER_COUNT + framesCounter;
+      this.perPort[base] += n;
+      this.perPort[base + 1] += eth;
+    }
+    this.total[framesCounter] += n;
+    this.total[framesCounter + 1] += eth;
+  }
+
   resetPort(port: number): void {
     this.perPort.fill(0, port * COUNTER_COUNT, (port + 1) * COUNTER_COUNT);
   }

@@ -4,6 +4,7 @@
 // bytes lie. A port copies it by recording copies in the copy list (src/datapath/copy-list.ts);
 // the switch runs the list before it calls flush(), so flush() may publish what deliver() reserved.
 import type { Frame } from '../datapath/frame';
+import type { Burst } from '../datapath/burst';
 
 export { ENGINE_HDR_LEN } from '../datapath/layout';
 
@@ -26,6 +27,14 @@ export interface EnginePort {
    * by the port). Must not allocate, and must not keep `frame` past the call.
    */
   deliver(frame: Frame, lane: number): boolean;
+  /**
+   * The forward stage's run: entries [from, to) of burst, all for RX queue `lane` of this port,
+   * with nothing waiting for that queue. Delivers them in order as deliver() would, and stops at the
+   * first one it cannot take now. Returns how many it took (delivered, or dropped for good and
+   * counted); the switch stores the rest. Optional: without it the switch calls deliver() per entry.
+   * Same rules as deliver(): no allocation, nothing kept past the call.
+   */
+  deliverBurst?(burst: Burst, from: number, to: number, lane: number): number;
   /** After a batch, once its copies ran: make what deliver() wrote visible (used ring) and signal. */
   flush(): void;
   /**

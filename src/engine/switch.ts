@@ -22,6 +22,7 @@
 
 import {
   DESTINATION_FLOOD,
+  DESTINATION_UNKNOWN,
   DST_MAC_OFFSET,
   SRC_MAC_OFFSET,
   LEARN_NEW,
@@ -57,6 +58,7 @@ import type { EnginePort, Handoff } from './port';
 import { StoreEngine } from './store-engine';
 import { MAX_FRAME, MIN_FRAME } from '../datapath/layout';
 import { Frame } from '../datapath/frame';
+import { DEST_NONE, type Burst } from '../datapath/burst';
 import { copies } from '../datapath/copy-list';
 import { DEFAULTS, MiB } from '../defaults';
 import type { Log } from '../log';
@@ -423,6 +425,142 @@ export class Switch implements Flooder {
     }
   }
 
+  /**
+   * A burst from connection src (the data path v2): the same decisions as input() for each entry,
+   * taken stage by stage over the whole burst.
+   *
+   *   classify  per entry in order: length check, port security, learn the source (skipped when it
+   *             is the source just learned), look up the destination (a last-destination cache:
+   *             one table probe per run of frames to one MAC), and the RX queue it goes to
+   *   forward   a run of consecutive entries for one RX queue of one port goes to the port in one
+   *             deliverBurst() call when nothing waits for that queue; what it does not take is
+   *             stored, in order. Everything else (flood, unknown, another thread's queue, a port
+   *             without deliverBurst) goes entry by entry as in input().
+   *
+   * Order: entries are forwarded in burst order, so order per destination queue is kept as input()
+   * keeps it. Learning all sources of a burst before forwarding it changes nothing for frames to
+   * other ports (a burst has one source); a frame to a MAC learned later in the same burst is
+   * classified again when it is forwarded.
+   */
+  inputBurst(src: number, b: Burst): void {
+    if (this.stale) {
+      this.time[0] = this.clock();
+      this.stale = false;
+    }
+    const counters = this.counters;
+    const conns = this.conns;
+    const table = this.table;
+    const n = b.n;
+    const staticKey = conns.staticKey[src];
+    // ---- classify
+    let lastSrcHi = -1;
+    let lastSrcLo = -1;
+    let lastDstHi = -1;
+    let lastDstLo = -1;
+    let lastDest = DESTINATION_UNKNOWN;
+    for (let i = 0; i < n; i++) {
+      const len = b.len[i];
+      if (len === 0) {
+        b.dest[i] = DEST_NONE;
+        continue;
+      }
+      if (len < MIN_FRAME_LEN || len > this.maxFrameLen) {
+        counters.add(src, len > MAX_FRAME_LEN || len < MIN_FRAME_LEN ? DROP_MALFORMED : DROP_TOO_BIG, 1);
+        b.dest[i] = DEST_NONE;
+        continue;
+      }
+      counters.frame(src, RX_FRAMES, len);
+      const buf = b.eth[i];
+      const off = b.ethOff[i];
+      const sHi = macHi(buf, off + SRC_MAC_OFFSET);
+      const sLo = macLo(buf, off + SRC_MAC_OFFSET);
+      if (staticKey >= 0) {
+        if (macKey(sHi, sLo) !== staticKey) {
+          counters.add(src, DROP_PORT_SECURITY, 1);
+          b.dest[i] = DEST_NONE;
+          continue;
+        }
+      } else if ((sHi !== lastSrcHi || sLo !== lastSrcLo) && !isGroupHi(sHi)) {
+        lastSrcHi = sHi;
+        lastSrcLo = sLo;
+        if (table.learn(sHi, sLo, src) === LEARN_NEW) {
+          // the table changed: the last-destination cache may be stale
+          lastDstHi = -1;
+          const from = table.movedFrom;
+          if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(sHi, sLo, from, src);
+          if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
+        }
+      }
+      const dHi = macHi(buf, off + DST_MAC_OFFSET);
+      const dLo = macLo(buf, off + DST_MAC_OFFSET);
+      let dest: number;
+      if (dHi === lastDstHi && dLo === lastDstLo) {
+        dest = lastDest;
+      } else {
+        dest = classify(table, buf, off);
+        lastDstHi = dHi;
+        lastDstLo = dLo;
+        lastDest = dest;
+      }
+      b.dest[i] = dest;
+      b.lane[i] = dest >= 0 && conns.laned[dest] !== 0 ? conns.laneFor(dest, b.point(i)) : 0;
+    }
+    // ---- forward (and store)
+    const h = this.handoff;
+    const lanes = this.lanes;
+    let i = 0;
+    while (i < n) {
+      const dest = b.dest[i];
+      if (dest === DEST_NONE) {
+        i++;
+        continue;
+      }
+      if (dest >= 0 && dest !== src) {
+        // worker threads: frames another thread's learning resolved go first (see input())
+        if (this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
+        const port = conns.ports[dest] as EnginePort;
+        const lane = b.lane[i];
+        const q = dest * lanes + lane;
+        if (port.deliverBurst !== undefined && (h === null || !h.remote(dest, lane)) && this.fifo.qFrames[q] === 0) {
+          let j = i + 1;
+          while (j < n && b.dest[j] === dest && b.lane[j] === lane) j++;
+          const k = port.deliverBurst(b, i, j, lane);
+          if (k > 0) {
+            let bytes = 0;
+            for (let m = i; m < i + k; m++) bytes += b.len[m];
+            counters.frames(dest, FAST_FRAMES, k, bytes);
+            conns.markDirty(dest);
+          }
+          // the rest waits, in order, in that queue's elastic FIFO
+          for (let m = i + k; m < j; m++) this.hold(dest, lane, q, b.point(m), src);
+          i = j;
+          continue;
+        }
+      }
+      this.forwardOne(src, b.point(i), dest);
+      i++;
+    }
+  }
+
+  /** input()'s second half for one frame already classified (dest), as input() would. */
+  private forwardOne(src: number, frame: Frame, dest: number): void {
+    if (dest === DESTINATION_UNKNOWN) {
+      // learned since the classify stage (by this very burst)?
+      dest = classify(this.table, frame.eth, frame.ethOff);
+    }
+    if (dest >= 0 && this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
+    if (dest >= 0) {
+      if (dest === src) this.counters.add(src, DROP_SAME_CONNECTION, 1);
+      else this.forward(dest, frame, src);
+    } else if (dest === DESTINATION_FLOOD) {
+      this.floodFrom(src, frame);
+    } else {
+      const buf = frame.eth;
+      const off = frame.ethOff;
+      this.storeEngine.store(this.unresolvedQueue, frame, src, macHi(buf, off + DST_MAC_OFFSET), macLo(buf, off + DST_MAC_OFFSET));
+    }
+  }
+
   /** End of a batch: expire held frames if due, run the batch's copies, then let every port
    * delivered to publish and signal. */
   flush(): void {
@@ -564,11 +702,16 @@ export class Switch implements Flooder {
       conns.markDirty(dest);
       return;
     }
+    this.hold(dest, lane, q, frame, src);
+  }
+
+  /** The store engine's branch for a known destination: frame waits in queue q (dest's RX queue lane). */
+  private hold(dest: number, lane: number, q: number, frame: Frame, src: number): void {
     // the destination MAC goes with it: should that MAC move to another connection (a migrated
     // VM announcing itself on its new port), the frame follows it there
     const buf = frame.eth;
     const off = frame.ethOff + DST_MAC_OFFSET;
-    if (this.storeEngine.store(q, frame, src, macHi(buf, off), macLo(buf, off))) conns.want(dest, lane, true);
+    if (this.storeEngine.store(q, frame, src, macHi(buf, off), macLo(buf, off))) this.conns.want(dest, lane, true);
   }
 
   /** MAC hi/lo moved from connection `from` to `to`: what was held for it there follows it. */

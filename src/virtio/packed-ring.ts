@@ -408,6 +408,11 @@ export class PackedRing implements Virtqueue {
    * Takes the next available chain (counted by availCount()) and appends its buffers to segs.
    * Returns its buffer id, or BROKEN (and sets this.broken) on a bad chain.
    */
+  /** availCount() already read the descriptors it counted (their flags, in ring order) */
+  touch(_k: number): number {
+    return 0;
+  }
+
   popChain(mem: GuestMemory, segs: Segments, writable: boolean): number {
     if (this.scanChains === 0) return this.fail('a chain was taken that availCount() did not count');
     if (segs.chains >= MAX_CHAINS) return this.fail('too many chains in one gather');
@@ -508,7 +513,7 @@ export class PackedRing implements Virtqueue {
     const total = len;
     if (addr >= this.cStart && addr + len <= this.cEnd) {
       const n = segs.count;
-      if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain at ${start} has more than ${MAX_SEGMENTS} segments`);
+      if (n >= segs.limit) return this.fail(`descriptor chain at ${start} has more than ${MAX_SEGMENTS} segments`);
       segs.buf[n] = this.cBuf;
       segs.area[n] = this.cArea;
       segs.off[n] = addr - this.cGpa;
@@ -522,7 +527,7 @@ export class PackedRing implements Virtqueue {
         return this.fail(`descriptor chain at ${start}: buffer at 0x${addr.toString(16)} length ${len} is outside guest memory`);
       }
       const n = segs.count;
-      if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain at ${start} has more than ${MAX_SEGMENTS} segments`);
+      if (n >= segs.limit) return this.fail(`descriptor chain at ${start} has more than ${MAX_SEGMENTS} segments`);
       segs.buf[n] = t.buf;
       segs.area[n] = t.area;
       segs.off[n] = t.off;

@@ -364,7 +364,7 @@ export class SplitRing implements Virtqueue {
       if (len > 0 && addr >= this.cStart && addr + len <= this.cEnd) {
         // the window of the last buffer holds this one too
         const n = segs.count;
-        if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
+        if (n >= segs.limit) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
         segs.buf[n] = this.cBuf;
         segs.area[n] = this.cArea;
         segs.off[n] = addr - this.cGpa;
@@ -377,7 +377,7 @@ export class SplitRing implements Virtqueue {
           return this.fail(`descriptor chain from head ${head}: buffer at 0x${addr.toString(16)} length ${len} is outside guest memory`);
         }
         const n = segs.count;
-        if (n >= MAX_SEGMENTS) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
+        if (n >= segs.limit) return this.fail(`descriptor chain from head ${head} has more than ${MAX_SEGMENTS} segments`);
         segs.buf[n] = t.buf;
         segs.area[n] = t.area;
         segs.off[n] = t.off;
@@ -403,6 +403,20 @@ export class SplitRing implements Virtqueue {
     segs.total += cap;
     this._lastAvail = (this._lastAvail + 1) & 0xffff;
     return head;
+  }
+
+  touch(k: number): number {
+    const a = this.avail;
+    const d = this.desc32;
+    const m = this.mask;
+    const b = this.desc32Base;
+    const num = this._num;
+    let s = 0;
+    for (let j = 0; j < k; j++) {
+      const head = a[2 + ((this._lastAvail + j) & m)];
+      if (head < num) s += d[b + head * 4 + 2];
+    }
+    return s;
   }
 
   /** Gives back the last n chains taken with popChain (not yet used): they will be taken again. */

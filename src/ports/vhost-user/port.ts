@@ -16,6 +16,7 @@
 import { native } from '../../native';
 import type { EnginePort } from '../../engine/port';
 import { Frame } from '../../datapath/frame';
+import { SHAPE_PLAIN, type Burst } from '../../datapath/burst';
 import { ETH_HDR_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_TYPE, ENGINE_HDR_LEN, HDR_CSUM_OFFSET, HDR_CSUM_START, HDR_FLAGS, HDR_GSO_SIZE, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS } from '../../datapath/layout';
 import { Session, SessionDevice, SessionOptions } from '../../vhost-user/session';
 import { Connection } from '../../vhost-user/connection';
@@ -812,6 +813,53 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
     if (!rx.write(0, h, 0, frame, this.pieces.reset().frame(0, frame.ethLen))) this.counters.rxBadRange++;
     else this.rxQueueFrames[lane]++;
     return true;
+  }
+
+  /**
+   * The forward stage's run for RX queue `lane` (EnginePort.deliverBurst): plain entries (no
+   * offload asked, Ethernet bytes in one range) are reserved and written here without a Frame, the
+   * header copied from the burst table; any other entry goes through deliver(). Stops at the first
+   * entry this queue cannot take now.
+   */
+  deliverBurst(b: Burst, from: number, to: number, lane: number): number {
+    const rx = lane >= 0 && lane < MAX_PAIRS ? this.rxs[lane] : null;
+    if (this.host === null || rx === null || !rx.usable()) return 0;
+    if (rx.capture !== null) {
+      // capture armed on this queue: the per-frame path, which records what is written
+      for (let i = from; i < to; i++) if (!this.deliver(b.point(i), lane)) return i - from;
+      return to - from;
+    }
+    this.rx = rx;
+    this.rxLane = lane;
+    if (this.rxDirty[lane] === 0) {
+      this.rxDirty[lane] = 1;
+      this.rxDirtyList[this.rxDirtyCount++] = lane;
+    }
+    const maxEth = this.maxEthLen;
+    const segs = b.segs;
+    let written = 0;
+    let i = from;
+    for (; i < to; i++) {
+      const ethLen = b.len[i] - ENGINE_HDR_LEN;
+      if (b.shape[i] !== SHAPE_PLAIN || (maxEth > 0 && ethLen > maxEth)) {
+        if (!this.deliver(b.point(i), lane)) break;
+        continue;
+      }
+      let r = rx.begin();
+      if (r === RES_OK) r = rx.reserve(ethLen);
+      if (r !== RES_OK) {
+        // dropped for good (counted) and on to the next, or this queue can take no more now
+        if (this.result(r)) continue;
+        break;
+      }
+      const s = b.segFirst[i];
+      if (rx.writePlain(segs.area[s], segs.off[s] + b.segSkip[i], ethLen)) written++;
+      // not one RX buffer for it all: the general write
+      else if (rx.write(0, b.hdr, i * ENGINE_HDR_LEN, b.point(i), this.pieces.reset().frame(0, ethLen))) written++;
+      else this.counters.rxBadRange++;
+    }
+    this.rxQueueFrames[lane] += written;
+    return i - from;
   }
 
   /**
