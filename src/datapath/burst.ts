@@ -30,6 +30,8 @@ export class Burst {
   n = 0;
   /** each entry's engine header (12 bytes at i * ENGINE_HDR_LEN), sanitized by the take stage */
   readonly hdr = new Uint8Array(BURST * ENGINE_HDR_LEN);
+  /** hdr as words (an entry is three) */
+  readonly hdr32 = new Int32Array(this.hdr.buffer);
   /** copy-list area of hdr (the RX fast write copies a header from it) */
   readonly hdrArea: number;
   /** engine length: header + Ethernet bytes; 0 when the take stage dropped the entry */

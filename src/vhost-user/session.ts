@@ -60,6 +60,12 @@ export interface SessionDevice {
    * watches the fd itself.
    */
   watchKick?(q: Virtqueue, fd: number): boolean;
+  /**
+   * Worker threads: q's call or err eventfd changed (SET_VRING_CALL / SET_VRING_ERR, also on a
+   * running ring: QEMU switches call fds when it masks a guest's notifiers), so that the thread
+   * serving q signals the new one.
+   */
+  notifyFdsChanged?(q: Virtqueue): void;
   /** the MTU the guest was given (NET_SET_MTU, with VIRTIO_NET_F_MTU negotiated); 0: none */
   mtuChanged(mtu: number): void;
   /** SEND_RARP: announce mac on behalf of the guest (after migration) */
@@ -857,8 +863,10 @@ export class Session {
     const fd = nofd ? -1 : m.fds.pop()!;
     if (m.request === Req.SET_VRING_CALL) {
       safeClose(r.setCallFd(fd));
+      this.device.notifyFdsChanged?.(r);
     } else if (m.request === Req.SET_VRING_ERR) {
       safeClose(r.setErrFd(fd));
+      this.device.notifyFdsChanged?.(r);
     } else {
       this.stopKick(r);
       r.setKickFd(fd);

@@ -198,6 +198,10 @@ export class WorkerPool implements RingForward {
     this.post(this.ownerOf(index, q), { t: 'kickfd', index, ring: q.index, fd: dupOrNone(fd) });
   }
 
+  notifyFds(index: number, q: Virtqueue): void {
+    this.post(this.ownerOf(index, q), { t: 'fds', index, ring: q.index, callFd: dupOrNone(q.callFd), errFd: dupOrNone(q.errFd) });
+  }
+
   private fromWorker(t: number, m: FromWorker): void {
     if (m.t === 'log') {
       this.log(m.msg, { ...(m.fields ?? {}), thread: t });

@@ -64,6 +64,7 @@ export type ToWorker =
   | { t: 'ring'; index: number; state: RingState }
   | { t: 'stop'; index: number; ring: number }
   | { t: 'kick'; index: number; ring: number }
+  | { t: 'fds'; index: number; ring: number; callFd: number; errFd: number }
   | { t: 'close' };
 
 export type FromWorker =
@@ -200,6 +201,19 @@ class Conn implements RingHost {
     this.port.ringStarted(q);
   }
 
+  /** SET_VRING_CALL / SET_VRING_ERR on a ring running here: signal the new eventfds (duplicated
+   * for this thread; the old ones closed). A ring not running here gets them when it starts. */
+  setNotifyFds(ring: number, callFd: number, errFd: number): void {
+    const q = this.rings[ring];
+    if (q === null) {
+      safeClose(callFd);
+      safeClose(errFd);
+      return;
+    }
+    safeClose(q.setCallFd(callFd));
+    safeClose(q.setErrFd(errFd));
+  }
+
   /** stops ring `ring` here; its base (-1: not running here) */
   stopRing(ring: number): number {
     const q = this.rings[ring];
@@ -332,6 +346,13 @@ function main(): void {
           Atomics.notify(replies, at);
           break;
         }
+        case 'fds':
+          if (c) c.setNotifyFds(m.ring, m.callFd, m.errFd);
+          else {
+            safeClose(m.callFd);
+            safeClose(m.errFd);
+          }
+          break;
         case 'kick': {
           const q = c?.rings[m.ring];
           if (q) c!.port.kick(q);

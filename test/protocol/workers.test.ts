@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { WorkerPool } from '../../src/workers/pool';
 import { PollLoop } from '../../src/ports/poll-loop';
 import { MAX_PAIRS } from '../../src/workers/layout';
-import { sleep, waitFor } from './frontend';
+import { sleep, waitEventfd, waitFor } from './frontend';
+import { native } from '../../src/native';
 import { bindPair, closeGuest, ethFrame, Guest, LogCapture, MAC_A, MAC_B, makePort, netHdr, packet, receiveN, sendPacket, seqOf, fdCount, assertNoFdLeak } from './helpers';
 
 async function startOn(pool: WorkerPool, name: string, log: LogCapture, pollLoop: PollLoop | null): Promise<Guest> {
@@ -70,3 +71,38 @@ async function crossing(pollUs: number): Promise<void> {
 test('--workers 2: frames cross between the control thread and a worker thread both ways, in order, counted once', { timeout: 60_000 }, () => crossing(0));
 
 test('--workers 2 --poll-us 200: the same with both threads polling their TX rings after a batch', { timeout: 60_000 }, () => crossing(200));
+
+// SET_VRING_CALL on a running ring of a queue pair a worker thread serves (QEMU does this when it
+// masks a guest's notifiers, under KVM): the worker thread signals the new call eventfd, not the
+// one the ring started with.
+test('--workers 2: a new call eventfd on a running RX ring served by the worker thread is the one signalled', { timeout: 60_000 }, async () => {
+  const before = fdCount();
+  const log = new LogCapture();
+  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  let fresh = -1;
+  try {
+    const a = await startOn(pool, 'vmA', log, null);
+    const b = await startOn(pool, 'vmB', log, null);
+    assert.equal(new Uint8Array(pool.layout.owner)[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
+    await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
+    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
+    await receiveN(b, 1, 5000);
+    await receiveN(a, 1, 5000);
+    fresh = native.eventfd(0);
+    await b.fe.setVringCall(0, fresh);
+    b.rx.calls(); // what the old call eventfd got so far
+    b.rx.setUsedEvent(b.rx.usedIdx); // EVENT_IDX: interrupt me on the next packet
+    for (let i = 1; i <= 20; i++) await sendPacket(a, packet(netHdr(12), ethFrame(60, i, MAC_A, MAC_B)));
+    await receiveN(b, 20, 10_000);
+    assert.ok((await waitEventfd(fresh, 5000)) > 0, 'the new call eventfd was signalled');
+    assert.equal(b.rx.calls(), 0, 'the old call eventfd was not signalled after SET_VRING_CALL');
+    await closeGuest(a);
+    await closeGuest(b);
+  } finally {
+    await pool.close();
+    if (fresh >= 0) native.close(fresh);
+  }
+  await sleep(100);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+});

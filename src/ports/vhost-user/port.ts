@@ -138,6 +138,8 @@ export interface RingForward {
   stopped(index: number, q: Virtqueue): void;
   kick(index: number, q: Virtqueue): void;
   kickFd(index: number, q: Virtqueue, fd: number): void;
+  /** q's call or err eventfd changed: the serving thread signals q.callFd / q.errFd from now on */
+  notifyFds(index: number, q: Virtqueue): void;
 }
 
 const writeEventfd = (fd: number): void => {
@@ -362,6 +364,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** this thread serves queue pair `pair` (always, without worker threads) */
   private serves(pair: number): boolean {
     return this.threads === null || this.threads.serves(this.index, pair);
+  }
+
+  notifyFdsChanged(q: Virtqueue): void {
+    this.forwarded(q)?.notifyFds(this.index, q);
   }
 
   /** ring events of queue pairs another thread serves go to it (control thread, worker threads) */
