@@ -1,6 +1,6 @@
 // A request the back-end refuses: it failed validation and changed nothing, so the connection can
 // go on where the front-end can be told (QEMU docs/interop/vhost-user.rst, REPLY_ACK). What the
-// session does with one is in Session.dispatch; any other error from a handler closes the
+// session does with one is in its dispatcher (Session.failed); any other error from a request closes the
 // connection (broken framing, a hostile memory table).
 
 /** What to do with a refusal the front-end cannot be told about (no REPLY_ACK ack asked for). */

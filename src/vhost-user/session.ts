@@ -9,28 +9,33 @@ import { DEFAULT_MAX_CHAIN_DESCRIPTORS, SplitRing } from '../virtio/split-ring';
 import { PackedRing } from '../virtio/packed-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import { NetConfig, netConfigOf } from '../virtio/net-config';
-import { Connection, Log, safeClose } from './connection';
+import type { Connection, Log } from './connection';
+import { safeClose } from './connection';
 import { bit, has, protocolFeatureNames, VirtioFeature, virtioFeatureNames } from './features';
 import { netFeaturesUsable } from '../virtio/features';
 import { Refusal, refuseOnError } from './refusal';
-import {
-  encode,
-  FLAG_NEED_REPLY,
-  FLAG_REPLY,
-  getU64,
-  MAX_TABLE_REGIONS,
-  MEM_REGION_SIZE,
-  Message,
-  ProtocolFeature,
-  readRegion,
-  Req,
-  requestName,
-  u64Payload,
-  VERSION,
-  VRING_IDX_MASK,
-  VRING_NOFD_MASK,
-  vringStatePayload,
-} from './message';
+import { encode, FLAG_NEED_REPLY, FLAG_REPLY, Message, ProtocolFeature, Req, requestName, u64Payload, VERSION } from './message';
+import { MappedMemory, processMappedMemory } from './mapped-memory';
+import { AnyEntry as Entry, fdCountError, ReplyKind, RequestBackend, REQUESTS, VringAddr } from './requests';
+
+/**
+ * What the session needs of its connection (src/vhost-user/connection.ts; a test double in the
+ * unit tests): messages in with their fds, replies out, and the one way to drop a broken peer.
+ * Session is generic over it so that its owner still sees the connection it gave (port.session.conn).
+ */
+export interface SessionConnection {
+  /** each message, in order; set by the session */
+  onMessage: (m: Message) => void;
+  /** the connection closed (by either side); set by the session */
+  onClose: (reason: string | null) => void;
+  send(bytes: Uint8Array, fds?: number[]): void;
+  /** logs the reason as an error and closes the connection */
+  fail(reason: string, request?: string): void;
+  close(reason?: string | null): void;
+  /** reads no more messages until release(): the last one is still being handled across turns */
+  hold(): void;
+  release(): void;
+}
 
 /**
  * What a device behind the session is told: one-way events. The device never reads the session's
@@ -122,17 +127,6 @@ const STARTED_ENABLED = 2;
 /** virtio device status bits (virtio 1.x 2.1) */
 export const STATUS_DRIVER_OK = 4;
 
-/** requests with a reply of their own: a refusal is a zero-length reply (GET_CONFIG's convention) */
-const HAS_REPLY: ReadonlySet<number> = new Set([
-  Req.GET_FEATURES,
-  Req.GET_PROTOCOL_FEATURES,
-  Req.GET_QUEUE_NUM,
-  Req.GET_VRING_BASE,
-  Req.GET_MAX_MEM_SLOTS,
-  Req.GET_CONFIG,
-  Req.GET_STATUS,
-]);
-
 /** a memory table of at most this many windows is mapped at once, a larger one in slices */
 const MAP_AT_ONCE_WINDOWS = 4;
 
@@ -142,8 +136,6 @@ const POLL_MS = 1;
 export const MAX_LOG_BYTES = 1024 * 1024 * 1024;
 /** how often, while logging, the SET_LOG_FD eventfd is told the log changed */
 const LOG_NOTIFY_MS = 50;
-/** VHOST_VRING_F_LOG in SET_VRING_ADDR's flags */
-const VRING_F_LOG = 1;
 
 export interface SessionOptions {
   name: string;
@@ -158,17 +150,10 @@ export interface SessionOptions {
   maxChainDescriptors?: number;
   /** most guest memory bytes this connection may map (default DEFAULT_MAX_MAPPED) */
   maxMappedBytes?: number;
-  /** most guest memory bytes all connections of the process may map together (default DEFAULT_MAX_TOTAL_MAPPED) */
+  /** most guest memory bytes all connections of `mappedMemory` may map together (default DEFAULT_MAX_TOTAL_MAPPED) */
   maxTotalMappedBytes?: number;
-}
-
-/** what an fd is, as /proc/self/fd shows it ("anon_inode:[eventfd]", "pipe:[…]", a path) */
-function fdKind(fd: number): string {
-  try {
-    return fs.readlinkSync(`/proc/self/fd/${fd}`);
-  } catch {
-    return 'unknown';
-  }
+  /** the account of guest memory mapped that maxTotalMappedBytes limits (default: the process's) */
+  mappedMemory?: MappedMemory;
 }
 
 /** per connection (a larger VM needs --max-guest-mem-gb) */
@@ -184,17 +169,16 @@ export const DEFAULT_MAX_MEM_SLOTS = DEFAULTS.maxRegions;
 /** requests refused for a limit, process-wide, by limit (the CLI's stats show them) */
 export const limitHits = { regions: 0, mappedBytes: 0, queuePairs: 0 };
 
-/** bytes of guest memory mapped by every session of this process */
-let totalMapped = 0;
+/** bytes of guest memory mapped by the sessions of this process that use its account (the default) */
 export function mappedBytesTotal(): number {
-  return totalMapped;
+  return processMappedMemory.bytes;
 }
 
 function fmtBytes(n: number): string {
   return n >= GiB ? `${(n / GiB).toFixed(n % GiB === 0 ? 0 : 1)} GiB` : `${(n / (1024 * 1024)).toFixed(n % (1024 * 1024) === 0 ? 0 : 1)} MiB`;
 }
 
-export class Session {
+export class Session<C extends SessionConnection = Connection> implements RequestBackend {
   readonly name: string;
   readonly mem = new GuestMemory();
   /** split rings, packed ones once VIRTIO_F_RING_PACKED is negotiated */
@@ -208,6 +192,8 @@ export class Session {
   readonly maxMemSlots: number;
   private readonly maxMapped: number;
   private readonly maxTotalMapped: number;
+  /** guest memory mapped by all the connections maxTotalMapped counts */
+  private readonly mappedMemory: MappedMemory;
   /** bytes of guest memory this connection has mapped */
   private mapped = 0;
   features = 0n;
@@ -237,7 +223,7 @@ export class Session {
   /** checks rings that have no kick fd (the front-end asked for polling with the "no fd" bit) */
   private pollTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly conn: Connection, private readonly device: SessionDevice, opts: SessionOptions) {
+  constructor(readonly conn: C, private readonly device: SessionDevice, opts: SessionOptions) {
     this.name = opts.name;
     this.log = opts.log;
     this.offeredFeatures = opts.features ?? DEFAULT_FEATURES;
@@ -248,6 +234,7 @@ export class Session {
     this.maxChain = maxChain;
     this.maxMapped = opts.maxMappedBytes ?? DEFAULT_MAX_MAPPED;
     this.maxTotalMapped = opts.maxTotalMappedBytes ?? DEFAULT_MAX_TOTAL_MAPPED;
+    this.mappedMemory = opts.mappedMemory ?? processMappedMemory;
     for (let i = 0; i < 2 * this.maxQueuePairs; i++) {
       this.rings.push(new SplitRing(i, `${this.name} ${i % 2 === 0 ? 'RX' : 'TX'} ring ${i}`, maxChain));
       this.told.push(STOPPED);
@@ -295,32 +282,95 @@ export class Session {
     this.device.mtuChanged(this.hasFeature(VirtioFeature.NET_F_MTU) ? this.mtu : 0);
   }
 
+  // ---- the dispatcher: the one place a request is checked, run and answered ----
+
   /**
-   * Runs one request. A Refusal (it failed validation, nothing changed) keeps the connection where
-   * the front-end can be told: a zero-length reply to a request with a reply of its own, a non-zero
-   * REPLY_ACK ack when it asked for one. Otherwise the refusal says: closed (front-end and back-end
-   * would disagree on the state), or logged and ignored. Any other error closes the connection.
+   * Runs one request from its table entry (requests.ts): the checks the entry declares, then the
+   * request, then its answer. A Refusal (it failed validation, nothing changed) keeps the
+   * connection where the front-end can be told: a zero-length reply to a request with a reply of
+   * its own, a non-zero REPLY_ACK ack when it asked for one. Otherwise the refusal says: closed
+   * (front-end and back-end would disagree on the state), or logged and ignored. Any other error
+   * closes the connection. Either way the fds the request did not take over are closed.
    */
   private dispatch(m: Message): void {
     const request = requestName(m.request);
     this.log(`${this.name}: ${request}`, { level: 'debug', request });
+    const e = REQUESTS.get(m.request);
+    let out: Uint8Array | void | Promise<void>;
     try {
-      this.handle(m);
-    } catch (e) {
-      if (!(e instanceof Refusal)) throw e;
+      if (e === undefined) throw new Error('request not supported by this back-end');
+      out = this.run(e, m);
+    } catch (err) {
+      this.failed(e, m, err);
+      return;
+    }
+    if (!(out instanceof Promise)) return this.answer(e, m, out);
+    // A memory table mapped across turns: nothing more is read from this front-end until it is in
+    // place and answered (the answer goes out before the next message is read).
+    this.conn.hold();
+    out.then(
+      () => this.answer(e, m),
+      (err: unknown) => this.failed(e, m, err),
+    ).finally(() => this.conn.release());
+  }
+
+  /** The entry's checks in the order a message is read (its feature, its payload, its fds, the rings' state), then the request. */
+  private run(e: Entry, m: Message): Uint8Array | void | Promise<void> {
+    if (e.protocol !== undefined && !this.hasProtocol(ProtocolFeature[e.protocol])) {
+      throw new Refusal(`VHOST_USER_PROTOCOL_F_${e.protocol} was not negotiated`);
+    }
+    const a = e.decode(m.payload, this, m);
+    // DPDK's validate_msg_fds: a wrong count is a broken front-end (the fds are closed by failed())
+    const want = typeof e.fds === 'function' ? e.fds(a, this) : e.fds;
+    if (want === 'unused') {
       for (const fd of m.fds.splice(0)) safeClose(fd);
-      const what = `${this.name}: error: ${request}: ${e.message}`;
-      if (HAS_REPLY.has(m.request)) {
-        this.log(`${what}; refused (zero-length reply)`, { level: 'error', request });
-        this.conn.send(encode(m.request, VERSION | FLAG_REPLY));
-      } else if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
-        this.log(`${what}; refused (non-zero reply)`, { level: 'error', request });
-        this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(1)));
-      } else if (e.withoutAck === 'ignore') {
-        this.log(`${what}; ignored (no reply asked for)`, { level: 'error', request });
-      } else {
-        throw new Error(`${e.message} (refused; no reply asked for)`);
-      }
+    } else if (m.fds.length !== want) {
+      throw new Error(e.fdError ? e.fdError(a, want, m.fds.length) : fdCountError(want, m.fds.length));
+    }
+    if (e.rings !== 'any') {
+      const change = e.rings.change(this, a);
+      const running = change === null ? undefined : this.rings.find((r) => r.started);
+      if (running !== undefined) throw new Refusal(`${change} changed while ${running.name} is started (${e.rings.allowed})`);
+    }
+    return e.run(this, a, m.fds);
+  }
+
+  private replyKind(e: Entry): ReplyKind {
+    return typeof e.reply === 'function' ? e.reply(this) : e.reply;
+  }
+
+  /** whether m asked for a REPLY_ACK ack that the negotiated protocol features let us send */
+  private ackAsked(m: Message): boolean {
+    return (m.flags & FLAG_NEED_REPLY) !== 0 && this.hasProtocol(ProtocolFeature.REPLY_ACK);
+  }
+
+  /** A request that ran: its reply (a payload, or zero-length), or its ack when asked for. */
+  private answer(e: Entry, m: Message, out?: Uint8Array | void): void {
+    const kind = this.replyKind(e);
+    if (kind === 'reply') this.conn.send(encode(m.request, VERSION | FLAG_REPLY, out instanceof Uint8Array ? out : undefined));
+    else if (kind === 'ack' && this.ackAsked(m)) this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
+  }
+
+  /** A request that threw: refused as its entry and the front-end's flags allow, or the connection closed. */
+  private failed(e: Entry | undefined, m: Message, err: unknown): void {
+    for (const fd of m.fds.splice(0)) safeClose(fd);
+    const request = requestName(m.request);
+    if (!(err instanceof Refusal)) {
+      this.conn.fail(`${request}: ${(err as Error)?.message ?? String(err)}`, request);
+      return;
+    }
+    const kind = e === undefined ? 'none' : this.replyKind(e);
+    const what = `${this.name}: error: ${request}: ${err.message}`;
+    if (kind === 'reply') {
+      this.log(`${what}; refused (zero-length reply)`, { level: 'error', request });
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY));
+    } else if (kind === 'ack' && this.ackAsked(m)) {
+      this.log(`${what}; refused (non-zero reply)`, { level: 'error', request });
+      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(1)));
+    } else if (err.withoutAck === 'ignore') {
+      this.log(`${what}; ignored (no reply asked for)`, { level: 'error', request });
+    } else {
+      this.conn.fail(`${request}: ${err.message} (refused; no reply asked for)`, request);
     }
   }
 
@@ -347,247 +397,7 @@ export class Session {
     this.sync(r);
   }
 
-  private handle(m: Message): void {
-    const p = m.payload;
-    let reply: Uint8Array | null = null;
-    switch (m.request) {
-      case Req.GET_FEATURES:
-        reply = u64Payload(this.offeredFeatures);
-        break;
-      case Req.SET_FEATURES: {
-        const f = p.getBigUint64(0, true);
-        if (f & ~this.offeredFeatures) throw new Refusal(`features 0x${f.toString(16)} include ones not offered: ${virtioFeatureNames(f & ~this.offeredFeatures)}`);
-        // vhost-user.rst, Migration: while rings run, SET_FEATURES toggles VHOST_F_LOG_ALL only
-        const changed = (f ^ this.features) & ~bit(VirtioFeature.LOG_ALL);
-        const running = this.rings.find((r) => r.started);
-        if (this.featuresSet && changed && running) {
-          throw new Refusal(`${virtioFeatureNames(changed)} changed while ${running.name} is started (only VHOST_F_LOG_ALL may change then)`);
-        }
-        if (this.featuresSet && (f ^ this.features) === bit(VirtioFeature.LOG_ALL)) {
-          // migration starts or ends: only logging changes, the rings run on as they are
-          this.features = f;
-          this.applyLog();
-          break;
-        }
-        this.features = f;
-        this.featuresSet = true;
-        const { usable, unmet } = netFeaturesUsable(f);
-        this.netConfig = netConfigOf(usable);
-        const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
-        this.setRingLayout(has(f, VirtioFeature.F_RING_PACKED));
-        for (const r of this.rings) {
-          r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
-          if (defaultEnabled) r.enable(true);
-        }
-        this.log(`${this.name}: features ${virtioFeatureNames(f)}`, { request: requestName(Req.SET_FEATURES), features: virtioFeatureNames(f).split('|') });
-        if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`, { level: 'warn', request: requestName(Req.SET_FEATURES), unmet });
-        this.device.featuresNegotiated(this.netConfig);
-        this.tellMtu();
-        this.applyLog();
-        this.syncAll();
-        break;
-      }
-      case Req.GET_PROTOCOL_FEATURES:
-        reply = u64Payload(this.offeredProtocol);
-        break;
-      case Req.SET_PROTOCOL_FEATURES: {
-        const f = p.getBigUint64(0, true);
-        if (f & ~this.offeredProtocol) throw new Refusal(`protocol features include ones not offered: ${protocolFeatureNames(f & ~this.offeredProtocol)}`);
-        this.protocolFeatures = f;
-        this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`, { request: requestName(Req.SET_PROTOCOL_FEATURES), protocolFeatures: protocolFeatureNames(f).split('|') });
-        break;
-      }
-      case Req.SET_OWNER:
-        this.owner = true;
-        break;
-      case Req.RESET_OWNER:
-        // Deprecated; the spec recommends ignoring it or disabling all rings, never discarding
-        // the connection's state (that interpretation "would lead to bugs"): every ring disabled.
-        for (const r of this.rings) {
-          r.enable(false);
-          this.sync(r);
-        }
-        break;
-      case Req.RESET_DEVICE:
-        this.reset();
-        break;
-      case Req.GET_QUEUE_NUM:
-        if (!this.hasProtocol(ProtocolFeature.MQ)) throw new Refusal('VHOST_USER_PROTOCOL_F_MQ was not negotiated');
-        reply = u64Payload(this.maxQueuePairs);
-        break;
-      case Req.GET_MAX_MEM_SLOTS:
-        reply = u64Payload(this.maxMemSlots);
-        break;
-      case Req.SET_MEM_TABLE:
-        this.setMemTable(m);
-        return; // acknowledged once the table is in place
-      case Req.ADD_MEM_REG: {
-        if (m.fds.length !== 1) throw new Error(`expected 1 file descriptor, got ${m.fds.length}`);
-        const d = readRegion(p, 8); // may throw: the fd is still the message's then, closed with it
-        const same = this.mem.find(d);
-        if (!same) this.checkMapping(this.mapped + d.memorySize, d.memorySize);
-        const fd = m.fds.pop()!;
-        if (same) {
-          // another vhost device of the same NIC (one per queue pair) adding the same region
-          safeClose(fd);
-          same.refs++;
-          break;
-        }
-        if (this.mem.size >= this.maxMemSlots) {
-          safeClose(fd);
-          limitHits.regions++;
-          throw new Refusal(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
-        }
-        const region = this.newRegion(d, fd);
-        this.whenMapped([region], d.memorySize, m, () => {
-          try {
-            this.mem.add(region);
-          } catch (e) {
-            region.unmap();
-            throw e;
-          }
-          this.noteSeal(region);
-          this.account(this.mapped + d.memorySize);
-          this.resetupRings();
-        });
-        return;
-      }
-      case Req.REM_MEM_REG: {
-        for (const fd of m.fds.splice(0)) safeClose(fd); // sent along, not used
-        const d = readRegion(p, 8);
-        const r = this.mem.remove(d);
-        // nothing is mapped there: as if removed, whether the front-end hears of it or not
-        if (!r) throw new Refusal(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`, 'ignore');
-        if (r.refs > 0) break; // still added by another vhost device
-        this.resetupRings();
-        r.unmap();
-        this.account(this.mapped - r.desc.memorySize);
-        break;
-      }
-      case Req.SET_LOG_BASE:
-        if (!this.hasProtocol(ProtocolFeature.LOG_SHMFD)) {
-          // the kernel's form (a user address of the front-end's): nothing a separate process can
-          // log into. No reply is expected without LOG_SHMFD; logging stays off.
-          for (const fd of m.fds.splice(0)) safeClose(fd);
-          this.log(`${this.name}: error: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated: ignored, no dirty-page log`, { level: 'error', request: requestName(Req.SET_LOG_BASE) });
-          return;
-        }
-        this.setLogBase(m);
-        // with LOG_SHMFD the front-end waits for a reply (empty, as QEMU and DPDK have it)
-        reply = new Uint8Array(0);
-        break;
-      case Req.SET_LOG_FD: {
-        if (m.fds.length !== 1) throw new Error(`SET_LOG_FD: expected 1 file descriptor, got ${m.fds.length}`);
-        const kind = fdKind(m.fds[0]);
-        if (kind !== 'anon_inode:[eventfd]') throw new Error(`SET_LOG_FD fd is not an eventfd (${kind})`);
-        native.setNonBlocking(m.fds[0]);
-        safeClose(this.logFd);
-        this.logFd = m.fds.pop()!;
-        this.applyLog();
-        break;
-      }
-      case Req.SET_BACKEND_REQ_FD:
-        for (const fd of m.fds.splice(0)) safeClose(fd);
-        break;
-      case Req.SET_VRING_NUM: {
-        const r = this.ring(p.getUint32(0, true));
-        refuseOnError(() => r.setNum(p.getUint32(4, true)));
-        if (r.addrSet && this.mem.size > 0) {
-          // Views made for the old size would disagree with the new one: translate again, or, when
-          // the old addresses cannot hold a ring this size, wait for the next SET_VRING_ADDR.
-          try {
-            r.setup(this.mem);
-          } catch {
-            r.detachViews();
-          }
-        }
-        this.sync(r);
-        break;
-      }
-      case Req.SET_VRING_ADDR: {
-        const r = this.ring(p.getUint32(0, true));
-        const flags = p.getUint32(4, true);
-        const logAddr = flags & VRING_F_LOG ? getU64(p, 32) : -1;
-        r.setAddresses(getU64(p, 8), getU64(p, 16), getU64(p, 24));
-        r.setLogAddress(logAddr);
-        if (this.mem.size > 0) r.setup(this.mem);
-        this.sync(r);
-        break;
-      }
-      case Req.SET_VRING_BASE: {
-        const r = this.ring(p.getUint32(0, true));
-        try {
-          r.setBase(p.getUint32(4, true));
-        } catch (e) {
-          throw new Refusal((e as Error).message);
-        }
-        break;
-      }
-      case Req.GET_VRING_BASE: {
-        const r = this.ring(p.getUint32(0, true));
-        this.stopRing(r);
-        reply = vringStatePayload(r.index, r.getBase());
-        break;
-      }
-      case Req.SET_VRING_KICK:
-      case Req.SET_VRING_CALL:
-      case Req.SET_VRING_ERR:
-        this.setVringFd(m);
-        break;
-      case Req.SET_VRING_ENABLE: {
-        const r = this.ring(p.getUint32(0, true));
-        const on = p.getUint32(4, true);
-        if (on > 1) throw new Refusal(`${r.name}: enable value ${on} is neither 0 nor 1`);
-        r.enable(on === 1);
-        this.sync(r);
-        break;
-      }
-      case Req.SEND_RARP: {
-        const mac = new Uint8Array(6);
-        for (let i = 0; i < 6; i++) mac[i] = p.getUint8(i);
-        this.device.rarp(mac);
-        break;
-      }
-      case Req.NET_SET_MTU: {
-        const mtu = refuseOnError(() => getU64(p, 0), 'ignore');
-        // without an ack the front-end is not told, and the guest is given its MTU anyway: none is enforced
-        if (mtu < 68 || mtu > 65535) throw new Refusal(`MTU ${mtu} outside [68, 65535]`, 'ignore');
-        this.mtu = mtu;
-        this.log(`${this.name}: MTU ${mtu}`, { request: requestName(Req.NET_SET_MTU), mtu });
-        this.tellMtu();
-        break;
-      }
-      case Req.SET_VRING_ENDIAN: {
-        const r = this.ring(p.getUint32(0, true));
-        if (p.getUint32(4, true) !== 0) throw new Refusal(`${r.name}: big-endian rings are not supported`);
-        break;
-      }
-      case Req.GET_CONFIG:
-        // CONFIG is not offered; a zero-length payload is the spec's way to report failure.
-        reply = new Uint8Array(0);
-        break;
-      case Req.SET_CONFIG:
-        throw new Refusal('VHOST_USER_PROTOCOL_F_CONFIG was not offered');
-      case Req.SET_STATUS:
-        if (!this.hasProtocol(ProtocolFeature.STATUS)) throw new Refusal('VHOST_USER_PROTOCOL_F_STATUS was not negotiated');
-        this.setStatus(refuseOnError(() => getU64(p, 0)));
-        break;
-      case Req.GET_STATUS:
-        if (!this.hasProtocol(ProtocolFeature.STATUS)) throw new Refusal('VHOST_USER_PROTOCOL_F_STATUS was not negotiated');
-        reply = u64Payload(this.status);
-        break;
-      default:
-        throw new Error('request not supported by this back-end');
-    }
-    if (m.fds.length > 0) throw new Error(`unexpected ${m.fds.length} file descriptor(s)`);
-    if (reply) {
-      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, reply));
-    } else if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
-      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
-    }
-  }
-
-  private ring(index: number): Virtqueue {
+  ring(index: number): Virtqueue {
     const r = this.rings[index];
     if (!r) {
       limitHits.queuePairs++;
@@ -596,48 +406,92 @@ export class Session {
     return r;
   }
 
-  /**
-   * SET_STATUS (virtio 1.x 2.1, the device status byte). DRIVER_OK lets the started rings be
-   * processed. 0 is a device reset: every ring stops as on GET_VRING_BASE, its indices kept — QEMU
-   * 7.2 sends SET_STATUS 0 in vhost_dev_stop before it asks each ring's base, and sends features,
-   * table and rings again before the next DRIVER_OK.
-   */
-  private setStatus(v: number): void {
-    if (v > 0xff) throw new Refusal(`status 0x${v.toString(16)} is not a status byte`);
-    this.status = v;
-    this.log(`${this.name}: device status 0x${v.toString(16)}`, { request: requestName(Req.SET_STATUS), status: v });
-    if (v === 0) for (const r of this.rings) this.stopRing(r);
-    else this.syncAll();
+  // ---- the requests (RequestBackend), one method each, given decoded and checked arguments ----
+
+  setFeatures(f: bigint): void {
+    if (this.featuresSet && (f ^ this.features) === bit(VirtioFeature.LOG_ALL)) {
+      // migration starts or ends: only logging changes, the rings run on as they are
+      this.features = f;
+      this.applyLog();
+      return;
+    }
+    this.features = f;
+    this.featuresSet = true;
+    const { usable, unmet } = netFeaturesUsable(f);
+    this.netConfig = netConfigOf(usable);
+    const defaultEnabled = !has(f, VirtioFeature.USER_F_PROTOCOL_FEATURES);
+    this.setRingLayout(has(f, VirtioFeature.F_RING_PACKED));
+    for (const r of this.rings) {
+      r.setFeatures(has(f, VirtioFeature.RING_F_EVENT_IDX), has(f, VirtioFeature.RING_F_INDIRECT_DESC));
+      if (defaultEnabled) r.enable(true);
+    }
+    this.log(`${this.name}: features ${virtioFeatureNames(f)}`, { request: requestName(Req.SET_FEATURES), features: virtioFeatureNames(f).split('|') });
+    if (unmet.length) this.log(`${this.name}: not used, their requirement missing (virtio 5.1.3.1): ${unmet.join('; ')}`, { level: 'warn', request: requestName(Req.SET_FEATURES), unmet });
+    this.device.featuresNegotiated(this.netConfig);
+    this.tellMtu();
+    this.applyLog();
+    this.syncAll();
   }
 
-  private setMemTable(m: Message): void {
-    const p = m.payload;
-    const n = p.getUint32(0, true);
-    if (n === 0 || n > MAX_TABLE_REGIONS) throw new Error(`${n} regions (1 to ${MAX_TABLE_REGIONS} allowed)`);
-    if (m.size !== 8 + n * MEM_REGION_SIZE) throw new Error(`payload size ${m.size} does not match ${n} regions`);
-    if (m.fds.length !== n) throw new Error(`${n} regions but ${m.fds.length} file descriptors`);
+  setProtocolFeatures(f: bigint): void {
+    this.protocolFeatures = f;
+    this.log(`${this.name}: protocol features ${protocolFeatureNames(f)}`, { request: requestName(Req.SET_PROTOCOL_FEATURES), protocolFeatures: protocolFeatureNames(f).split('|') });
+  }
+
+  setOwner(): void {
+    this.owner = true;
+  }
+
+  /**
+   * Deprecated; the spec recommends ignoring it or disabling all rings, never discarding the
+   * connection's state (that interpretation "would lead to bugs"): every ring disabled.
+   */
+  resetOwner(): void {
+    for (const r of this.rings) {
+      r.enable(false);
+      this.sync(r);
+    }
+  }
+
+  resetDevice(): void {
+    for (const r of this.rings) {
+      this.stopKick(r);
+      safeClose(r.setCallFd(-1));
+      safeClose(r.setErrFd(-1));
+      r.reset();
+      this.sync(r);
+    }
+    this.features = 0n;
+    this.netConfig = null;
+    this.featuresSet = false;
+    this.status = 0;
+    this.dropLog();
+    // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
+    // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
+  }
+
+  /** The new table replaces the old one; the regions take their fds out of `fds` once it passed the limits. */
+  setMemTable(descs: MemRegion[], fds: number[]): void | Promise<void> {
+    const n = descs.length;
     if (n > this.maxMemSlots) {
       limitHits.regions++;
       throw new Error(`${n} regions, more than the ${this.maxMemSlots} allowed (--max-regions)`);
     }
-    // every field first (a value beyond 2^53 throws here, while the fds are still the message's and
-    // are closed with it), then the regions, each taking its fd over
-    const descs: MemRegion[] = [];
-    for (let i = 0; i < n; i++) descs.push(readRegion(p, 8 + i * MEM_REGION_SIZE));
     let bytes = 0;
     for (const d of descs) bytes += d.memorySize;
-    // the new table replaces the old one: it is checked on its own (the old one goes away)
+    // the new table is checked on its own (the old one goes away)
     this.checkMapping(bytes, bytes - this.mapped);
-    const fds = m.fds.splice(0);
+    const taken = fds.splice(0);
     const regions: Region[] = [];
     try {
-      for (let i = 0; i < n; i++) regions.push(this.newRegion(descs[i], fds[i]));
+      for (let i = 0; i < n; i++) regions.push(this.newRegion(descs[i], taken[i]));
     } catch (e) {
+      // the region that failed closed its own fd; the ones after it were not handed out
       for (const r of regions) r.unmap();
-      for (let i = regions.length + 1; i < n; i++) safeClose(fds[i]);
+      for (let i = regions.length + 1; i < n; i++) safeClose(taken[i]);
       throw e;
     }
-    this.whenMapped(regions, bytes, m, () => {
+    return this.whenMapped(regions, bytes, () => {
       let old: Region[];
       try {
         old = this.mem.replace(regions);
@@ -651,13 +505,191 @@ export class Session {
       this.resetupRings();
       for (const r of old) r.unmap();
       this.log(
-        `${this.name}: memory table: ${regions
-          .map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`)
-          .join(', ')}`,
-        { request: requestName(m.request) },
+        `${this.name}: memory table: ${regions.map((r) => `0x${r.desc.guestPhysAddr.toString(16)}+0x${r.desc.memorySize.toString(16)}`).join(', ')}`,
+        { request: requestName(Req.SET_MEM_TABLE) },
       );
     });
   }
+
+  /** The region takes its fd out of `fds` once it passed the limits. */
+  addMemRegion(d: MemRegion, fds: number[]): void | Promise<void> {
+    const same = this.mem.find(d);
+    if (!same) this.checkMapping(this.mapped + d.memorySize, d.memorySize);
+    const fd = fds.pop()!;
+    if (same) {
+      // another vhost device of the same NIC (one per queue pair) adding the same region
+      safeClose(fd);
+      same.refs++;
+      return;
+    }
+    if (this.mem.size >= this.maxMemSlots) {
+      safeClose(fd);
+      limitHits.regions++;
+      throw new Refusal(`more than ${this.maxMemSlots} memory slots (--max-regions)`);
+    }
+    const region = this.newRegion(d, fd);
+    return this.whenMapped([region], d.memorySize, () => {
+      try {
+        this.mem.add(region);
+      } catch (e) {
+        region.unmap();
+        throw e;
+      }
+      this.noteSeal(region);
+      this.account(this.mapped + d.memorySize);
+      this.resetupRings();
+    });
+  }
+
+  removeMemRegion(d: MemRegion): void {
+    const r = this.mem.remove(d);
+    // nothing is mapped there: as if removed, whether the front-end hears of it or not
+    if (!r) throw new Refusal(`no memory region at guest address 0x${d.guestPhysAddr.toString(16)} size 0x${d.memorySize.toString(16)}`, 'ignore');
+    if (r.refs > 0) return; // still added by another vhost device
+    this.resetupRings();
+    r.unmap();
+    this.account(this.mapped - r.desc.memorySize);
+  }
+
+  /** SET_LOG_BASE with LOG_SHMFD: maps the log (its fd taken out of `fds` once checked). */
+  setLogBase(size: number, offset: number, fds: number[]): void {
+    if (size === 0 || size + offset > MAX_LOG_BYTES) {
+      throw new Error(`SET_LOG_BASE: log of ${size} bytes at offset ${offset} (1 byte to ${MAX_LOG_BYTES} in all allowed)`);
+    }
+    const st = fs.fstatSync(fds[0]);
+    if (!st.isFile() || offset + size > st.size) {
+      throw new Error(`SET_LOG_BASE: log [${offset}, +${size}) is not inside its file (size ${st.size})`);
+    }
+    native.sealShrink(fds[0]); // QEMU seals its log memfd itself; this is for other front-ends
+    const log = new DirtyLog(fds.pop()!, size, offset); // takes the fd
+    const old = this.dirtyLog;
+    this.dirtyLog = log;
+    this.logSeen = 0;
+    this.logMissedSeen = 0;
+    this.applyLog();
+    old?.unmap();
+    this.log(`${this.name}: dirty-page log of ${size} bytes (${log.pages} pages of 4 KiB)`, { request: requestName(Req.SET_LOG_BASE) });
+  }
+
+  /**
+   * SET_LOG_BASE without LOG_SHMFD: the kernel's form (a user address of the front-end's), nothing
+   * a separate process can log into. No reply is expected without LOG_SHMFD; logging stays off.
+   */
+  ignoreLogBase(): void {
+    this.log(`${this.name}: error: SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated: ignored, no dirty-page log`, { level: 'error', request: requestName(Req.SET_LOG_BASE) });
+  }
+
+  setLogFd(fd: number): void {
+    safeClose(this.logFd);
+    this.logFd = fd;
+    this.applyLog();
+  }
+
+  setVringNum(r: Virtqueue, num: number): void {
+    refuseOnError(() => r.setNum(num));
+    if (r.addrSet && this.mem.size > 0) {
+      // Views made for the old size would disagree with the new one: translate again, or, when
+      // the old addresses cannot hold a ring this size, wait for the next SET_VRING_ADDR.
+      try {
+        r.setup(this.mem);
+      } catch {
+        r.detachViews();
+      }
+    }
+    this.sync(r);
+  }
+
+  setVringAddr(r: Virtqueue, a: VringAddr): void {
+    r.setAddresses(a.desc, a.used, a.avail);
+    r.setLogAddress(a.log);
+    if (this.mem.size > 0) r.setup(this.mem);
+    this.sync(r);
+  }
+
+  setVringBase(r: Virtqueue, base: number): void {
+    refuseOnError(() => r.setBase(base));
+  }
+
+  /** The ring stops until the front-end sets it up and kicks again; its base is the reply. */
+  getVringBase(r: Virtqueue): number {
+    this.stopRing(r);
+    return r.getBase();
+  }
+
+  setVringCall(r: Virtqueue, fd: number): void {
+    safeClose(r.setCallFd(fd));
+    this.device.notifyFdsChanged?.(r);
+  }
+
+  setVringErr(r: Virtqueue, fd: number): void {
+    safeClose(r.setErrFd(fd));
+    this.device.notifyFdsChanged?.(r);
+  }
+
+  /**
+   * A kick fd is watched for the ring's first kick (which starts it) and those after: by a
+   * data-plane thread when the device has one watch it, else here. No fd: polling mode.
+   */
+  setVringKick(r: Virtqueue, fd: number): void {
+    this.stopKick(r);
+    r.setKickFd(fd);
+    if (fd >= 0 && this.device.watchKick?.(r, fd) === true) return;
+    if (fd < 0) {
+      // Polling mode: no kicks will come; the ring counts as started now and is looked at
+      // every POLL_MS as if it had been kicked.
+      r.start();
+      this.sync(r);
+      this.startPolling();
+      return;
+    }
+    const i = r.index; // the ring object changes with the layout (setRingLayout)
+    const poller = native.poll(fd, (status) => {
+      const q = this.rings[i];
+      if (status < 0 || q.kickFd !== fd) return;
+      try {
+        native.eventfdRead(fd);
+        if (!q.started) {
+          q.start();
+          this.sync(q);
+        }
+        if (this.processable(q)) this.device.kick(q);
+      } catch (e) {
+        this.internalError(`kick on ${q.name}`, e);
+      }
+    });
+    this.kickPollers[r.index] = poller;
+    poller.start(native.POLL_READABLE);
+  }
+
+  setVringEnable(r: Virtqueue, on: boolean): void {
+    r.enable(on);
+    this.sync(r);
+  }
+
+  sendRarp(mac: Uint8Array): void {
+    this.device.rarp(mac);
+  }
+
+  setMtu(mtu: number): void {
+    this.mtu = mtu;
+    this.log(`${this.name}: MTU ${mtu}`, { request: requestName(Req.NET_SET_MTU), mtu });
+    this.tellMtu();
+  }
+
+  /**
+   * SET_STATUS (virtio 1.x 2.1, the device status byte). DRIVER_OK lets the started rings be
+   * processed. 0 is a device reset: every ring stops as on GET_VRING_BASE, its indices kept — QEMU
+   * 7.2 sends SET_STATUS 0 in vhost_dev_stop before it asks each ring's base, and sends features,
+   * table and rings again before the next DRIVER_OK.
+   */
+  setStatus(v: number): void {
+    this.status = v;
+    this.log(`${this.name}: device status 0x${v.toString(16)}`, { request: requestName(Req.SET_STATUS), status: v });
+    if (v === 0) for (const r of this.rings) this.stopRing(r);
+    else this.syncAll();
+  }
+
+  // ---- guest memory ----
 
   /** A region of this connection's memory (its windows mapped by whenMapped). */
   private newRegion(d: MemRegion, fd: number): Region {
@@ -667,16 +699,13 @@ export class Session {
   }
 
   /**
-   * Maps the regions' windows, then runs install and acknowledges m. A table of a few windows is
-   * mapped at once; a larger one in slices across event-loop turns (each window costs a garbage
-   * collection: see guest-memory.ts), with no message read from this front-end meanwhile, so the
-   * other connections' traffic goes on while one front-end declares a huge memory table.
+   * Maps the regions' windows, then runs install. A table of a few windows is mapped at once; a
+   * larger one in slices across event-loop turns (each window costs a garbage collection: see
+   * guest-memory.ts): then the promise settles once it is installed, and the dispatcher reads no
+   * message from this front-end meanwhile, so the other connections' traffic goes on while one
+   * front-end declares a huge memory table.
    */
-  private whenMapped(regions: Region[], bytes: number, m: Message, install: () => void): void {
-    const finish = (): void => {
-      install();
-      this.ack(m);
-    };
+  private whenMapped(regions: Region[], bytes: number, install: () => void): void | Promise<void> {
     let windows = 0;
     for (const r of regions) windows += r.windowCount;
     if (windows <= MAP_AT_ONCE_WINDOWS) {
@@ -686,30 +715,26 @@ export class Session {
         for (const r of regions) r.unmap();
         throw e;
       }
-      return finish();
+      install();
+      return;
     }
-    this.conn.hold();
-    totalMapped += bytes; // held for this table while it is mapped
-    const job = mapInSlices(regions, (err) => {
-      this.mapping = null;
-      totalMapped -= bytes;
-      try {
-        if (err) throw err;
-        finish();
-      } catch (e) {
-        for (const r of regions) r.unmap();
-        this.conn.fail(`${requestName(m.request)}: ${(e as Error).message}`);
-        return;
-      }
-      this.conn.release();
+    this.mappedMemory.add(bytes); // held for this table while it is mapped
+    return new Promise((resolve, reject) => {
+      const job = mapInSlices(regions, (err) => {
+        this.mapping = null;
+        this.mappedMemory.add(-bytes);
+        try {
+          if (err) throw err;
+          install();
+        } catch (e) {
+          for (const r of regions) r.unmap();
+          reject(e);
+          return;
+        }
+        resolve();
+      });
+      this.mapping = { cancel: job.cancel, regions, bytes };
     });
-    this.mapping = { cancel: job.cancel, regions, bytes };
-  }
-
-  private ack(m: Message): void {
-    if (m.flags & FLAG_NEED_REPLY && this.hasProtocol(ProtocolFeature.REPLY_ACK)) {
-      this.conn.send(encode(m.request, VERSION | FLAG_REPLY, u64Payload(0)));
-    }
   }
 
   /** A contained fault in this connection's guest memory: its file shrank under the mapping. */
@@ -721,28 +746,54 @@ export class Session {
     );
   }
 
-  /** SET_LOG_BASE with LOG_SHMFD: maps the log (u64 size, u64 offset, the fd attached). */
-  private setLogBase(m: Message): void {
-    if (m.fds.length !== 1) throw new Error(`SET_LOG_BASE: expected 1 file descriptor, got ${m.fds.length}`);
-    const size = getU64(m.payload, 0);
-    const offset = getU64(m.payload, 8);
-    if (size === 0 || size + offset > MAX_LOG_BYTES) {
-      throw new Error(`SET_LOG_BASE: log of ${size} bytes at offset ${offset} (1 byte to ${MAX_LOG_BYTES} in all allowed)`);
+  /**
+   * Refuses, before anything is mapped, a table that would take this connection to `mine` bytes,
+   * or the connections sharing its account `more` bytes beyond what they map now: one front-end
+   * cannot exhaust the mappings (vm.max_map_count, address space) of all the others.
+   */
+  private checkMapping(mine: number, more: number): void {
+    if (mine > this.maxMapped) {
+      limitHits.mappedBytes++;
+      throw new Refusal(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
     }
-    const st = fs.fstatSync(m.fds[0]);
-    if (!st.isFile() || offset + size > st.size) {
-      throw new Error(`SET_LOG_BASE: log [${offset}, +${size}) is not inside its file (size ${st.size})`);
+    const total = this.mappedMemory.bytes + more;
+    if (total > this.maxTotalMapped) {
+      limitHits.mappedBytes++;
+      throw new Refusal(`memory table would take the guest memory mapped by all connections to ${fmtBytes(total)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
     }
-    native.sealShrink(m.fds[0]); // QEMU seals its log memfd itself; this is for other front-ends
-    const log = new DirtyLog(m.fds.pop()!, size, offset); // takes the fd
-    const old = this.dirtyLog;
-    this.dirtyLog = log;
-    this.logSeen = 0;
-    this.logMissedSeen = 0;
-    this.applyLog();
-    old?.unmap();
-    this.log(`${this.name}: dirty-page log of ${size} bytes (${log.pages} pages of 4 KiB)`, { request: requestName(Req.SET_LOG_BASE) });
   }
+
+  /** this connection now maps `mine` bytes */
+  private account(mine: number): void {
+    this.mappedMemory.add(mine - this.mapped);
+    this.mapped = mine;
+  }
+
+  /** A region whose file could shrink under us is the one trust assumption left: say so, once. */
+  private noteSeal(r: Region): void {
+    if (r.sealed || this.unsealedNoted) return;
+    this.unsealedNoted = true;
+    this.log(`${this.name}: memory region at 0x${r.desc.guestPhysAddr.toString(16)} cannot be sealed against shrinking (not a sealable memfd): the front-end is trusted not to truncate it`, { level: 'warn' });
+  }
+
+  private resetupRings(): void {
+    this.applyLog(); // new regions are logged from the start
+    this.device.memoryChanged(this.mem);
+    for (const r of this.rings) {
+      if (!r.addrSet) continue;
+      try {
+        r.setup(this.mem);
+      } catch (e) {
+        r.detachViews();
+        r.markBroken((e as Error).message);
+        this.ringBroken(r);
+        continue;
+      }
+      this.sync(r);
+    }
+  }
+
+  // ---- dirty-page log (live migration) ----
 
   /**
    * Logging is on while LOG_ALL is negotiated and a log is mapped: every guest window, every ring
@@ -802,102 +853,7 @@ export class Session {
     this.applyLog();
   }
 
-  /**
-   * Refuses, before anything is mapped, a table that would take this connection to `mine` bytes,
-   * or the process `more` bytes beyond what it maps now: one front-end cannot exhaust the mappings
-   * (vm.max_map_count, address space) of all the others.
-   */
-  private checkMapping(mine: number, more: number): void {
-    if (mine > this.maxMapped) {
-      limitHits.mappedBytes++;
-      throw new Refusal(`memory table of ${fmtBytes(mine)} is beyond the ${fmtBytes(this.maxMapped)} one connection may map (--max-guest-mem-gb)`);
-    }
-    if (totalMapped + more > this.maxTotalMapped) {
-      limitHits.mappedBytes++;
-      throw new Refusal(`memory table would take the guest memory mapped by all connections to ${fmtBytes(totalMapped + more)}, beyond ${fmtBytes(this.maxTotalMapped)} (--max-total-mem-gb)`);
-    }
-  }
-
-  private account(mine: number): void {
-    totalMapped += mine - this.mapped;
-    this.mapped = mine;
-  }
-
-  /** A region whose file could shrink under us is the one trust assumption left: say so, once. */
-  private noteSeal(r: Region): void {
-    if (r.sealed || this.unsealedNoted) return;
-    this.unsealedNoted = true;
-    this.log(`${this.name}: memory region at 0x${r.desc.guestPhysAddr.toString(16)} cannot be sealed against shrinking (not a sealable memfd): the front-end is trusted not to truncate it`, { level: 'warn' });
-  }
-
-  private resetupRings(): void {
-    this.applyLog(); // new regions are logged from the start
-    this.device.memoryChanged(this.mem);
-    for (const r of this.rings) {
-      if (!r.addrSet) continue;
-      try {
-        r.setup(this.mem);
-      } catch (e) {
-        r.detachViews();
-        r.markBroken((e as Error).message);
-        this.ringBroken(r);
-        continue;
-      }
-      this.sync(r);
-    }
-  }
-
-  private setVringFd(m: Message): void {
-    const v = getU64(m.payload, 0);
-    const r = this.ring(v & VRING_IDX_MASK);
-    const nofd = (v & VRING_NOFD_MASK) !== 0;
-    if (nofd && m.fds.length !== 0) throw new Error(`${r.name}: "no fd" flag set but a file descriptor was sent`);
-    if (!nofd && m.fds.length !== 1) throw new Error(`${r.name}: expected 1 file descriptor, got ${m.fds.length}`);
-    if (!nofd) {
-      // Only eventfds: anything else (a pipe, a socket) could block or fail our writes and reads
-      // for every port; written non-blocking, so a counter filled to the maximum cannot block us.
-      const kind = fdKind(m.fds[0]);
-      if (kind !== 'anon_inode:[eventfd]') throw new Refusal(`${r.name}: ${requestName(m.request)} fd is not an eventfd (${kind})`);
-      native.setNonBlocking(m.fds[0]);
-    }
-    const fd = nofd ? -1 : m.fds.pop()!;
-    if (m.request === Req.SET_VRING_CALL) {
-      safeClose(r.setCallFd(fd));
-      this.device.notifyFdsChanged?.(r);
-    } else if (m.request === Req.SET_VRING_ERR) {
-      safeClose(r.setErrFd(fd));
-      this.device.notifyFdsChanged?.(r);
-    } else {
-      this.stopKick(r);
-      r.setKickFd(fd);
-      if (fd >= 0 && this.device.watchKick?.(r, fd) === true) return;
-      if (fd < 0) {
-        // Polling mode: no kicks will come; the ring counts as started now and is looked at
-        // every POLL_MS as if it had been kicked.
-        r.start();
-        this.sync(r);
-        this.startPolling();
-        return;
-      }
-      const i = r.index; // the ring object changes with the layout (setRingLayout)
-      const poller = native.poll(fd, (status) => {
-        const q = this.rings[i];
-        if (status < 0 || q.kickFd !== fd) return;
-        try {
-          native.eventfdRead(fd);
-          if (!q.started) {
-            q.start();
-            this.sync(q);
-          }
-          if (this.processable(q)) this.device.kick(q);
-        } catch (e) {
-          this.internalError(`kick on ${q.name}`, e);
-        }
-      });
-      this.kickPollers[r.index] = poller;
-      poller.start(native.POLL_READABLE);
-    }
-  }
+  // ---- rings: kicks, polling, the worker-thread hooks, layout, stop ----
 
   /**
    * An exception out of the data path is a bug, but whatever a guest did to trigger it, it must
@@ -986,28 +942,11 @@ export class Session {
     }
   }
 
-  /** GET_VRING_BASE: the ring stops until the front-end sets it up and kicks again. */
+  /** GET_VRING_BASE, SET_STATUS 0: the ring stops until the front-end sets it up and kicks again. */
   private stopRing(r: Virtqueue): void {
     this.stopKick(r);
     r.stop();
     this.sync(r);
-  }
-
-  private reset(): void {
-    for (const r of this.rings) {
-      this.stopKick(r);
-      safeClose(r.setCallFd(-1));
-      safeClose(r.setErrFd(-1));
-      r.reset();
-      this.sync(r);
-    }
-    this.features = 0n;
-    this.netConfig = null;
-    this.featuresSet = false;
-    this.status = 0;
-    this.dropLog();
-    // Protocol features stay: they belong to the connection, and QEMU does not negotiate them again
-    // after a reset (it would wait forever for REPLY_ACK acks, starting with this request's own).
   }
 
   close(): void {
@@ -1021,7 +960,7 @@ export class Session {
     if (this.mapping) {
       this.mapping.cancel();
       for (const r of this.mapping.regions) r.unmap();
-      totalMapped -= this.mapping.bytes;
+      this.mappedMemory.add(-this.mapping.bytes);
       this.mapping = null;
     }
     for (const r of this.rings) {
