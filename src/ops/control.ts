@@ -27,7 +27,7 @@
 //   socket 'close' ─► the client's queue dropped: nothing is computed for a client that has gone
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { removeStaleSocket } from '../vhost-user/server';
+import { listenUnix } from './unix-listen';
 import type { Log } from '../log';
 import type { CaptureLimits } from './capture';
 import { fifoView, macViews, portViews, type AddPortRequest, type OpsHost } from './switch-view';
@@ -138,33 +138,16 @@ export class ControlServer {
     this.server.maxConnections = MAX_CLIENTS;
   }
 
-  /** Listens on path (a stale socket file is replaced, a live one refused), mode applied before
-   * anyone can connect: the socket is created under a umask that leaves only the owner's bits. */
-  static listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
-    removeStaleSocket(path);
+  /** Listens on path (a stale socket file is replaced, a live one refused), its mode set before
+   * it is put at path (src/ops/unix-listen.ts): nobody can connect before the mode applies, and no
+   * chmod runs on a path a client could have swapped. */
+  static async listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
     const c = new ControlServer(path, host, log);
-    return new Promise((resolve, reject) => {
-      c.server.once('error', reject);
-      const old = process.umask(0o177);
-      try {
-        c.server.listen(path, () => {
-          c.server.off('error', reject);
-          c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
-          try {
-            fs.chmodSync(path, mode);
-          } catch (e) {
-            c.close();
-            reject(e);
-            return;
-          }
-          c.server.unref();
-          log(`ctl: listening on ${path}`, { path });
-          resolve(c);
-        });
-      } finally {
-        process.umask(old);
-      }
-    });
+    await listenUnix(c.server, path, mode);
+    c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
+    c.server.unref();
+    log(`ctl: listening on ${path}`, { path });
+    return c;
   }
 
   private accept(s: net.Socket): void {
