@@ -648,6 +648,27 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// openAt(dirfd, name, flags, mode) -> fd: openat(2) of one path component (no '/': a caller walks
+// a path one directory at a time with O_NOFOLLOW, so that no symlink anywhere is followed), flags
+// as fs.constants has them, O_CLOEXEC always added. Captures create their files with it relative to
+// the capture directory's fd (src/ops/capture.ts).
+Napi::Value OpenAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int dirfd = GetFd(info, 0, "openAt");
+  std::string name = GetString(info, 1, "openAt", "name");
+  int flags = static_cast<int>(GetInteger(info, 2, "openAt", "flags", 0, INT_MAX));
+  mode_t mode = static_cast<mode_t>(GetInteger(info, 3, "openAt", "mode", 0, 07777));
+  if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos) {
+    ThrowRange(env, "openAt: name must be one path component, without '/'");
+  }
+  int fd;
+  do {
+    fd = ::openat(dirfd, name.c_str(), flags | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) ThrowErrno(env, "openat", errno);
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
   int fd = GetFd(info, 0, "unixAccept");
   for (;;) {
@@ -1389,6 +1410,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
   exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
+  exports.Set("openAt", Napi::Function::New<OpenAt>(env, "openAt"));
   exports.Set("unixAccept", Napi::Function::New<UnixAccept>(env, "unixAccept"));
   exports.Set("unixConnect", Napi::Function::New<UnixConnect>(env, "unixConnect"));
   exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));

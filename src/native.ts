@@ -62,6 +62,8 @@ export interface NativeAddon {
    * anything not a socket, refused with EADDRINUSE).
    */
   unixListen(path: string, backlog: number, mode: number, uid?: number, gid?: number): number;
+  /** openat(dirfd, name, flags | O_CLOEXEC, mode): name is one path component (no '/'); flags from fs.constants */
+  openAt(dirfd: number, name: string, flags: number, mode: number): number;
   /** accept4(NONBLOCK|CLOEXEC); returns -1 when no connection is pending */
   unixAccept(fd: number): number;
   /** connect to a listening unix socket; the returned fd is non-blocking. Throws (ECONNREFUSED, ENOENT…;

@@ -2,7 +2,7 @@
 // option (commander), the config file's key and its JSON-schema type are all made from it, with the
 // default from src/defaults.ts. Ports (--socket/--client, the config's `ports`) are in config.ts.
 import { InvalidArgumentError, Option } from 'commander';
-import { parseCaptureSpec } from '../ops/capture';
+import { CAPTURE_DIR_NAME, parseCaptureSpec } from '../ops/capture';
 import { parseListenAddress } from '../ops/metrics';
 import { parseWebAddress } from '../ops/web';
 import { parseVxlanSpec } from '../ports/vxlan-port';
@@ -99,7 +99,9 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'ctl', kind: 'path', flags: '--ctl [path]', help: 'control socket for `elastic-vhost ctl` (no PATH, or true in the config file: elastic-vhost.ctl next to the first port\'s socket)' },
   { key: 'ctlMode', kind: 'octal', flags: '--ctl-mode <octal>', help: 'mode of the control socket (octal)' },
   { key: 'web', kind: 'spec', flags: '--web <[addr:]port>', port: true, check: (s) => parseWebAddress(s), help: 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given' },
-  { key: 'captures', kind: 'spec', flags: '--capture <spec>', list: true, check: (s) => parseCaptureSpec(s), help: 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable (the config file\'s captures: a list of these)' },
+  { key: 'captures', kind: 'spec', flags: '--capture <spec>', list: true, check: (s) => parseCaptureSpec(s), help: 'capture a port, both directions, to a new pcap file in the capture directory from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable (the config file\'s captures: a list of these)' },
+  { key: 'captureDir', kind: 'string', flags: '--capture-dir <dir>', help: `the only directory captures (--capture, ctl capture) write to: a relative FILE is in it, a name outside it is refused, an existing file is never overwritten. The switch's user's, writable by nobody else; made (0700) when missing. Default: ${CAPTURE_DIR_NAME}/ in the control socket's directory (without --ctl: the first port's socket's)` },
+  { key: 'captureMaxMb', kind: 'int', flags: '--capture-max-mb <n>', min: 1, help: 'a capture ends once its file reaches this many MiB; max-bytes= may ask for less, not more' },
 ];
 
 /** The setting of a long option ("--metrics"), for the schema keyword CLI_CHECK. */

@@ -46,6 +46,8 @@ export interface Settings extends Omit<Defaults, 'macTableSize'> {
   ctl?: string | boolean;
   web?: string;
   captures?: string[];
+  /** --capture-dir (undefined: the default, next to the control socket) */
+  captureDir?: string;
   /** an inherited connected socket (backend program conventions): one session, then the process exits */
   fd?: number;
 }

@@ -4,7 +4,7 @@
 import * as path from 'node:path';
 import type { RunningSwitch, PortSpec } from '../cli/running-switch';
 import type { Log } from '../log';
-import { CaptureManager, type CaptureLimits } from './capture';
+import { CAPTURE_DIR_NAME, CaptureManager, type CaptureLimits, type CapturePolicy } from './capture';
 import { ControlServer } from './control';
 import { startMetricsServer, type MetricsServer } from './metrics';
 import type { OpsHost, PortRecord } from './switch-view';
@@ -21,6 +21,8 @@ export interface OpsSettings {
   web?: WebAddress;
   /** --capture: captures started with the switch */
   captures: { port: string; file: string; limits: CaptureLimits }[];
+  /** --capture-dir, --capture-max-mb: where captures may write and how much */
+  capturePolicy: CapturePolicy;
 }
 
 export interface Ops {
@@ -40,6 +42,16 @@ export function defaultCtlPath(ports: readonly PortSpec[]): string {
 }
 
 /**
+ * The capture directory without --capture-dir: captures/ in the control socket's directory (a
+ * directory of the switch's own: /run/elastic-vhost/captures for the packaged service), else in
+ * the first port's socket's directory; null when there is neither (captures then need --capture-dir).
+ */
+export function defaultCaptureDir(ctl: string | undefined, ports: readonly PortSpec[]): string | null {
+  const near = ctl ?? ports[0]?.path;
+  return near === undefined ? null : path.join(path.dirname(path.resolve(near)), CAPTURE_DIR_NAME);
+}
+
+/**
  * Wraps a running switch with its ops tools. initial: the port specs it was started with (their
  * mode and path are shown by `ctl ports` and the info metric; so are those of ports added later,
  * by ctl or by a reload). The switch's close() then completes the captures and closes the servers
@@ -48,7 +60,7 @@ export function defaultCtlPath(ports: readonly PortSpec[]): string {
 export function withOps<R extends RunningSwitch>(running: R, initial: readonly PortSpec[], s: OpsSettings, log: Log): R & { ops: Ops } {
   const added = new Map<string, PortSpec>();
   const specOf = (name: string): PortSpec | undefined => added.get(name) ?? running.settings.ports.find((p) => p.name === name) ?? initial.find((p) => p.name === name);
-  const captures = new CaptureManager(log);
+  const captures = new CaptureManager(log, s.capturePolicy);
   const host: OpsHost = {
     sw: running.sw,
     captures,
@@ -85,7 +97,11 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
     for (const c of s.captures) {
       const r = all.find((p) => p.name === c.port);
       if (!r) throw new Error(`--capture ${c.port}=…: no port named ${c.port} (ports: ${all.map((p) => p.name).join(', ')})`);
-      captures.start(r.port, c.file, c.limits);
+      try {
+        captures.start(r.port, c.file, c.limits);
+      } catch (e) {
+        throw new Error(`--capture ${c.port}=${c.file}: ${(e as Error).message}`);
+      }
     }
   } catch (e) {
     captures.stopAllSync();
