@@ -100,6 +100,9 @@ export function opsOf(s: Settings): OpsSettings {
       dir: s.captureDir !== undefined ? path.resolve(s.captureDir) : defaultCaptureDir(ctl, s.ports),
       maxBytes: s.captureMaxMb * MiB,
     },
+    socketDirs: (s.socketDirs ?? []).map((d) => path.resolve(d)),
+    ...(s.metricsTokenFile !== undefined ? { metricsTokenFile: s.metricsTokenFile } : {}),
+    ...(s.webTokenFile !== undefined ? { webTokenFile: s.webTokenFile } : {}),
   };
 }
 

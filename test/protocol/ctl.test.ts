@@ -259,6 +259,34 @@ describe('elastic-vhost ctl against the running CLI', { timeout: 120_000 }, () =
     assert.deepEqual((await receive(b, 1)).map((p) => seqOf(p.frame)), [30]);
   });
 
+  it('add-port only in a socket directory of the configuration: elsewhere, through a symlinked directory or in client mode elsewhere, refused with the reason and nothing made', async () => {
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-ctl-elsewhere-'));
+    try {
+      fs.mkdirSync(path.join(dir, 'sub'));
+      fs.symlinkSync(elsewhere, path.join(dir, 'linked'));
+      for (const [spec, client] of [
+        [path.join(elsewhere, 'vm5.sock'), false],
+        [path.join(elsewhere, 'vm6.sock'), true],
+        [path.join(dir, 'linked', 'vm7.sock'), false],
+        [path.join(dir, 'sub', 'vm8.sock'), false],
+        ['/var/run/docker.sock', true],
+      ] as const) {
+        const r = await ctl(ctlSock, 'add-port', `${spec},name=x${path.basename(spec)}`, ...(client ? ['--client'] : []));
+        assert.equal(r.code, 1, `${spec}: ${r.stdout}`);
+        assert.match(r.stderr, new RegExp(`${spec.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: not in a socket directory of the configuration \\(${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\); --socket-dir DIR allows another`), spec);
+      }
+      assert.deepEqual(fs.readdirSync(elsewhere), [], 'no socket made there');
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'sub')), []);
+      const ports = await ctlJson<PortView[]>(ctlSock, 'ports');
+      assert.deepEqual(ports.map((p) => p.name), ['vm0', 'vm1'], 'no port added');
+      await sw.waitLog(/ctl: error: add-port: .*vm5\.sock: not in a socket directory of the configuration/);
+    } finally {
+      fs.rmSync(path.join(dir, 'linked'), { force: true });
+      fs.rmSync(path.join(dir, 'sub'), { recursive: true, force: true });
+      fs.rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
   it('ctl capture: a relative name is a new file in captures/ next to the control socket; a name outside it, or an existing file, is refused with the reason', async () => {
     const capDir = path.join(dir, 'captures');
     const ok = await ctl(ctlSock, 'capture', 'vm0', 'run1.pcap', 'max-frames=10');

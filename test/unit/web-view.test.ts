@@ -8,8 +8,12 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as dgram from 'node:dgram';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { parseWebAddress, SLOW_CLIENT_BYTES, WebView, type WebViewOptions } from '../../src/ops/web';
 import { MAX_MACS, webSample } from '../../src/ops/web-sample';
 import { Switch } from '../../src/engine/switch';
@@ -66,7 +70,7 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Pro
 async function startView(o: Partial<WebViewOptions> & Pick<WebViewOptions, 'sample'>): Promise<{ view: WebView; port: number; logs: string[] }> {
   const logs: string[] = [];
   const view = new WebView({ address: { host: '127.0.0.1', port: 0 }, log: (m) => logs.push(m), ...o });
-  const a = await view.listening;
+  const a = (await view.listening) as AddressInfo;
   return { view, port: a.port, logs };
 }
 
@@ -79,6 +83,88 @@ describe('web view: [ADDR:]PORT', () => {
     for (const bad of ['', ':8080', '70000', 'host:', '::1:8080', '1.2.3', 'a b:80', '8080x']) {
       assert.throws(() => parseWebAddress(bad), /is not \[ADDR:\]PORT/, bad);
     }
+  });
+});
+
+/** One request over TCP or a Unix socket, with headers. */
+function request(o: { port?: number; socketPath?: string; path: string; headers?: Record<string, string> }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const where = o.socketPath !== undefined ? { socketPath: o.socketPath } : { host: '127.0.0.1', port: o.port };
+    const req = http.request({ ...where, path: o.path, headers: o.headers }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      // an event stream stays open: its status and headers are what is looked at
+      if (String(res.headers['content-type']).startsWith('text/event-stream')) {
+        req.destroy();
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
+        return;
+      }
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('web view: unix:PATH[,mode=OCTAL]', () => {
+  it('a Unix socket, mode 0600 unless given; bad forms refused', () => {
+    assert.deepEqual(parseWebAddress('unix:/run/elastic-vhost/web.sock'), { path: '/run/elastic-vhost/web.sock', mode: 0o600 });
+    assert.deepEqual(parseWebAddress('unix:/run/ev/web.sock,mode=0660'), { path: '/run/ev/web.sock', mode: 0o660 });
+    assert.deepEqual(parseWebAddress('unix:web.sock'), { path: path.resolve('web.sock'), mode: 0o600 });
+    for (const bad of ['unix:', 'unix:,mode=0600', 'unix:/x.sock,mode=999', 'unix:/x.sock,mode=0660,x=1', 'unix:/x.sock,owner=root']) {
+      assert.throws(() => parseWebAddress(bad), /unix:PATH\[,mode=OCTAL\]/, bad);
+    }
+  });
+});
+
+describe('web view behind a Unix socket and a bearer token', () => {
+  const TOKEN = 'k3y-of-the-operator-0123456789';
+  const dirs: string[] = [];
+  const views: WebView[] = [];
+  after(() => {
+    for (const v of views) v.close();
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('on a Unix socket: its mode, every path served whatever the Host (no DNS rebinding through a Unix socket), the file removed at close', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-webunix-'));
+    dirs.push(dir);
+    const sock = path.join(dir, 'web.sock');
+    const logs: string[] = [];
+    const view = new WebView({ address: { path: sock, mode: 0o660 }, sample: () => ({ n: 1 }), log: (m) => logs.push(m) });
+    views.push(view);
+    await view.listening;
+    assert.equal(fs.statSync(sock).mode & 0o7777, 0o660);
+    assert.ok(logs.includes(`web view on unix:${sock}`), logs.join('\n'));
+    const page = await request({ socketPath: sock, path: '/', headers: { Host: 'proxy.example' } });
+    assert.equal(page.status, 200);
+    assert.match(page.body, /new EventSource\('events'\)/);
+    assert.equal(JSON.parse((await request({ socketPath: sock, path: '/state.json' })).body).n, 1);
+    view.close();
+    assert.equal(fs.existsSync(sock), false, 'the socket file is removed');
+  });
+
+  it('with a token: 401 and WWW-Authenticate without it or with another; every path served with it', async () => {
+    const logs: string[] = [];
+    const view = new WebView({ address: { host: '127.0.0.1', port: 0 }, token: TOKEN, sample: () => ({ n: 2 }), log: (m) => logs.push(m) });
+    views.push(view);
+    const { port } = (await view.listening) as AddressInfo;
+    for (const p of ['/', '/index.html', '/state.json', '/events', '/nope']) {
+      for (const headers of <Record<string, string>[]>[{}, { Authorization: `Bearer ${TOKEN}x` }, { Authorization: `Basic ${Buffer.from(`u:${TOKEN}`).toString('base64')}` }, { Authorization: TOKEN }]) {
+        const r = await request({ port, path: p, headers });
+        assert.equal(r.status, 401, `${p} ${JSON.stringify(headers)}`);
+        assert.equal(r.headers['www-authenticate'], 'Bearer realm="elastic-vhost"');
+        assert.doesNotMatch(r.body, /"n"/);
+      }
+    }
+    const auth = { Authorization: `Bearer ${TOKEN}` };
+    assert.equal((await request({ port, path: '/', headers: auth })).status, 200);
+    assert.equal(JSON.parse((await request({ port, path: '/state.json', headers: { Authorization: `bearer  ${TOKEN}` } })).body).n, 2);
+    const ev = await request({ port, path: '/events', headers: auth });
+    assert.equal(ev.status, 200);
+    assert.equal((await request({ port, path: '/nope', headers: auth })).status, 404);
+    assert.ok(logs.some((l) => /^web: refused \d+ requests? without the bearer token/.test(l)), logs.join('\n'));
   });
 });
 
