@@ -14,6 +14,7 @@ import * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as vm from 'node:vm';
 import { parseWebAddress, SLOW_CLIENT_BYTES, WebView, type WebViewOptions } from '../../src/ops/web';
 import { MAX_MACS, webSample } from '../../src/ops/web-sample';
 import { Switch } from '../../src/engine/switch';
@@ -73,6 +74,107 @@ async function startView(o: Partial<WebViewOptions> & Pick<WebViewOptions, 'samp
   const a = (await view.listening) as AddressInfo;
   return { view, port: a.port, logs };
 }
+
+// ---- the page's plots: its own script, run in a context with just enough of a DOM
+
+interface FakeEl {
+  tag: string;
+  attrs: Record<string, string>;
+  children: FakeEl[];
+  textContent: string;
+  dataset: Record<string, string>;
+  setAttribute(k: string, v: string): void;
+  replaceChildren(...c: FakeEl[]): void;
+  append(...c: FakeEl[]): void;
+}
+
+function fakeEl(tag: string): FakeEl {
+  const e: FakeEl = {
+    tag,
+    attrs: {},
+    children: [],
+    textContent: '',
+    dataset: {},
+    setAttribute: (k, v) => (e.attrs[k] = String(v)),
+    replaceChildren: (...c) => (e.children = c),
+    append: (...c) => e.children.push(...c),
+  };
+  return e;
+}
+
+/** The page's script (src/ops/web/index.html) loaded into a context of its own: its functions callable. */
+function pageScript(): vm.Context {
+  const html = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'src', 'ops', 'web', 'index.html'), 'utf8');
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1];
+  const document = { getElementById: () => fakeEl('div'), createElementNS: (_ns: string, tag: string) => fakeEl(tag), createElement: (tag: string) => fakeEl(tag) };
+  const ctx = vm.createContext({ document, EventSource: class { constructor(readonly url: string) {} }, console });
+  vm.runInContext(script, ctx);
+  return ctx;
+}
+
+/** The y-axis labels plot() draws for one line whose largest value is max, from the bottom up. */
+function yLabels(ctx: vm.Context, max: number, kind: 'held' | 'rate'): string[] {
+  const svg = fakeEl('svg');
+  const now = 1_000_000;
+  const line = { name: 'vm0', color: '#000', pts: [[now - 2000, 0], [now - 1000, max], [now, max / 2]] };
+  vm.runInContext('plot', ctx)(svg, [line], now, kind === 'held' ? 'frames held' : 'frames/s', kind === 'held');
+  // the y labels are the texts right-aligned against the axis; SVG y grows downwards
+  return svg.children
+    .filter((c) => c.tag === 'text' && c.attrs['text-anchor'] === 'end')
+    .sort((a, b) => Number(b.attrs.y) - Number(a.attrs.y))
+    .map((c) => c.textContent);
+}
+
+describe('web view plots: y-axis ticks', () => {
+  const ctx = pageScript();
+  const value = (label: string): number => {
+    const m = /^([\d.,]+)([KMB]?)$/.exec(label);
+    assert.ok(m, `label "${label}"`);
+    return Number(m[1].replace(/,/g, '')) * { '': 1, K: 1e3, M: 1e6, B: 1e9 }[m[2] as '' | 'K' | 'M' | 'B'];
+  };
+
+  it('an idle switch: distinct labels, 0 and 1 for frames, 0 0.5 1 for rates (it was 0 0 1 1 1)', () => {
+    assert.deepEqual(yLabels(ctx, 0, 'held'), ['0', '1']);
+    assert.deepEqual(yLabels(ctx, 0, 'rate'), ['0', '0.5', '1']);
+  });
+
+  it('steps of 1, 2 or 5 × 10^k from 0 to the first tick at or above the largest value, each label distinct', () => {
+    const cases: [number, 'held' | 'rate', string[]][] = [
+      [1, 'held', ['0', '1']],
+      [3, 'held', ['0', '1', '2', '3']],
+      [7, 'held', ['0', '2', '4', '6', '8']],
+      [10, 'held', ['0', '5', '10']],
+      [11, 'held', ['0', '5', '10', '15']],
+      [3000, 'held', ['0', '1,000', '2,000', '3,000']],
+      [3001, 'held', ['0', '1,000', '2,000', '3,000', '4,000']],
+      [0.3, 'rate', ['0', '0.1', '0.2', '0.3']],
+      [0.07, 'rate', ['0', '0.02', '0.04', '0.06', '0.08']],
+      [2.5, 'rate', ['0', '1', '2', '3']],
+      [12_345, 'rate', ['0', '5K', '10K', '15K']],
+      [2_600_000, 'rate', ['0', '1M', '2M', '3M']],
+      [1_400_000, 'rate', ['0', '0.5M', '1M', '1.5M']],
+    ];
+    for (const [max, kind, want] of cases) assert.deepEqual(yLabels(ctx, max, kind), want, `largest value ${max} (${kind})`);
+    // and any value: 3 to 5 labels, distinct, evenly spaced from 0, the top at or above it
+    for (let i = 0; i < 2000; i++) {
+      const max = i < 1000 ? i : Math.exp(Math.random() * 40 - 10);
+      for (const kind of ['held', 'rate'] as const) {
+        if (kind === 'held' && !Number.isInteger(max)) continue;
+        const labels = yLabels(ctx, max, kind);
+        const v = labels.map(value);
+        assert.ok(labels.length >= 2 && labels.length <= 5, `${max}: ${labels}`);
+        assert.equal(new Set(labels).size, labels.length, `${max}: distinct ${labels}`);
+        assert.equal(v[0], 0);
+        assert.ok(v[v.length - 1] >= max * (1 - 1e-9), `${max}: top ${labels.at(-1)}`);
+        const step = v[1] - v[0];
+        assert.ok(v.every((x, k) => Math.abs(x - k * step) <= step * 1e-6), `${max}: evenly spaced ${labels}`);
+        const mant = step / 10 ** Math.floor(Math.log10(step) + 1e-9);
+        assert.ok([1, 2, 5].some((m) => Math.abs(mant - m) < 1e-6), `${max}: step ${step} is 1, 2 or 5 × 10^k`);
+        if (kind === 'held') assert.ok(Number.isInteger(step), `${max}: whole frames`);
+      }
+    }
+  });
+});
 
 describe('web view: [ADDR:]PORT', () => {
   it('is loopback unless an address is given; IPv6 in brackets; anything else refused', () => {
