@@ -28,6 +28,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <atomic>
 #include <cstring>
@@ -520,66 +521,151 @@ bool IsStaleSocket(const sockaddr_un& sa) {
   return r != 0 && err == ECONNREFUSED;
 }
 
+// unixListen(path, backlog, mode, uid = -1, gid = -1) -> listening fd (non-blocking, close-on-exec)
+//
+// The socket is made ready where no client can reach it, and only then put at its path. A chown or
+// chmod by path once the socket is at its path would follow whatever a client that controls the
+// directory (libvirt's QEMU with --socket-group and a group-writable directory) swapped in there,
+// a symlink to any file, with root's rights. So:
+//   1. a private directory (mkdtemp, mode 0700) next to the path, on the same filesystem so that
+//      rename() works, opened with O_NOFOLLOW; fstat proves it is ours (a directory of this user,
+//      no access for anyone else) even if the name was swapped between mkdtemp and open
+//   2. bind() inside it through /proc/self/fd/<dirfd>/s: the directory the fd holds, whatever its
+//      name points at by now (without /proc: its path, then checked that the socket is in it)
+//   3. fchownat (AT_SYMLINK_NOFOLLOW) and fchmodat relative to that fd: nobody else can create,
+//      remove or swap anything in the directory
+//   4. listen(), then renameat() onto the path, never over a socket something still listens on nor
+//      over anything that is not a socket: the path appears only once it accepts connections (a
+//      client that sees the file never gets ECONNREFUSED), with its final owner and mode
+//   5. the private directory removed
+// uid/gid -1 leave that one unchanged (chown(2)).
 Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = GetString(info, 0, "unixListen", "path");
   int backlog = static_cast<int>(GetInteger(info, 1, "unixListen", "backlog", 0, INT_MAX));
   mode_t mode = static_cast<mode_t>(GetInteger(info, 2, "unixListen", "mode", 0, 07777));
+  double uidArg = info.Length() > 3 && !info[3].IsUndefined() ? GetInteger(info, 3, "unixListen", "uid", -1, UINT32_MAX - 1.0) : -1;
+  double gidArg = info.Length() > 4 && !info[4].IsUndefined() ? GetInteger(info, 4, "unixListen", "gid", -1, UINT32_MAX - 1.0) : -1;
+  uid_t uid = uidArg < 0 ? static_cast<uid_t>(-1) : static_cast<uid_t>(uidArg);
+  gid_t gid = gidArg < 0 ? static_cast<gid_t>(-1) : static_cast<gid_t>(gidArg);
   sockaddr_un sa;
-  FillSockaddr(env, "unixListen", path, &sa);
+  FillSockaddr(env, "unixListen", path, &sa);  // the path clients connect to must fit sun_path
 
-  // Bind under a temporary name in the same directory, listen, then rename() onto the path: the
-  // path appears only once connections are accepted (a client that sees the file never gets
-  // ECONNREFUSED from a socket still between bind() and listen()). When the temporary name would not
-  // fit in sun_path, bind the path itself.
-  static unsigned long tmpSerial = 0;
-  std::string dir = path.find('/') == std::string::npos ? std::string(".") : path.substr(0, path.rfind('/'));
-  if (dir.empty()) dir = "/";
-  std::string tmp = dir + (dir == "/" ? "" : "/") + ".evl" + std::to_string(::getpid()) + "." + std::to_string(++tmpSerial);
-  sockaddr_un bound = sa;
-  bool renamed = tmp.size() < sizeof bound.sun_path;
-  if (renamed) {
-    std::memset(bound.sun_path, 0, sizeof bound.sun_path);
-    std::memcpy(bound.sun_path, tmp.c_str(), tmp.size());
-  }
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+  std::string leaf = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (leaf.empty() || leaf == "." || leaf == "..") ThrowRange(env, "unixListen: path must name a file: " + path);
 
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) ThrowErrno(env, "socket", errno);
-  if (renamed) ::unlink(bound.sun_path);  // ours from an earlier process with this pid, if any
-  int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&bound), sizeof bound);
-  if (r != 0 && !renamed && errno == EADDRINUSE && IsStaleSocket(sa)) {
-    ::unlink(sa.sun_path);
-    r = ::bind(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
-  }
-  if (r != 0) {
+  int parent = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (parent < 0) ThrowErrno(env, "open (socket directory)", errno);
+  std::string tmpl = dir + (dir == "/" ? "" : "/") + ".evl" + std::to_string(::getpid()) + ".XXXXXX";
+  std::vector<char> tmpPath(tmpl.begin(), tmpl.end());
+  tmpPath.push_back('\0');
+  if (::mkdtemp(tmpPath.data()) == nullptr) {
     int err = errno;
-    ::close(fd);
-    ThrowErrno(env, "bind", err);
+    ::close(parent);
+    ThrowErrno(env, "mkdtemp", err);
   }
-  // chmod before listen(): until listen() nobody can connect, so the mode is in force from the
-  // first connection on.
+  const std::string made(tmpPath.data());
+  const std::string tmpName = made.substr(made.rfind('/') + 1);
+  int priv = ::openat(parent, tmpName.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int fd = -1;
   const char* failed = nullptr;
   int err = 0;
-  if (::chmod(bound.sun_path, mode) != 0) {
-    failed = "chmod";
-  } else if (::listen(fd, backlog) != 0) {
-    failed = "listen";
-  } else if (renamed) {
-    // never replace a socket something still listens on (or anything that is not a socket)
-    struct stat st;
-    if (::lstat(sa.sun_path, &st) == 0 && (!S_ISSOCK(st.st_mode) || !IsStaleSocket(sa))) {
+  bool bound = false;
+  struct stat st;
+  if (priv < 0) {
+    failed = "open (private directory)";
+    err = errno;
+  } else if (::fstat(priv, &st) != 0) {
+    failed = "fstat (private directory)";
+    err = errno;
+  } else if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    failed = "mkdtemp (the private directory was replaced)";
+    err = EEXIST;
+  } else if ((fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
+    failed = "socket";
+    err = errno;
+  } else {
+    sockaddr_un in;
+    std::memset(&in, 0, sizeof in);
+    in.sun_family = AF_UNIX;
+    std::snprintf(in.sun_path, sizeof in.sun_path, "/proc/self/fd/%d/s", priv);
+    int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&in), sizeof in);
+    if (r != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+      // no /proc: bind by the private directory's path, then make sure the socket is in it
+      std::string viaPath = std::string(tmpPath.data()) + "/s";
+      if (viaPath.size() >= sizeof in.sun_path) {
+        errno = ENAMETOOLONG;
+      } else {
+        std::memset(in.sun_path, 0, sizeof in.sun_path);
+        std::memcpy(in.sun_path, viaPath.data(), viaPath.size());
+        r = ::bind(fd, reinterpret_cast<const sockaddr*>(&in), sizeof in);
+        struct stat sst;
+        if (r == 0 && (::fstatat(priv, "s", &sst, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISSOCK(sst.st_mode))) {
+          r = -1;
+          errno = EEXIST;
+        }
+      }
+    }
+    if (r != 0) {
       failed = "bind";
-      err = EADDRINUSE;
-    } else if (::rename(bound.sun_path, sa.sun_path) != 0) {
-      failed = "rename";
+      err = errno;
+    } else {
+      bound = true;
     }
   }
+  if (failed == nullptr) {
+    // in the private directory: only this process reaches the socket, its owner and mode are final
+    // before anyone can connect
+    if ((uid != static_cast<uid_t>(-1) || gid != static_cast<gid_t>(-1)) && ::fchownat(priv, "s", uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
+      failed = "fchownat";
+    } else if (::fchmodat(priv, "s", mode, 0) != 0) {
+      failed = "fchmodat";
+    } else if (::listen(fd, backlog) != 0) {
+      failed = "listen";
+    } else {
+      struct stat at;
+      if (::fstatat(parent, leaf.c_str(), &at, AT_SYMLINK_NOFOLLOW) == 0 && (!S_ISSOCK(at.st_mode) || !IsStaleSocket(sa))) {
+        failed = "bind";
+        err = EADDRINUSE;
+      } else if (::renameat(priv, "s", parent, leaf.c_str()) != 0) {
+        failed = "rename";
+      } else {
+        bound = false;  // it is at its path now
+      }
+    }
+    if (failed != nullptr && err == 0) err = errno;
+  }
+  if (bound) ::unlinkat(priv, "s", 0);
+  if (priv >= 0) ::close(priv);
+  ::unlinkat(parent, tmpName.c_str(), AT_REMOVEDIR);
+  ::close(parent);
   if (failed != nullptr) {
-    if (err == 0) err = errno;
-    ::close(fd);
-    ::unlink(bound.sun_path);
+    if (fd >= 0) ::close(fd);
     ThrowErrno(env, failed, err);
   }
+  return Napi::Number::New(env, fd);
+}
+
+// openAt(dirfd, name, flags, mode) -> fd: openat(2) of one path component (no '/': a caller walks
+// a path one directory at a time with O_NOFOLLOW, so that no symlink anywhere is followed), flags
+// as fs.constants has them, O_CLOEXEC always added. Captures create their files with it relative to
+// the capture directory's fd (src/ops/capture.ts).
+Napi::Value OpenAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int dirfd = GetFd(info, 0, "openAt");
+  std::string name = GetString(info, 1, "openAt", "name");
+  int flags = static_cast<int>(GetInteger(info, 2, "openAt", "flags", 0, INT_MAX));
+  mode_t mode = static_cast<mode_t>(GetInteger(info, 3, "openAt", "mode", 0, 07777));
+  if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos) {
+    ThrowRange(env, "openAt: name must be one path component, without '/'");
+  }
+  int fd;
+  do {
+    fd = ::openat(dirfd, name.c_str(), flags | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) ThrowErrno(env, "openat", errno);
   return Napi::Number::New(env, fd);
 }
 
@@ -1324,6 +1410,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ftruncate", Napi::Function::New<Ftruncate>(env, "ftruncate"));
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
   exports.Set("unixListen", Napi::Function::New<UnixListen>(env, "unixListen"));
+  exports.Set("openAt", Napi::Function::New<OpenAt>(env, "openAt"));
   exports.Set("unixAccept", Napi::Function::New<UnixAccept>(env, "unixAccept"));
   exports.Set("unixConnect", Napi::Function::New<UnixConnect>(env, "unixConnect"));
   exports.Set("socketpair", Napi::Function::New<SocketPair>(env, "socketpair"));

@@ -20,6 +20,7 @@ export interface Defaults {
   offload: boolean;
   socketMode: number;
   ctlMode: number;
+  captureMaxMb: number;
   statsInterval: number;
   maxGuestMemGb: number;
   maxTotalMemGb: number;
@@ -56,6 +57,8 @@ export const DEFAULTS: Readonly<Defaults> = Object.freeze({
   socketMode: 0o600,
   /** the control socket (--ctl): the switch's operator only */
   ctlMode: 0o600,
+  /** most MiB one packet capture writes (what a capture without max-bytes gets, and the most one may ask for) */
+  captureMaxMb: 256,
   /** ms between stats-file writes (and counters log lines) */
   statsInterval: 1000,
   maxGuestMemGb: 512,

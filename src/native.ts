@@ -56,7 +56,14 @@ export interface NativeAddon {
   ftruncate(fd: number, size: number): void;
 
   /** socket(AF_UNIX, SOCK_STREAM|NONBLOCK|CLOEXEC) + bind + listen; mode applied to the socket file */
-  unixListen(path: string, backlog: number, mode: number): number;
+  /**
+   * Listens on path with mode (and owner uid/gid, -1: unchanged): bound, chown-ed and chmod-ed in a
+   * private directory, then renamed onto path (a stale socket there is replaced; a live one, or
+   * anything not a socket, refused with EADDRINUSE).
+   */
+  unixListen(path: string, backlog: number, mode: number, uid?: number, gid?: number): number;
+  /** openat(dirfd, name, flags | O_CLOEXEC, mode): name is one path component (no '/'); flags from fs.constants */
+  openAt(dirfd: number, name: string, flags: number, mode: number): number;
   /** accept4(NONBLOCK|CLOEXEC); returns -1 when no connection is pending */
   unixAccept(fd: number): number;
   /** connect to a listening unix socket; the returned fd is non-blocking. Throws (ECONNREFUSED, ENOENT…;

@@ -188,7 +188,7 @@ export async function runCtl(argv: string[]): Promise<number> {
     .action((name: string) => send({ cmd: 'remove-port', name }, () => `removed port ${name}\n`));
   program
     .command('capture')
-    .description('capture a port, both directions, to a pcap file: capture PORT FILE [max-bytes=N] [max-frames=N]; capture --stop PORT; capture (list)')
+    .description('capture a port, both directions, to a new pcap file in the switch\'s capture directory (--capture-dir; a relative FILE is in it): capture PORT FILE [max-bytes=N] [max-frames=N]; capture --stop PORT; capture (list)')
     .argument('[port]')
     .argument('[file]')
     .argument('[limits...]')
@@ -204,7 +204,8 @@ export async function runCtl(argv: string[]): Promise<number> {
       if (!port) return send({ cmd: 'captures' }, (r) => formatCaptures(r as CaptureSummary[]));
       if (!file) throw new UsageError('capture PORT FILE [max-bytes=N] [max-frames=N]');
       const l = parseCaptureLimits(limits, limits.join(','));
-      return send({ cmd: 'capture', port, file: path.resolve(file), ...l }, (r) => `capturing ${(r as CaptureSummary).port} to ${(r as CaptureSummary).file}\n`);
+      // as given: a relative name is in the switch's capture directory (--capture-dir), not here
+      return send({ cmd: 'capture', port, file, ...l }, (r) => `capturing ${(r as CaptureSummary).port} to ${(r as CaptureSummary).file}\n`);
     });
   try {
     await program.parseAsync(argv, { from: 'user' });

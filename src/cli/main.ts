@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // elastic-vhost: a vhost-user virtual switch with an elastic FIFO for QEMU guests.
+import * as path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
+import { MiB } from '../defaults';
 import { CONFIG_SCHEMA, ConfigError, loadConfig } from './config';
 import { attributeOf, commanderOption, intParser, MOST_QUEUE_PAIRS, SETTINGS } from './options';
 import { RunningSwitch, runSwitch } from './running-switch';
 import { CliPortSpec, CommandLine, mergeSettings, Settings } from './settings';
 import { createLogger } from './logger';
 import type { Log } from '../log';
-import { defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops';
+import { defaultCaptureDir, defaultCtlPath, withOps, type Ops, type OpsSettings } from '../ops/ops';
 import { parseListenAddress } from '../ops/metrics';
 import { parseCaptureSpec } from '../ops/capture';
 import { runCtl } from './ctl';
@@ -87,12 +89,20 @@ function commandLine(program: Command): CommandLine {
 
 /** What the ops tools start with: the settings' values parsed as their options' parsers read them. */
 export function opsOf(s: Settings): OpsSettings {
+  const ctl = s.ctl === true ? defaultCtlPath(s.ports) : s.ctl === false ? undefined : s.ctl;
   return {
     metrics: s.metrics === undefined ? undefined : parseListenAddress(s.metrics, '--metrics'),
-    ctl: s.ctl === true ? defaultCtlPath(s.ports) : s.ctl === false ? undefined : s.ctl,
+    ctl,
     ctlMode: s.ctlMode,
     web: s.web === undefined ? undefined : parseWebAddress(s.web),
     captures: (s.captures ?? []).map((c) => parseCaptureSpec(c)),
+    capturePolicy: {
+      dir: s.captureDir !== undefined ? path.resolve(s.captureDir) : defaultCaptureDir(ctl, s.ports),
+      maxBytes: s.captureMaxMb * MiB,
+    },
+    socketDirs: (s.socketDirs ?? []).map((d) => path.resolve(d)),
+    ...(s.metricsTokenFile !== undefined ? { metricsTokenFile: s.metricsTokenFile } : {}),
+    ...(s.webTokenFile !== undefined ? { webTokenFile: s.webTokenFile } : {}),
   };
 }
 

@@ -2,7 +2,7 @@
 // option (commander), the config file's key and its JSON-schema type are all made from it, with the
 // default from src/defaults.ts. Ports (--socket/--client, the config's `ports`) are in config.ts.
 import { InvalidArgumentError, Option } from 'commander';
-import { parseCaptureSpec } from '../ops/capture';
+import { CAPTURE_DIR_NAME, parseCaptureSpec } from '../ops/capture';
 import { parseListenAddress } from '../ops/metrics';
 import { parseWebAddress } from '../ops/web';
 import { parseVxlanSpec } from '../ports/vxlan-port';
@@ -85,6 +85,7 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'socketMode', kind: 'octal', flags: '--socket-mode <octal>', help: 'mode of the socket files created (octal)' },
   { key: 'socketOwner', kind: 'string', flags: '--socket-owner <user>', help: 'give the socket files created to this user (name or uid), e.g. the one libvirt runs QEMU as' },
   { key: 'socketGroup', kind: 'string', flags: '--socket-group <group>', help: 'give the socket files created to this group (name or gid), e.g. libvirt-qemu with --socket-mode 0660' },
+  { key: 'socketDirs', kind: 'spec', flags: '--socket-dir <dir>', list: true, check: (s, what) => checkSocketDir(s, what), help: 'a directory `ctl add-port` may also put sockets in (it takes only paths directly in the directory of a configured --socket/--client port, or in one of these). Repeatable (the config file\'s socketDirs: a list)' },
   { key: 'statsFile', kind: 'string', flags: '--stats-file <path>', help: 'write engine and port counters as JSON to PATH every --stats-interval ms (and on exit)' },
   { key: 'statsInterval', kind: 'int', flags: '--stats-interval <ms>', min: 0, help: 'period of --stats-file writes and of the --log-counters line (0: none)' },
   { key: 'maxGuestMemGb', kind: 'int', flags: '--max-guest-mem-gb <n>', min: 1, help: 'most guest memory one vhost-user connection may map, in GiB (a larger memory table is refused)' },
@@ -95,12 +96,21 @@ export const SETTINGS: readonly SettingDef[] = [
   { key: 'logCounters', kind: 'bool', flags: '--log-counters', live: true, help: 'log the engine counters that changed, every --stats-interval ms' },
   { key: 'quiet', kind: 'bool', flags: '-q, --quiet', help: 'no counters line even with --log-counters (kept for old command lines; --log-level filters the rest)' },
   // the operator's tools (src/ops/)
-  { key: 'metrics', kind: 'spec', flags: '--metrics <[addr:]port>', port: true, check: (s, what) => parseListenAddress(s, what), help: 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1)' },
+  { key: 'metrics', kind: 'spec', flags: '--metrics <[addr:]port|unix:path>', port: true, check: (s, what) => parseListenAddress(s, what), help: 'serve Prometheus metrics at http://ADDR:PORT/metrics (ADDR default 127.0.0.1), or on a Unix socket: unix:PATH[,mode=OCTAL] (mode 0600 unless given)' },
+  { key: 'metricsTokenFile', kind: 'string', flags: '--metrics-token-file <file>', help: 'serve the metrics only to requests with "Authorization: Bearer TOKEN", TOKEN the first line of FILE (at least 16 characters; FILE not readable by every user); others get 401' },
   { key: 'ctl', kind: 'path', flags: '--ctl [path]', help: 'control socket for `elastic-vhost ctl` (no PATH, or true in the config file: elastic-vhost.ctl next to the first port\'s socket)' },
   { key: 'ctlMode', kind: 'octal', flags: '--ctl-mode <octal>', help: 'mode of the control socket (octal)' },
-  { key: 'web', kind: 'spec', flags: '--web <[addr:]port>', port: true, check: (s) => parseWebAddress(s), help: 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT; address 127.0.0.1 unless given' },
-  { key: 'captures', kind: 'spec', flags: '--capture <spec>', list: true, check: (s) => parseCaptureSpec(s), help: 'capture a port, both directions, to a pcap file from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable (the config file\'s captures: a list of these)' },
+  { key: 'web', kind: 'spec', flags: '--web <[addr:]port|unix:path>', port: true, check: (s) => parseWebAddress(s), help: 'serve the live web view (ports, MAC table, elastic FIFO occupancy over time) on ADDR:PORT (address 127.0.0.1 unless given), or on a Unix socket: unix:PATH[,mode=OCTAL] (mode 0600 unless given)' },
+  { key: 'webTokenFile', kind: 'string', flags: '--web-token-file <file>', help: 'serve the web view only to requests with "Authorization: Bearer TOKEN", TOKEN the first line of FILE (at least 16 characters; FILE not readable by every user); others get 401. A browser gets there through a reverse proxy that adds the header' },
+  { key: 'captures', kind: 'spec', flags: '--capture <spec>', list: true, check: (s) => parseCaptureSpec(s), help: 'capture a port, both directions, to a new pcap file in the capture directory from the start: PORT=FILE[,max-bytes=N][,max-frames=N]. Repeatable (the config file\'s captures: a list of these)' },
+  { key: 'captureDir', kind: 'string', flags: '--capture-dir <dir>', help: `the only directory captures (--capture, ctl capture) write to: a relative FILE is in it, a name outside it is refused, an existing file is never overwritten. The switch's user's, writable by nobody else; made (0700) when missing. Default: ${CAPTURE_DIR_NAME}/ in the control socket's directory (without --ctl: the first port's socket's)` },
+  { key: 'captureMaxMb', kind: 'int', flags: '--capture-max-mb <n>', min: 1, help: 'a capture ends once its file reaches this many MiB; max-bytes= may ask for less, not more' },
 ];
+
+/** --socket-dir: a directory's path, not empty (it need not exist yet: add-port checks then) */
+function checkSocketDir(s: string, what: string): void {
+  if (s.trim() === '' || s.includes('\0')) throw new Error(`${what ? `${what} ` : ''}"${s}": give a directory`);
+}
 
 /** The setting of a long option ("--metrics"), for the schema keyword CLI_CHECK. */
 export function settingOfFlag(flag: string): SettingDef | undefined {

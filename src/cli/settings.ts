@@ -42,10 +42,17 @@ export interface Settings extends Omit<Defaults, 'macTableSize'> {
   statsFile?: string;
   /** the operator's tools, each as the command line writes it (main.ts's opsOf() parses them) */
   metrics?: string;
+  /** --metrics-token-file, --web-token-file */
+  metricsTokenFile?: string;
+  webTokenFile?: string;
   /** a path; true: next to the first port's socket; false: none */
   ctl?: string | boolean;
   web?: string;
   captures?: string[];
+  /** --socket-dir: directories `ctl add-port` may use besides those of the configured ports */
+  socketDirs?: string[];
+  /** --capture-dir (undefined: the default, next to the control socket) */
+  captureDir?: string;
   /** an inherited connected socket (backend program conventions): one session, then the process exits */
   fd?: number;
 }

@@ -11,7 +11,20 @@
 // Two fixed buffers per capture: the data path never waits for the disk and never allocates. When
 // the active buffer is full while the other is still being written, the record is not kept and is
 // counted (dropped); the file stays a valid pcap (records are whole or absent).
+//
+// Where a capture writes: whoever may use the control socket (a group, with --ctl-mode 0660) names
+// the file, and the switch writes it as root with bytes guests choose. So a capture file is always
+// a new file, created inside the capture directory (--capture-dir) and nowhere else:
+//   - the directory is opened anew for each capture, its last component not followed (O_NOFOLLOW),
+//     and must belong to the switch's user with no write access for anyone else (made, 0700, when
+//     missing);
+//   - the name, relative to it (an absolute name must lie inside it), is walked one component at a
+//     time with openat(O_NOFOLLOW): no symlink below the directory is followed, no ".." leaves it;
+//   - the file is created with O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600: never an existing file, never
+//     truncated, never through a symlink;
+//   - every capture is capped at --capture-max-mb (CapturePolicy.maxBytes) unless it asks for less.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { copies } from '../datapath/copy-list';
 import { native } from '../native';
 import type { FrameCapture } from '../datapath/capture';
@@ -26,6 +39,8 @@ export const PCAP_FILE_HEADER = 24;
 export const PCAP_RECORD_HEADER = 16;
 /** each of the two buffers of a capture */
 export const DEFAULT_CAPTURE_BUFFER = 4 * 1024 * 1024;
+/** the default capture directory's name, in the control socket's directory (see defaultCaptureDir) */
+export const CAPTURE_DIR_NAME = 'captures';
 /** period of the writer when the buffer is not filling fast */
 const FLUSH_MS = 50;
 
@@ -36,11 +51,21 @@ export interface CaptureLimits {
   maxFrames?: number;
 }
 
+/** What the switch allows captures: where (the capture directory) and how much. */
+export interface CapturePolicy {
+  /** the capture directory (--capture-dir), absolute; null: there is none, every capture is refused */
+  dir: string | null;
+  /** most bytes one capture may write, headers included (--capture-max-mb); also what a capture without max-bytes gets */
+  maxBytes: number;
+}
+
 export interface CaptureSummary {
   port: string;
   file: string;
   frames: number;
   bytes: number;
+  /** the capture ends once the file would pass this (its max-bytes, at most the switch's cap) */
+  maxBytes: number;
   /** records not kept because the writer was behind */
   dropped: number;
   /** why it ended (null while running): 'stopped', 'max-bytes', 'max-frames', 'exit' or an error */
@@ -114,12 +139,15 @@ export class PcapCapture implements FrameCapture {
     this.timer = setInterval(() => this.flush(), FLUSH_MS).unref();
   }
 
-  /** Opens (truncates) file, writes the pcap file header and returns the capture. */
-  static start(port: string, file: string, limits: CaptureLimits, onEnd: (c: PcapCapture) => void, bufferBytes?: number): PcapCapture {
+  /**
+   * Writes the pcap file header to fd (a new, empty file: createCaptureFile()) and returns the
+   * capture; the fd is closed when writing the header fails.
+   */
+  static start(port: string, file: string, fd: number, limits: CaptureLimits, onEnd: (c: PcapCapture) => void, bufferBytes?: number): PcapCapture {
     if (limits.maxBytes !== undefined && limits.maxBytes < PCAP_FILE_HEADER) {
+      fs.closeSync(fd);
       throw new Error(`max-bytes ${limits.maxBytes} is less than the ${PCAP_FILE_HEADER}-byte pcap file header`);
     }
-    const fd = fs.openSync(file, 'w', 0o600);
     try {
       fs.writeSync(fd, pcapFileHeader(), 0, PCAP_FILE_HEADER, 0);
     } catch (e) {
@@ -130,7 +158,7 @@ export class PcapCapture implements FrameCapture {
   }
 
   get summary(): CaptureSummary {
-    return { port: this.port, file: this.file, frames: this.tally[0], bytes: this.tally[1], dropped: this.tally[2], ended: this.endedBy };
+    return { port: this.port, file: this.file, frames: this.tally[0], bytes: this.tally[1], maxBytes: this.maxBytes, dropped: this.tally[2], ended: this.endedBy };
   }
 
   get frames(): number {
@@ -317,19 +345,112 @@ export function parseCaptureLimits(opts: string[], where: string): CaptureLimits
   return limits;
 }
 
+const errCode = (e: unknown): string | undefined => (e as { code?: string }).code;
+
+/**
+ * Opens the capture directory for one capture: made (mode 0700) when missing; refused when its last
+ * component is a symlink or not a directory, when it is not the switch's user's, or when others may
+ * write it (they could swap what is in it). Returns its fd (the caller closes it).
+ */
+export function openCaptureDir(dir: string): number {
+  const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+  const open = (): number => fs.openSync(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  let fd: number;
+  try {
+    fd = open();
+  } catch (e) {
+    const code = errCode(e);
+    if (code === 'ELOOP' || code === 'ENOTDIR') throw new Error(`${dir}: the capture directory is a symlink or not a directory (give --capture-dir a directory itself)`);
+    if (code !== 'ENOENT') throw new Error(`capture directory ${dir}: ${(e as Error).message}`);
+    try {
+      // not recursive: its parent is the operator's to make
+      fs.mkdirSync(dir, { mode: 0o700 });
+      fd = open();
+    } catch (e2) {
+      throw new Error(`the capture directory ${dir} cannot be made: ${(e2 as Error).message}`);
+    }
+  }
+  const st = fs.fstatSync(fd);
+  const me = process.geteuid?.() ?? st.uid;
+  let problem: string | null = null;
+  if (st.uid !== me) problem = `the capture directory belongs to uid ${st.uid}, not to the switch's (${me})`;
+  else if ((st.mode & 0o022) !== 0) problem = `others may write it (mode 0${(st.mode & 0o777).toString(8)}): chmod go-w it, or give --capture-dir another`;
+  if (problem !== null) {
+    fs.closeSync(fd);
+    throw new Error(`${dir}: ${problem}`);
+  }
+  return fd;
+}
+
+/**
+ * Creates a capture file: file relative to dir, or absolute inside it; any directory on the way must
+ * exist and is not followed if a symlink; the file must not exist (O_CREAT|O_EXCL|O_NOFOLLOW, 0600).
+ * Returns the open fd and the file's absolute path; throws with the reason.
+ */
+export function createCaptureFile(dir: string, file: string): { fd: number; path: string } {
+  const inside = (base: string): string | null => {
+    const rel = path.relative(base, path.resolve(base, file));
+    return rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel) ? null : rel;
+  };
+  // an absolute name may spell the directory through a symlink of the operator's (/var/run → /run)
+  let rel = inside(dir);
+  if (rel === null && path.isAbsolute(file)) {
+    try {
+      rel = inside(fs.realpathSync(dir));
+    } catch {
+      /* no such directory yet: the name is outside anyway */
+    }
+  }
+  if (rel === null) throw new Error(`capture file ${file}: outside the capture directory ${dir} (give a name in it, e.g. ${path.basename(file)})`);
+  if (rel === '') throw new Error(`capture file ${file}: that is the capture directory itself, not a file in it`);
+  const parts = rel.split(path.sep);
+  const { O_RDONLY, O_WRONLY, O_DIRECTORY, O_NOFOLLOW, O_CREAT, O_EXCL } = fs.constants;
+  const fds = [openCaptureDir(dir)];
+  try {
+    for (let i = 0; i < parts.length - 1; i++) {
+      const sub = parts.slice(0, i + 1).join('/');
+      try {
+        fds.push(native.openAt(fds[fds.length - 1], parts[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0));
+      } catch (e) {
+        const code = errCode(e);
+        if (code === 'ELOOP' || code === 'ENOTDIR') throw new Error(`capture file ${file}: ${sub}: a symlink or not a directory, not followed`);
+        if (code === 'ENOENT') throw new Error(`capture file ${file}: there is no directory ${sub} in the capture directory ${dir}`);
+        throw new Error(`capture file ${file}: ${sub}: ${(e as Error).message}`);
+      }
+    }
+    const full = path.join(dir, rel);
+    try {
+      return { fd: native.openAt(fds[fds.length - 1], parts[parts.length - 1], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600), path: full };
+    } catch (e) {
+      if (errCode(e) === 'EEXIST') throw new Error(`${full} exists: a capture never overwrites a file (remove it or give another name)`);
+      throw new Error(`capture file ${full}: ${(e as Error).message}`);
+    }
+  } finally {
+    for (const fd of fds) fs.closeSync(fd);
+  }
+}
+
 /** The captures running, one per port at most, by port name. */
 export class CaptureManager {
   private readonly running = new Map<string, { capture: PcapCapture; port: CapturablePort }>();
 
-  constructor(private readonly log: Log, private readonly bufferBytes = DEFAULT_CAPTURE_BUFFER) {}
+  constructor(private readonly log: Log, private readonly policy: CapturePolicy, private readonly bufferBytes = DEFAULT_CAPTURE_BUFFER) {}
 
+  /** Starts capturing port into a new file (see createCaptureFile); throws with the reason. */
   start(port: CapturablePort, file: string, limits: CaptureLimits = {}): CaptureSummary {
     if (this.running.has(port.name)) throw new Error(`port ${port.name} is already being captured (to ${this.running.get(port.name)!.capture.file})`);
-    const capture = PcapCapture.start(port.name, file, limits, (c) => this.ended(c), this.bufferBytes);
+    const dir = this.policy.dir;
+    if (dir === null) throw new Error('no capture directory: give --capture-dir DIR (or --ctl, whose directory then holds captures/)');
+    const cap = this.policy.maxBytes;
+    if (limits.maxBytes !== undefined && limits.maxBytes > cap) throw new Error(`max-bytes ${limits.maxBytes} is more than the switch allows (--capture-max-mb: ${cap} bytes)`);
+    if (limits.maxBytes !== undefined && limits.maxBytes < PCAP_FILE_HEADER) throw new Error(`max-bytes ${limits.maxBytes} is less than the ${PCAP_FILE_HEADER}-byte pcap file header`);
+    const capped: CaptureLimits = { ...limits, maxBytes: limits.maxBytes ?? cap };
+    const f = createCaptureFile(dir, file);
+    const capture = PcapCapture.start(port.name, f.path, f.fd, capped, (c) => this.ended(c), this.bufferBytes);
     this.running.set(port.name, { capture, port });
     port.setCapture(capture);
-    const caps = [limits.maxBytes !== undefined ? `max-bytes=${limits.maxBytes}` : '', limits.maxFrames !== undefined ? `max-frames=${limits.maxFrames}` : ''].filter(Boolean).join(' ');
-    this.log(`capture of ${port.name} to ${file} started${caps ? ` (${caps})` : ''}`, { port: port.name, path: file });
+    const caps = [`max-bytes=${capped.maxBytes}${limits.maxBytes === undefined ? ' (--capture-max-mb)' : ''}`, limits.maxFrames !== undefined ? `max-frames=${limits.maxFrames}` : ''].filter(Boolean).join(' ');
+    this.log(`capture of ${port.name} to ${f.path} started (${caps})`, { port: port.name, path: f.path });
     return capture.summary;
   }
 

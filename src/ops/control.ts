@@ -14,9 +14,20 @@
 // socket is not read until they are answered (pipelining is fine, its backlog bounded); a client
 // whose unread replies pass MAX_UNREAD bytes is disconnected (replies are never buffered without
 // bound); at most MAX_CLIENTS at once; idle connections close after IDLE_MS.
+//
+// The event loop is the data path's too. One read of 64 KiB can hold some 4300 small requests: were
+// they all answered as they are read (one promise chain, one microtask drain), the rings' kicks and
+// the engine's timers would wait for all of them. So requests are queued per client and answered
+// by a scheduler, at most REQUESTS_PER_TURN of them per turn of the event loop (setImmediate: the
+// loop polls I/O between two turns), the clients taken round-robin:
+//
+//   socket 'data' ─► lines queued on the client ─► ready (clients with work, round-robin)
+//   setImmediate turn ─► ≤ REQUESTS_PER_TURN answered (one at a time per client: replies in order;
+//                        an asynchronous one, capture-stop, holds its client until it settles)
+//   socket 'close' ─► the client's queue dropped: nothing is computed for a client that has gone
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { removeStaleSocket } from '../vhost-user/server';
+import { listenUnix } from './unix-listen';
 import type { Log } from '../log';
 import type { CaptureLimits } from './capture';
 import { fifoView, macViews, portViews, type AddPortRequest, type OpsHost } from './switch-view';
@@ -26,6 +37,8 @@ export const MAX_UNREAD = 4 * 1024 * 1024;
 export const MAX_PENDING = 64;
 export const MAX_CLIENTS = 16;
 export const IDLE_MS = 60_000;
+/** requests answered per turn of the event loop, over all clients */
+export const REQUESTS_PER_TURN = 16;
 
 type Request = Record<string, unknown> & { cmd?: unknown; id?: unknown };
 
@@ -45,8 +58,11 @@ function count(req: Request, key: string): number | undefined {
   return v;
 }
 
-/** One request → its result (throws with the reason). */
-export async function handleRequest(host: OpsHost, req: Request): Promise<unknown> {
+/**
+ * One request → its result (throws with the reason). A promise only for what has to wait
+ * (capture-stop: the file completed), so that the scheduler answers the rest within its turn.
+ */
+export function handleRequest(host: OpsHost, req: Request): unknown {
   switch (req.cmd) {
     case 'ports':
       return portViews(host);
@@ -87,18 +103,34 @@ export async function handleRequest(host: OpsHost, req: Request): Promise<unknow
     }
     case 'remove-port': {
       const name = str(req, 'name') as string;
-      if (host.captures.has(name)) await host.captures.stop(name);
-      host.removePort(name);
-      return { name };
+      const remove = (): { name: string } => {
+        host.removePort(name);
+        return { name };
+      };
+      return host.captures.has(name) ? host.captures.stop(name).then(remove) : remove();
     }
     default:
       throw new BadRequest(`unknown command ${JSON.stringify(req.cmd)} (ports, macs, fifo, captures, capture, capture-stop, add-port, remove-port)`);
   }
 }
 
+/** One connection: the lines it sent that wait for an answer, oldest first. */
+interface Client {
+  readonly s: net.Socket;
+  readonly queue: string[];
+  /** an asynchronous answer of it is pending: its next request waits (replies stay in order) */
+  busy: boolean;
+  /** in the scheduler's ready list */
+  ready: boolean;
+  gone: boolean;
+}
+
 export class ControlServer {
   private readonly server: net.Server;
-  private readonly clients = new Set<net.Socket>();
+  private readonly clients = new Set<Client>();
+  /** clients with requests to answer, round-robin */
+  private readonly ready: Client[] = [];
+  private turnScheduled = false;
   private closed = false;
 
   private constructor(readonly path: string, private readonly host: OpsHost, private readonly log: Log) {
@@ -106,33 +138,16 @@ export class ControlServer {
     this.server.maxConnections = MAX_CLIENTS;
   }
 
-  /** Listens on path (a stale socket file is replaced, a live one refused), mode applied before
-   * anyone can connect: the socket is created under a umask that leaves only the owner's bits. */
-  static listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
-    removeStaleSocket(path);
+  /** Listens on path (a stale socket file is replaced, a live one refused), its mode set before
+   * it is put at path (src/ops/unix-listen.ts): nobody can connect before the mode applies, and no
+   * chmod runs on a path a client could have swapped. */
+  static async listen(path: string, host: OpsHost, log: Log, mode = 0o600): Promise<ControlServer> {
     const c = new ControlServer(path, host, log);
-    return new Promise((resolve, reject) => {
-      c.server.once('error', reject);
-      const old = process.umask(0o177);
-      try {
-        c.server.listen(path, () => {
-          c.server.off('error', reject);
-          c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
-          try {
-            fs.chmodSync(path, mode);
-          } catch (e) {
-            c.close();
-            reject(e);
-            return;
-          }
-          c.server.unref();
-          log(`ctl: listening on ${path}`, { path });
-          resolve(c);
-        });
-      } finally {
-        process.umask(old);
-      }
-    });
+    await listenUnix(c.server, path, mode);
+    c.server.on('error', (e) => log(`ctl: error: ${e.message}`, { level: 'error', path }));
+    c.server.unref();
+    log(`ctl: listening on ${path}`, { path });
+    return c;
   }
 
   private accept(s: net.Socket): void {
@@ -140,24 +155,20 @@ export class ControlServer {
       s.destroy();
       return;
     }
-    this.clients.add(s);
+    const c: Client = { s, queue: [], busy: false, ready: false, gone: false };
+    this.clients.add(c);
     s.unref();
     s.setTimeout(IDLE_MS, () => s.destroy());
-    s.on('close', () => this.clients.delete(s));
+    s.on('close', () => {
+      // what it asked and was not answered yet is nobody's business any more
+      c.gone = true;
+      c.queue.length = 0;
+      this.clients.delete(c);
+    });
     s.on('error', () => {
       /* the client went away: nothing to tell anyone */
     });
     let partial = '';
-    let pending = 0;
-    let chain: Promise<void> = Promise.resolve();
-    const reply = (msg: object): void => {
-      if (s.destroyed) return;
-      s.write(`${JSON.stringify(msg)}\n`);
-      if (s.writableLength > MAX_UNREAD) {
-        this.log(`ctl: error: a client does not read its replies (${s.writableLength} bytes unread): disconnected`, { level: 'error' });
-        s.destroy();
-      }
-    };
     const refuse = (why: string): void => {
       this.log(`ctl: error: ${why}: client disconnected`, { level: 'error' });
       if (!s.destroyed) s.end(`${JSON.stringify({ ok: false, error: why })}\n`);
@@ -171,18 +182,68 @@ export class ControlServer {
         partial = partial.slice(i + 1);
         if (line.length > MAX_LINE) return refuse(`request of ${line.length} bytes, longer than ${MAX_LINE}`);
         if (line.trim() === '') continue;
-        pending++;
-        chain = chain.then(async () => {
-          reply(await this.answer(line));
-          if (--pending === 0 && s.isPaused()) s.resume();
-        });
+        c.queue.push(line);
       }
-      if (pending > MAX_PENDING) s.pause();
-      if (partial.length > MAX_LINE) refuse(`request longer than ${MAX_LINE} bytes`);
+      if (partial.length > MAX_LINE) return refuse(`request longer than ${MAX_LINE} bytes`);
+      // pipelining is fine, an unbounded backlog is not: read on once this much is answered
+      if (c.queue.length > MAX_PENDING) s.pause();
+      this.makeReady(c);
     });
   }
 
-  private async answer(line: string): Promise<object> {
+  private makeReady(c: Client): void {
+    if (c.ready || c.busy || c.gone || c.s.destroyed || c.queue.length === 0) return;
+    c.ready = true;
+    this.ready.push(c);
+    if (!this.turnScheduled) {
+      this.turnScheduled = true;
+      setImmediate(this.turn);
+    }
+  }
+
+  /** One turn: at most REQUESTS_PER_TURN answered, one per client per round; the rest next turn. */
+  private readonly turn = (): void => {
+    this.turnScheduled = false;
+    let budget = REQUESTS_PER_TURN;
+    while (budget > 0 && this.ready.length > 0) {
+      const c = this.ready.shift()!;
+      c.ready = false;
+      const line = c.queue.shift();
+      if (c.gone || line === undefined) continue;
+      budget--;
+      const a = this.answer(line);
+      if (a instanceof Promise) {
+        c.busy = true;
+        void a.then((msg) => {
+          c.busy = false;
+          this.reply(c, msg);
+          this.makeReady(c);
+        });
+      } else {
+        this.reply(c, a);
+      }
+      this.makeReady(c);
+    }
+    if (this.ready.length > 0 && !this.turnScheduled) {
+      this.turnScheduled = true;
+      setImmediate(this.turn);
+    }
+  };
+
+  private reply(c: Client, msg: object): void {
+    const s = c.s;
+    if (c.gone || s.destroyed) return;
+    s.write(`${JSON.stringify(msg)}\n`);
+    if (s.writableLength > MAX_UNREAD) {
+      this.log(`ctl: error: a client does not read its replies (${s.writableLength} bytes unread): disconnected`, { level: 'error' });
+      s.destroy();
+      return;
+    }
+    if (s.isPaused() && c.queue.length === 0 && !c.busy) s.resume();
+  }
+
+  /** The reply to one request line: at once, or a promise of it (the request has to wait). */
+  private answer(line: string): object | Promise<object> {
     let req: Request;
     try {
       const v: unknown = JSON.parse(line);
@@ -194,20 +255,25 @@ export class ControlServer {
       return { ok: false, error: `bad request: ${why}` };
     }
     const id = req.id;
-    try {
-      const result = await handleRequest(this.host, req);
-      return id === undefined ? { ok: true, result } : { id, ok: true, result };
-    } catch (e) {
+    const ok = (result: unknown): object => (id === undefined ? { ok: true, result } : { id, ok: true, result });
+    const failed = (e: unknown): object => {
       const msg = (e as Error).message;
       this.log(`ctl: error: ${String(req.cmd)}: ${msg}`, { level: 'error', command: String(req.cmd) });
       return id === undefined ? { ok: false, error: msg } : { id, ok: false, error: msg };
+    };
+    try {
+      const result = handleRequest(this.host, req);
+      return result instanceof Promise ? result.then(ok, failed) : ok(result);
+    } catch (e) {
+      return failed(e);
     }
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const s of this.clients) s.destroy();
+    for (const c of this.clients) c.s.destroy();
+    this.ready.length = 0;
     this.server.close();
     try {
       fs.unlinkSync(this.path);

@@ -8,8 +8,12 @@
 // from the TAP device, a datagram from a remote VTEP), "out" what it gave to a port (a guest's RX
 // ring, a write to the TAP, a frame for the VXLAN uplink to encapsulate). The VXLAN uplink's own
 // families (elastic_vhost_vxlan_…) add its datagrams, per remote VTEP (`vtep` label, ADDR:PORT).
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { bearerGuard } from './auth';
+import { isUnix, parseUnixAddress, UNIX_FORM, type ListenAddress } from './listen-address';
+import { listenUnix } from './unix-listen';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { SwitchStats } from '../engine/switch';
 import type { DropCounts, TrafficCounts } from '../engine/counters';
@@ -291,24 +295,29 @@ export class Metrics {
   }
 }
 
-/** "[ADDR:]PORT" (--metrics): loopback unless an address is given; "[::1]:9100" for IPv6. */
-export function parseListenAddress(s: string, what: string): { host: string; port: number } {
+/** "[ADDR:]PORT" (--metrics): loopback unless an address is given; "[::1]:9100" for IPv6; or "unix:PATH[,mode=OCTAL]". */
+export function parseListenAddress(s: string, what: string): ListenAddress {
+  const unix = parseUnixAddress(s, what);
+  if (unix !== null) return unix;
   const m = /^(?:(\[[0-9a-fA-F:.]+\]|[^:[\]]+):)?(\d+)$/.exec(s);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`${what} "${s}": want [ADDR:]PORT, e.g. 9100 or 0.0.0.0:9100`);
+  if (!m || !(port >= 0 && port <= 65535)) throw new Error(`${what} "${s}": want [ADDR:]PORT, e.g. 9100 or 0.0.0.0:9100, or ${UNIX_FORM}`);
   const host = m[1] === undefined ? '127.0.0.1' : m[1].replace(/^\[|\]$/g, '');
   return { host, port };
 }
 
 export interface MetricsServer {
-  /** where it listens (port 0 given: the port chosen) */
+  /** where it listens (port 0 given: the port chosen): http://ADDR:PORT/metrics, or unix:PATH */
   readonly url: string;
   close(): void;
 }
 
-export function startMetricsServer(host: OpsHost, listen: { host: string; port: number }, log: Log): Promise<MetricsServer> {
+/** Serves /metrics on listen (TCP or a Unix socket); with token (--metrics-token-file) only to requests that carry it. */
+export async function startMetricsServer(host: OpsHost, listen: ListenAddress, log: Log, token?: string): Promise<MetricsServer> {
   const metrics = new Metrics(host);
+  const authorized = token === undefined ? null : bearerGuard(token, 'metrics', log);
   const server = http.createServer((req, res) => {
+    if (authorized !== null && !authorized(req, res)) return;
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('GET /metrics\n');
@@ -331,6 +340,22 @@ export function startMetricsServer(host: OpsHost, listen: { host: string; port: 
   server.requestTimeout = 10_000;
   server.keepAliveTimeout = 5_000;
   server.maxHeadersCount = 50;
+  if (isUnix(listen)) {
+    await listenUnix(server, listen.path, listen.mode);
+    server.on('error', (e) => log(`metrics: error: ${e.message}`, { level: 'error' }));
+    server.unref();
+    const url = `unix:${listen.path}`;
+    log(`metrics: serving ${url} (GET /metrics)`, { url });
+    return {
+      url,
+      close: () => {
+        server.close();
+        server.closeAllConnections();
+        // listened on through its fd: Node does not unlink it
+        fs.rmSync(listen.path, { force: true });
+      },
+    };
+  }
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {

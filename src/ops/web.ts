@@ -1,5 +1,6 @@
-// The live web view (--web [ADDR:]PORT): one static page (web/index.html) and a stream of
-// samples as server-sent events.
+// The live web view (--web [ADDR:]PORT, or unix:PATH[,mode=OCTAL]): one static page
+// (web/index.html) and a stream of samples as server-sent events; behind a bearer token with
+// --web-token-file (src/ops/auth.ts).
 //
 //   timer (intervalMs) ─► sample() once ─► one Buffer ─► write to every /events client
 //                                                        (skipped for a client whose unsent bytes
@@ -14,25 +15,30 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
+import type { LogFields } from '../log';
+import { bearerGuard } from './auth';
+import { isUnix, parseUnixAddress, UNIX_FORM, type ListenAddress, type UnixAddress } from './listen-address';
+import { listenUnix } from './unix-listen';
 
-export interface WebAddress {
-  host: string;
-  port: number;
-}
+export type WebAddress = ListenAddress;
 
-/** "[ADDR:]PORT": loopback unless an address is given; "[::1]:PORT" for IPv6; port 0 picks a free one */
+/** "[ADDR:]PORT": loopback unless an address is given; "[::1]:PORT" for IPv6; port 0 picks a free one; or "unix:PATH[,mode=OCTAL]" */
 export function parseWebAddress(s: string): WebAddress {
+  const unix = parseUnixAddress(s, '');
+  if (unix !== null) return unix;
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]:|([^\s:[\]]+):)?(\d{1,5})$/.exec(s);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new Error(`"${s}" is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, [::1]:8080)`);
+  if (!m || port > 65535) throw new Error(`"${s}" is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, [::1]:8080) or ${UNIX_FORM}`);
   return { host: m[1] ?? m[2] ?? '127.0.0.1', port };
 }
 
 export interface WebViewOptions {
   address: WebAddress;
+  /** --web-token-file's token: every request needs `Authorization: Bearer <token>` (401 otherwise) */
+  token?: string;
   /** one sample of the switch, sent as JSON; called on the timer only while clients are connected */
   sample: () => unknown;
-  log: (msg: string) => void;
+  log: (msg: string, fields?: LogFields) => void;
   /** sample period (default 200 ms) */
   intervalMs?: number;
   /** most /events clients at once (default 8); one more gets 503 */
@@ -90,7 +96,8 @@ const SECURITY_HEADERS = {
 };
 
 export class WebView {
-  readonly listening: Promise<AddressInfo>;
+  /** the TCP address it listens on (port 0 given: the port chosen), or its Unix socket */
+  readonly listening: Promise<AddressInfo | UnixAddress>;
   private readonly server: http.Server;
   private readonly page: Buffer;
   private readonly clients = new Set<Client>();
@@ -103,32 +110,52 @@ export class WebView {
   private last: Buffer | null = null;
   private sampleFailed = false;
   private closed = false;
+  /** its Unix socket was put at its path (removed at close) */
+  private unixBound = false;
   /** bound to loopback: only requests naming a loopback host are served (a web page elsewhere
    * could otherwise read the switch's state through DNS rebinding) */
   private readonly loopbackOnly: boolean;
+  /** with a token: answers 401 and returns false for a request without it */
+  private readonly authorized: ((req: http.IncomingMessage, res: http.ServerResponse) => boolean) | null;
 
   constructor(private readonly o: WebViewOptions) {
     this.intervalMs = o.intervalMs ?? DEFAULT_WEB_INTERVAL_MS;
     this.maxClients = o.maxClients ?? DEFAULT_WEB_MAX_CLIENTS;
     this.stuckClientMs = o.stuckClientMs ?? 10_000;
     this.page = fs.readFileSync(pagePath());
-    this.loopbackOnly = LOOPBACK_HOST.test(o.address.host.includes(':') ? `[${o.address.host}]` : o.address.host);
+    const a = o.address;
+    // a Unix socket is no browser's to reach: no DNS rebinding through it (a proxy in front sends its own Host)
+    this.loopbackOnly = !isUnix(a) && LOOPBACK_HOST.test(a.host.includes(':') ? `[${a.host}]` : a.host);
+    this.authorized = o.token === undefined ? null : bearerGuard(o.token, 'web', o.log);
     const server = http.createServer((req, res) => this.onRequest(req, res));
     this.server = server;
     // a browser keeps a few connections per page; beyond that, sockets are refused by the kernel queue
     server.maxConnections = this.maxClients * 4;
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;
-    this.listening = new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.address.port, o.address.host, () => {
-        server.off('error', reject);
-        server.on('error', (e) => o.log(`web: error: ${e.message}`));
-        const a = server.address() as AddressInfo;
-        o.log(`web view on http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/`);
-        resolve(a);
-      });
-    });
+    this.listening = isUnix(a)
+      ? (async () => {
+          await listenUnix(server, a.path, a.mode);
+          this.unixBound = true;
+          if (this.closed) {
+            // closed while it was being made
+            server.close();
+            fs.rmSync(a.path, { force: true });
+          }
+          server.on('error', (e) => o.log(`web: error: ${e.message}`));
+          o.log(`web view on unix:${a.path}`);
+          return a;
+        })()
+      : new Promise((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(a.port, a.host, () => {
+            server.off('error', reject);
+            server.on('error', (e) => o.log(`web: error: ${e.message}`));
+            const got = server.address() as AddressInfo;
+            o.log(`web view on http://${got.family === 'IPv6' ? `[${got.address}]` : got.address}:${got.port}/`);
+            resolve(got);
+          });
+        });
     // a failed listen is reported through `listening`; this keeps it from being an unhandled rejection too
     this.listening.catch(() => {});
     server.on('clientError', (e, socket) => {
@@ -150,9 +177,13 @@ export class WebView {
     this.clients.clear();
     this.server.close();
     this.server.closeAllConnections();
+    const a = this.o.address;
+    // a socket listened on through its fd is not unlinked by Node (and one not ours is left alone)
+    if (isUnix(a) && this.unixBound) fs.rmSync(a.path, { force: true });
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.authorized !== null && !this.authorized(req, res)) return;
     const head = req.method === 'HEAD';
     if (req.method !== 'GET' && !head) {
       res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain', ...SECURITY_HEADERS }).end('only GET and HEAD\n');

@@ -43,17 +43,15 @@ export class Listener implements Endpoint {
   /** owner: uid and gid for the socket file (-1 keeps that one), as --socket-owner/--socket-group say */
   constructor(readonly path: string, accept: Acceptor, private readonly log: Log, mode = 0o600, owner: { uid: number; gid: number } | null = null) {
     removeStaleSocket(path);
-    // with a new owner: only this process's user may connect until chown, then the mode applies
-    this.fd = native.unixListen(path, 16, owner === null ? mode : mode & 0o700);
-    if (owner !== null) {
-      try {
-        fs.chownSync(path, owner.uid, owner.gid);
-        fs.chmodSync(path, mode);
-      } catch (e) {
-        safeClose(this.fd);
-        fs.rmSync(path, { force: true });
+    // owner and mode are set by the addon while the socket is still in a private directory of its
+    // own, then it is renamed into place: nothing is done by path once a client could swap it
+    try {
+      this.fd = native.unixListen(path, 16, mode, owner?.uid ?? -1, owner?.gid ?? -1);
+    } catch (e) {
+      if ((e as { syscall?: string }).syscall === 'fchownat' && owner !== null) {
         throw new Error(`${path}: cannot give the socket to uid ${owner.uid} gid ${owner.gid}: ${(e as Error).message}`);
       }
+      throw e;
     }
     this.poller = native.poll(this.fd, (status) => {
       if (this.closed || status < 0) return;

@@ -71,7 +71,8 @@ describe('packet capture read back with tcpdump', { timeout: 400_000 }, () => {
   const guard = tracker.guard;
 
   before(async () => {
-    sw = await startSwitch(dir, 2, ['--pool-mb', '32', '--capture', `vm0=${fileA}`, '--ctl', ctlSock]);
+    // the work directory is the capture directory: the files are named by their absolute paths in it
+    sw = await startSwitch(dir, 2, ['--pool-mb', '32', '--capture-dir', dir, '--capture', `vm0=${fileA}`, '--ctl', ctlSock]);
     await sw.waitLog(/capture of vm0 to .*vm0\.pcap started/);
     [a, b] = await Promise.all([startGuest(sw, 0, 'capture-a'), startGuest(sw, 1, 'capture-b')]);
     await ready(a, b);

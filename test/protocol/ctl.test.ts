@@ -259,6 +259,62 @@ describe('elastic-vhost ctl against the running CLI', { timeout: 120_000 }, () =
     assert.deepEqual((await receive(b, 1)).map((p) => seqOf(p.frame)), [30]);
   });
 
+  it('add-port only in a socket directory of the configuration: elsewhere, through a symlinked directory or in client mode elsewhere, refused with the reason and nothing made', async () => {
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-ctl-elsewhere-'));
+    try {
+      fs.mkdirSync(path.join(dir, 'sub'));
+      fs.symlinkSync(elsewhere, path.join(dir, 'linked'));
+      for (const [spec, client] of [
+        [path.join(elsewhere, 'vm5.sock'), false],
+        [path.join(elsewhere, 'vm6.sock'), true],
+        [path.join(dir, 'linked', 'vm7.sock'), false],
+        [path.join(dir, 'sub', 'vm8.sock'), false],
+        ['/var/run/docker.sock', true],
+      ] as const) {
+        const r = await ctl(ctlSock, 'add-port', `${spec},name=x${path.basename(spec)}`, ...(client ? ['--client'] : []));
+        assert.equal(r.code, 1, `${spec}: ${r.stdout}`);
+        assert.match(r.stderr, new RegExp(`${spec.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: not in a socket directory of the configuration \\(${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\); --socket-dir DIR allows another`), spec);
+      }
+      assert.deepEqual(fs.readdirSync(elsewhere), [], 'no socket made there');
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'sub')), []);
+      const ports = await ctlJson<PortView[]>(ctlSock, 'ports');
+      assert.deepEqual(ports.map((p) => p.name), ['vm0', 'vm1'], 'no port added');
+      await sw.waitLog(/ctl: error: add-port: .*vm5\.sock: not in a socket directory of the configuration/);
+    } finally {
+      fs.rmSync(path.join(dir, 'linked'), { force: true });
+      fs.rmSync(path.join(dir, 'sub'), { recursive: true, force: true });
+      fs.rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
+  it('ctl capture: a relative name is a new file in captures/ next to the control socket; a name outside it, or an existing file, is refused with the reason', async () => {
+    const capDir = path.join(dir, 'captures');
+    const ok = await ctl(ctlSock, 'capture', 'vm0', 'run1.pcap', 'max-frames=10');
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(ok.stdout, `capturing vm0 to ${path.join(capDir, 'run1.pcap')}\n`);
+    assert.equal(fs.statSync(capDir).mode & 0o777, 0o700);
+    const list = await ctlJson<{ file: string; maxBytes: number }[]>(ctlSock, 'capture');
+    assert.deepEqual(list.map((c) => [c.file, c.maxBytes]), [[path.join(capDir, 'run1.pcap'), 256 * 1024 * 1024]], 'capped at --capture-max-mb by default');
+    assert.equal((await ctl(ctlSock, 'capture', '--stop', 'vm0')).code, 0);
+    for (const [file, why] of [
+      ['/etc/elastic-vhost-test.pcap', /outside the capture directory/],
+      [path.join(dir, 'beside.pcap'), /outside the capture directory/],
+      ['../beside.pcap', /outside the capture directory/],
+      ['run1.pcap', /run1\.pcap exists: a capture never overwrites a file/],
+    ] as const) {
+      const r = await ctl(ctlSock, 'capture', 'vm0', file);
+      assert.equal(r.code, 1, `${file}: ${r.stdout}`);
+      assert.match(r.stderr, why, file);
+    }
+    const over = await ctl(ctlSock, 'capture', 'vm0', 'big.pcap', `max-bytes=${256 * 1024 * 1024 + 1}`);
+    assert.equal(over.code, 1);
+    assert.match(over.stderr, /is more than the switch allows \(--capture-max-mb/);
+    assert.equal(fs.existsSync('/etc/elastic-vhost-test.pcap'), false);
+    assert.equal(fs.existsSync(path.join(dir, 'beside.pcap')), false);
+    assert.deepEqual(fs.readdirSync(capDir), ['run1.pcap']);
+    await sw.waitLog(/ctl: error: capture: capture file \/etc\/elastic-vhost-test\.pcap: outside the capture directory/);
+  });
+
   it('ctl without a switch listening: exit status 2 and the reason', async () => {
     const r = await ctl(path.join(dir, 'nobody.sock'), 'ports');
     assert.equal(r.code, 2);

@@ -31,7 +31,7 @@ test('capture on the TAP uplink: frames written to the host and read from it, in
   const tap = new TapPort(sw, name, log.fn);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-tapcap-'));
   const file = path.join(dir, 'tap.pcap');
-  const caps = new CaptureManager(log.fn);
+  const caps = new CaptureManager(log.fn, { dir, maxBytes: 2 ** 30 });
   const a = await startGuest(sw, 'vmA', log);
   const macA = Uint8Array.of(0x52, 0x54, 0, 0, 0, 0x21);
   try {

@@ -275,10 +275,11 @@ describe('the VXLAN uplink in metrics, ctl and the web view', { timeout: 120_000
   });
 
   it('ctl capture of the uplink: the inner frames as sent to a remote and as received from one, in order', async () => {
-    const file = path.join(dir, 'vxlan.pcap');
-    const start = await SwitchProcess.ctl(ctlSock, 'capture', UPLINK, file);
+    // a relative name: in the capture directory, captures/ next to the control socket
+    const file = path.join(dir, 'captures', 'vxlan.pcap');
+    const start = await SwitchProcess.ctl(ctlSock, 'capture', UPLINK, 'vxlan.pcap');
     assert.equal(start.code, 0, start.stderr);
-    assert.match(start.stdout, /capturing vxlan:42 to /);
+    assert.equal(start.stdout, `capturing vxlan:42 to ${file}\n`);
     await send(ethFrame(150, 5, GUEST, X));
     await waitFor(() => a.got.length === 3, 3000, 'frame 5 at A');
     await a.send(local, VNI, ethFrame(160, 6, X, GUEST));

@@ -44,7 +44,7 @@ async function captureRun(frameBytes: number, pathName: 'fast' | 'store', frames
   const logs: string[] = [];
   // buffers that hold the whole run: this test is about the bytes, not a writer that falls behind
   // (on a busy machine the disk may; that is the last test's)
-  const caps = new CaptureManager((m) => logs.push(m), 2 * frames * (frameBytes + 16) + 65536);
+  const caps = new CaptureManager((m) => logs.push(m), { dir: d, maxBytes: 2 ** 30 }, 2 * frames * (frameBytes + 16) + 65536);
   const rig = await Rig.create({ ring: 256, frameBytes });
   try {
     await run(rig, drive, pathName, () => rig.rx.packets >= 1000); // warm, not captured
@@ -87,7 +87,7 @@ test('capture both ports, 9000-byte frames through the elastic FIFO (mergeable R
 test('max-frames and max-bytes caps: the capture ends by itself, the file is complete and within the cap', async () => {
   const d = dir();
   const logs: string[] = [];
-  const caps = new CaptureManager((m) => logs.push(m));
+  const caps = new CaptureManager((m) => logs.push(m), { dir: d, maxBytes: 2 ** 30 });
   const rig = await Rig.create({ ring: 256, frameBytes: 200 });
   try {
     const first = rig.tx.seq;
@@ -122,7 +122,7 @@ test('max-frames and max-bytes caps: the capture ends by itself, the file is com
 test('a writer that falls behind drops whole records and counts them; the file stays readable', async () => {
   const d = dir();
   // buffers of 64 KiB: a burst of 9000-byte frames within one event-loop turn overflows them
-  const caps = new CaptureManager(() => {}, 64 * 1024);
+  const caps = new CaptureManager(() => {}, { dir: d, maxBytes: 2 ** 30 }, 64 * 1024);
   const rig = await Rig.create({ ring: 256, frameBytes: 9000 });
   try {
     caps.start(rig.portB, path.join(d, 'b.pcap'));

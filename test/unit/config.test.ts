@@ -46,6 +46,9 @@ test('contrib/elastic-vhost.yaml is valid and gives the ports and settings it sa
     ctlMode: 0o600,
     web: undefined,
     captures: [],
+    // next to the control socket: a directory of the switch's own
+    capturePolicy: { dir: '/run/elastic-vhost/captures', maxBytes: 256 * 1024 * 1024 },
+    socketDirs: [],
   });
   // the same file as JSON is a valid config too
   const asJson = JSON.stringify(c, null, 2);
@@ -84,7 +87,7 @@ test('schema errors name the key and the line, every one of them, in line order'
     'config.yaml:15: holdMs: must be >= 0',
     'config.yaml:16: logLevel: must be one of "trace", "debug", "info", "warn", "error", "fatal", "silent"',
   ]);
-  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, vxlan, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, workers, logLevel, logCounters, quiet, metrics, ctl, ctlMode, web, captures)']);
+  assert.deepEqual(problems('poolMb: 16\nholdMS: 5\n'), ['config.yaml:2: holdMS: unknown key (known: ports, ' + 'tap, vxlan, poolMb, blockSize, shareLimit, holdMs, unknown, macAgeS, queues, maxPorts, maxRegions, maxFrameBytes, maxChainDescriptors, offload, socketMode, socketOwner, socketGroup, socketDirs, statsFile, statsInterval, maxGuestMemGb, maxTotalMemGb, pollUs, workers, logLevel, logCounters, quiet, metrics, metricsTokenFile, ctl, ctlMode, web, webTokenFile, captures, captureDir, captureMaxMb)']);
   assert.deepEqual(problems('ports:\n  - {name: a, path: /x/a}\n  - name: a\n    path: /x/a\n'), [
     'config.yaml:3: ports[1].name: "a" is also ports[0].name',
     'config.yaml:4: ports[1].path: "/x/a" is also ports[0].path',
@@ -108,15 +111,19 @@ test("the ops tools' keys are checked as their options are: a bad value names ke
     '  - vm0', // 8
     '  - vm0=/tmp/b.pcap,max-frames=0', // 9
     '  - 42', // 10
+    'metricsTokenFile: ""', // 11
+    'socketDirs: [/srv/vhost, " "]', // 12
   ].join('\n');
   assert.deepEqual(problems(text), [
-    'config.yaml:2: metrics: "127.0.0.1:65536": want [ADDR:]PORT, e.g. 9100 or 0.0.0.0:9100',
+    'config.yaml:2: metrics: "127.0.0.1:65536": want [ADDR:]PORT, e.g. 9100 or 0.0.0.0:9100, or unix:PATH[,mode=OCTAL]',
     'config.yaml:3: ctl: must NOT have fewer than 1 characters',
     'config.yaml:4: ctlMode: must be string',
-    'config.yaml:5: web: "localhost:http" is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, [::1]:8080)',
+    'config.yaml:5: web: "localhost:http" is not [ADDR:]PORT (e.g. 8080, 127.0.0.1:8080, [::1]:8080) or unix:PATH[,mode=OCTAL]',
     'config.yaml:8: captures[1]: capture "vm0": want PORT=FILE[,max-bytes=N][,max-frames=N]',
     'config.yaml:9: captures[2]: capture "vm0=/tmp/b.pcap,max-frames=0": "max-frames=0" is not max-bytes=N or max-frames=N (N >= 1)',
     'config.yaml:10: captures[3]: must be string',
+    'config.yaml:11: metricsTokenFile: must NOT have fewer than 1 characters',
+    'config.yaml:12: socketDirs[1]: " ": give a directory',
   ]);
   // a port alone may be a number (YAML reads 9101 so), in range; ctl is a path or true/false
   assert.deepEqual(problems('metrics: 70000\nweb: -1\nctl: 3\ncaptures: vm0=/tmp/a.pcap\n'), [
@@ -143,6 +150,9 @@ test("the ops tools from the file, the command line's over them: metrics, ctl tr
       'ctlMode: "0660"',
       'web: 8080',
       `captures: ["vm0=${dir}/vm0.pcap,max-frames=1000", "vm1=${dir}/vm1.pcap"]`,
+      `captureDir: ${dir}`,
+      'captureMaxMb: 64',
+      `socketDirs: [${dir}/more]`,
       '',
     ].join('\n'),
   );
@@ -156,16 +166,24 @@ test("the ops tools from the file, the command line's over them: metrics, ctl tr
       { port: 'vm0', file: `${dir}/vm0.pcap`, limits: { maxFrames: 1000 } },
       { port: 'vm1', file: `${dir}/vm1.pcap`, limits: {} },
     ],
+    capturePolicy: { dir, maxBytes: 64 * 1024 * 1024 },
+    socketDirs: [`${dir}/more`],
   });
   assert.equal(fromFile.settings.web, '8080', 'kept as the command line writes it');
-  const over = settingsOf(['node', 'elastic-vhost', '--config', file, '--metrics', '0.0.0.0:9200', '--ctl', `${dir}/c.sock`, '--capture', `vm1=${dir}/x.pcap,max-bytes=5000`]);
+  const over = settingsOf(['node', 'elastic-vhost', '--config', file, '--metrics', '0.0.0.0:9200', '--ctl', `${dir}/c.sock`, '--capture', `vm1=x.pcap,max-bytes=5000`, '--capture-dir', `${dir}/pcap`, '--capture-max-mb', '1', '--socket-dir', '/srv/a', '--socket-dir', '/srv/b/']);
   assert.deepEqual(over.ops, {
     metrics: { host: '0.0.0.0', port: 9200 },
     ctl: `${dir}/c.sock`,
     ctlMode: 0o660,
     web: { host: '127.0.0.1', port: 8080 },
-    captures: [{ port: 'vm1', file: `${dir}/x.pcap`, limits: { maxBytes: 5000 } }],
+    captures: [{ port: 'vm1', file: 'x.pcap', limits: { maxBytes: 5000 } }],
+    capturePolicy: { dir: `${dir}/pcap`, maxBytes: 1024 * 1024 },
+    socketDirs: ['/srv/a', '/srv/b'],
   }, "the command line's --capture list replaces the file's");
+  // without --capture-dir in either: captures/ next to the control socket
+  fs.writeFileSync(file, `ports: [{name: vm0, path: ${dir}/vm0.sock}]\n`);
+  assert.deepEqual(settingsOf(['node', 'elastic-vhost', '--config', file, '--ctl', `${dir}/sub/c.sock`]).ops.capturePolicy, { dir: `${dir}/sub/captures`, maxBytes: 256 * 1024 * 1024 });
+  assert.deepEqual(settingsOf(['node', 'elastic-vhost', '--config', file]).ops.capturePolicy.dir, `${dir}/captures`, 'no --ctl: next to the first port');
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

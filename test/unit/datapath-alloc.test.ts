@@ -87,8 +87,9 @@ async function measure(rig: Rig, drive: Drive, path: Path): Promise<Measured> {
 /** A rig, warmed up (JIT), measured, then settled and checked: every frame arrived, in order. */
 async function steadyState(drive: Drive, path: Path, frameBytes: number, onPacket: ((seq: number) => void) | null = null, packed = false, capture = false): Promise<Measured> {
   const rig = await Rig.create({ ring: 256, frameBytes, packed });
-  const caps = new CaptureManager(() => {});
   const dir = capture ? fs.mkdtempSync(nodePath.join(os.tmpdir(), 'ev-alloc-')) : '';
+  // the run's temporary directory as the capture directory, with a cap the run never reaches
+  const caps = new CaptureManager(() => {}, { dir, maxBytes: 2 ** 40 });
   try {
     if (capture) {
       caps.start(rig.portA, nodePath.join(dir, 'a.pcap'));

@@ -51,8 +51,18 @@ test("planReload: the ops tools' settings (metrics, ctl, web, captures) need a r
   const from = settingsOf(['node', 'elastic-vhost', '--socket', '/tmp/rp-a.sock,name=a', '--metrics', '9101', '--capture', 'a=/tmp/rp-a.pcap']).settings;
   const same = settingsOf(['node', 'elastic-vhost', '--socket', '/tmp/rp-a.sock,name=a', '--metrics', '9101', '--capture', 'a=/tmp/rp-a.pcap']).settings;
   assert.deepEqual(planReload(from, same).refused, [], 'an equal capture list is no change');
-  const to: Settings = { ...from, metrics: '9102', ctl: true, ctlMode: 0o660, web: '8080', captures: [] };
+  const to: Settings = { ...from, metrics: '9102', ctl: true, ctlMode: 0o660, web: '8080', captures: [], socketDirs: ['/srv/x'], webTokenFile: '/etc/ev.token', captureDir: '/srv/pcap', captureMaxMb: 16 };
   const plan = planReload(from, to);
   assert.deepEqual([...plan.live], []);
-  assert.deepEqual(plan.refused, ['metrics "9101" → "9102"', 'ctl (default) → true', 'ctlMode 0600 → 0660', 'web (default) → "8080"', 'captures ["a=/tmp/rp-a.pcap"] → []']);
+  assert.deepEqual(plan.refused, [
+    'socketDirs (default) → ["/srv/x"]',
+    'metrics "9101" → "9102"',
+    'ctl (default) → true',
+    'ctlMode 0600 → 0660',
+    'web (default) → "8080"',
+    'webTokenFile (default) → "/etc/ev.token"',
+    'captures ["a=/tmp/rp-a.pcap"] → []',
+    'captureDir (default) → "/srv/pcap"',
+    'captureMaxMb 256 → 16',
+  ]);
 });

@@ -395,7 +395,7 @@ describe('VXLAN port on a switch, remote VTEPs on loopback', () => {
   it('capture: inner frames as received from remotes and as sent to them (a flood once, a TSO frame as its segments), in order', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-vxcap-'));
     const file = path.join(dir, 'vxlan.pcap');
-    const caps = new CaptureManager(() => {});
+    const caps = new CaptureManager(() => {}, { dir, maxBytes: 2 ** 30 });
     try {
       caps.start(port, file);
       const sent0 = port.counters.encapDatagrams;

@@ -8,8 +8,13 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as dgram from 'node:dgram';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as vm from 'node:vm';
 import { parseWebAddress, SLOW_CLIENT_BYTES, WebView, type WebViewOptions } from '../../src/ops/web';
 import { MAX_MACS, webSample } from '../../src/ops/web-sample';
 import { Switch } from '../../src/engine/switch';
@@ -66,9 +71,110 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Pro
 async function startView(o: Partial<WebViewOptions> & Pick<WebViewOptions, 'sample'>): Promise<{ view: WebView; port: number; logs: string[] }> {
   const logs: string[] = [];
   const view = new WebView({ address: { host: '127.0.0.1', port: 0 }, log: (m) => logs.push(m), ...o });
-  const a = await view.listening;
+  const a = (await view.listening) as AddressInfo;
   return { view, port: a.port, logs };
 }
+
+// ---- the page's plots: its own script, run in a context with just enough of a DOM
+
+interface FakeEl {
+  tag: string;
+  attrs: Record<string, string>;
+  children: FakeEl[];
+  textContent: string;
+  dataset: Record<string, string>;
+  setAttribute(k: string, v: string): void;
+  replaceChildren(...c: FakeEl[]): void;
+  append(...c: FakeEl[]): void;
+}
+
+function fakeEl(tag: string): FakeEl {
+  const e: FakeEl = {
+    tag,
+    attrs: {},
+    children: [],
+    textContent: '',
+    dataset: {},
+    setAttribute: (k, v) => (e.attrs[k] = String(v)),
+    replaceChildren: (...c) => (e.children = c),
+    append: (...c) => e.children.push(...c),
+  };
+  return e;
+}
+
+/** The page's script (src/ops/web/index.html) loaded into a context of its own: its functions callable. */
+function pageScript(): vm.Context {
+  const html = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'src', 'ops', 'web', 'index.html'), 'utf8');
+  const script = /<script>([\s\S]*)<\/script>/.exec(html)![1];
+  const document = { getElementById: () => fakeEl('div'), createElementNS: (_ns: string, tag: string) => fakeEl(tag), createElement: (tag: string) => fakeEl(tag) };
+  const ctx = vm.createContext({ document, EventSource: class { constructor(readonly url: string) {} }, console });
+  vm.runInContext(script, ctx);
+  return ctx;
+}
+
+/** The y-axis labels plot() draws for one line whose largest value is max, from the bottom up. */
+function yLabels(ctx: vm.Context, max: number, kind: 'held' | 'rate'): string[] {
+  const svg = fakeEl('svg');
+  const now = 1_000_000;
+  const line = { name: 'vm0', color: '#000', pts: [[now - 2000, 0], [now - 1000, max], [now, max / 2]] };
+  vm.runInContext('plot', ctx)(svg, [line], now, kind === 'held' ? 'frames held' : 'frames/s', kind === 'held');
+  // the y labels are the texts right-aligned against the axis; SVG y grows downwards
+  return svg.children
+    .filter((c) => c.tag === 'text' && c.attrs['text-anchor'] === 'end')
+    .sort((a, b) => Number(b.attrs.y) - Number(a.attrs.y))
+    .map((c) => c.textContent);
+}
+
+describe('web view plots: y-axis ticks', () => {
+  const ctx = pageScript();
+  const value = (label: string): number => {
+    const m = /^([\d.,]+)([KMB]?)$/.exec(label);
+    assert.ok(m, `label "${label}"`);
+    return Number(m[1].replace(/,/g, '')) * { '': 1, K: 1e3, M: 1e6, B: 1e9 }[m[2] as '' | 'K' | 'M' | 'B'];
+  };
+
+  it('an idle switch: distinct labels, 0 and 1 for frames, 0 0.5 1 for rates (it was 0 0 1 1 1)', () => {
+    assert.deepEqual(yLabels(ctx, 0, 'held'), ['0', '1']);
+    assert.deepEqual(yLabels(ctx, 0, 'rate'), ['0', '0.5', '1']);
+  });
+
+  it('steps of 1, 2 or 5 × 10^k from 0 to the first tick at or above the largest value, each label distinct', () => {
+    const cases: [number, 'held' | 'rate', string[]][] = [
+      [1, 'held', ['0', '1']],
+      [3, 'held', ['0', '1', '2', '3']],
+      [7, 'held', ['0', '2', '4', '6', '8']],
+      [10, 'held', ['0', '5', '10']],
+      [11, 'held', ['0', '5', '10', '15']],
+      [3000, 'held', ['0', '1,000', '2,000', '3,000']],
+      [3001, 'held', ['0', '1,000', '2,000', '3,000', '4,000']],
+      [0.3, 'rate', ['0', '0.1', '0.2', '0.3']],
+      [0.07, 'rate', ['0', '0.02', '0.04', '0.06', '0.08']],
+      [2.5, 'rate', ['0', '1', '2', '3']],
+      [12_345, 'rate', ['0', '5K', '10K', '15K']],
+      [2_600_000, 'rate', ['0', '1M', '2M', '3M']],
+      [1_400_000, 'rate', ['0', '0.5M', '1M', '1.5M']],
+    ];
+    for (const [max, kind, want] of cases) assert.deepEqual(yLabels(ctx, max, kind), want, `largest value ${max} (${kind})`);
+    // and any value: 3 to 5 labels, distinct, evenly spaced from 0, the top at or above it
+    for (let i = 0; i < 2000; i++) {
+      const max = i < 1000 ? i : Math.exp(Math.random() * 40 - 10);
+      for (const kind of ['held', 'rate'] as const) {
+        if (kind === 'held' && !Number.isInteger(max)) continue;
+        const labels = yLabels(ctx, max, kind);
+        const v = labels.map(value);
+        assert.ok(labels.length >= 2 && labels.length <= 5, `${max}: ${labels}`);
+        assert.equal(new Set(labels).size, labels.length, `${max}: distinct ${labels}`);
+        assert.equal(v[0], 0);
+        assert.ok(v[v.length - 1] >= max * (1 - 1e-9), `${max}: top ${labels.at(-1)}`);
+        const step = v[1] - v[0];
+        assert.ok(v.every((x, k) => Math.abs(x - k * step) <= step * 1e-6), `${max}: evenly spaced ${labels}`);
+        const mant = step / 10 ** Math.floor(Math.log10(step) + 1e-9);
+        assert.ok([1, 2, 5].some((m) => Math.abs(mant - m) < 1e-6), `${max}: step ${step} is 1, 2 or 5 × 10^k`);
+        if (kind === 'held') assert.ok(Number.isInteger(step), `${max}: whole frames`);
+      }
+    }
+  });
+});
 
 describe('web view: [ADDR:]PORT', () => {
   it('is loopback unless an address is given; IPv6 in brackets; anything else refused', () => {
@@ -79,6 +185,88 @@ describe('web view: [ADDR:]PORT', () => {
     for (const bad of ['', ':8080', '70000', 'host:', '::1:8080', '1.2.3', 'a b:80', '8080x']) {
       assert.throws(() => parseWebAddress(bad), /is not \[ADDR:\]PORT/, bad);
     }
+  });
+});
+
+/** One request over TCP or a Unix socket, with headers. */
+function request(o: { port?: number; socketPath?: string; path: string; headers?: Record<string, string> }): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const where = o.socketPath !== undefined ? { socketPath: o.socketPath } : { host: '127.0.0.1', port: o.port };
+    const req = http.request({ ...where, path: o.path, headers: o.headers }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      // an event stream stays open: its status and headers are what is looked at
+      if (String(res.headers['content-type']).startsWith('text/event-stream')) {
+        req.destroy();
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
+        return;
+      }
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('web view: unix:PATH[,mode=OCTAL]', () => {
+  it('a Unix socket, mode 0600 unless given; bad forms refused', () => {
+    assert.deepEqual(parseWebAddress('unix:/run/elastic-vhost/web.sock'), { path: '/run/elastic-vhost/web.sock', mode: 0o600 });
+    assert.deepEqual(parseWebAddress('unix:/run/ev/web.sock,mode=0660'), { path: '/run/ev/web.sock', mode: 0o660 });
+    assert.deepEqual(parseWebAddress('unix:web.sock'), { path: path.resolve('web.sock'), mode: 0o600 });
+    for (const bad of ['unix:', 'unix:,mode=0600', 'unix:/x.sock,mode=999', 'unix:/x.sock,mode=0660,x=1', 'unix:/x.sock,owner=root']) {
+      assert.throws(() => parseWebAddress(bad), /unix:PATH\[,mode=OCTAL\]/, bad);
+    }
+  });
+});
+
+describe('web view behind a Unix socket and a bearer token', () => {
+  const TOKEN = 'k3y-of-the-operator-0123456789';
+  const dirs: string[] = [];
+  const views: WebView[] = [];
+  after(() => {
+    for (const v of views) v.close();
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('on a Unix socket: its mode, every path served whatever the Host (no DNS rebinding through a Unix socket), the file removed at close', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ev-webunix-'));
+    dirs.push(dir);
+    const sock = path.join(dir, 'web.sock');
+    const logs: string[] = [];
+    const view = new WebView({ address: { path: sock, mode: 0o660 }, sample: () => ({ n: 1 }), log: (m) => logs.push(m) });
+    views.push(view);
+    await view.listening;
+    assert.equal(fs.statSync(sock).mode & 0o7777, 0o660);
+    assert.ok(logs.includes(`web view on unix:${sock}`), logs.join('\n'));
+    const page = await request({ socketPath: sock, path: '/', headers: { Host: 'proxy.example' } });
+    assert.equal(page.status, 200);
+    assert.match(page.body, /new EventSource\('events'\)/);
+    assert.equal(JSON.parse((await request({ socketPath: sock, path: '/state.json' })).body).n, 1);
+    view.close();
+    assert.equal(fs.existsSync(sock), false, 'the socket file is removed');
+  });
+
+  it('with a token: 401 and WWW-Authenticate without it or with another; every path served with it', async () => {
+    const logs: string[] = [];
+    const view = new WebView({ address: { host: '127.0.0.1', port: 0 }, token: TOKEN, sample: () => ({ n: 2 }), log: (m) => logs.push(m) });
+    views.push(view);
+    const { port } = (await view.listening) as AddressInfo;
+    for (const p of ['/', '/index.html', '/state.json', '/events', '/nope']) {
+      for (const headers of <Record<string, string>[]>[{}, { Authorization: `Bearer ${TOKEN}x` }, { Authorization: `Basic ${Buffer.from(`u:${TOKEN}`).toString('base64')}` }, { Authorization: TOKEN }]) {
+        const r = await request({ port, path: p, headers });
+        assert.equal(r.status, 401, `${p} ${JSON.stringify(headers)}`);
+        assert.equal(r.headers['www-authenticate'], 'Bearer realm="elastic-vhost"');
+        assert.doesNotMatch(r.body, /"n"/);
+      }
+    }
+    const auth = { Authorization: `Bearer ${TOKEN}` };
+    assert.equal((await request({ port, path: '/', headers: auth })).status, 200);
+    assert.equal(JSON.parse((await request({ port, path: '/state.json', headers: { Authorization: `bearer  ${TOKEN}` } })).body).n, 2);
+    const ev = await request({ port, path: '/events', headers: auth });
+    assert.equal(ev.status, 200);
+    assert.equal((await request({ port, path: '/nope', headers: auth })).status, 404);
+    assert.ok(logs.some((l) => /^web: refused \d+ requests? without the bearer token/.test(l)), logs.join('\n'));
   });
 });
 
