@@ -84,7 +84,8 @@ export interface RequestBackend {
   setVringAddr(r: Virtqueue, a: VringAddr): void;
   setVringBase(r: Virtqueue, base: number): void;
   /** stops the ring; its base */
-  getVringBase(r: Virtqueue): number;
+  /** the base now, or once the thread serving the ring stopped it */
+  getVringBase(r: Virtqueue): number | Promise<number>;
   /** fd -1: no fd (the "no fd" bit) */
   setVringKick(r: Virtqueue, fd: number): void;
   setVringCall(r: Virtqueue, fd: number): void;
@@ -134,7 +135,7 @@ export interface RequestEntry<A> {
    * Returns a 'reply' request's payload (nothing: zero-length), or a promise when it completes on a
    * later turn (the connection reads nothing meanwhile; the answer goes out when it settles).
    */
-  run(b: RequestBackend, a: A, fds: number[]): Uint8Array | void | Promise<void>;
+  run(b: RequestBackend, a: A, fds: number[]): Uint8Array | void | Promise<Uint8Array | void>;
 }
 
 /** the default fd-count error */
@@ -301,7 +302,8 @@ export const REQUESTS: ReadonlyMap<number, AnyEntry> = new Map<number, AnyEntry>
       reply: 'reply',
       run: (b, a) => {
         const base = b.getVringBase(a.ring);
-        return vringStatePayload(a.ring.index, base);
+        // a ring another thread served: answered when that thread has stopped it
+        return typeof base === 'number' ? vringStatePayload(a.ring.index, base) : base.then((v) => vringStatePayload(a.ring.index, v));
       },
     }),
   ],

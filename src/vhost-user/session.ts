@@ -71,6 +71,12 @@ export interface SessionDevice {
    * serving q signals the new one.
    */
   notifyFdsChanged?(q: Virtqueue): void;
+  /**
+   * Worker threads: q just stopped and another thread served it; its base comes from that thread.
+   * The promise gives it (GET_VRING_BASE is answered then; nothing waits meanwhile). null: q was
+   * served here and its base is q.getBase().
+   */
+  stopAnswer?(q: Virtqueue): Promise<number> | null;
   /** the MTU the guest was given (NET_SET_MTU, with VIRTIO_NET_F_MTU negotiated); 0: none */
   mtuChanged(mtu: number): void;
   /** SEND_RARP: announce mac on behalf of the guest (after migration) */
@@ -296,7 +302,7 @@ export class Session<C extends SessionConnection = Connection> implements Reques
     const request = requestName(m.request);
     this.log(`${this.name}: ${request}`, { level: 'debug', request });
     const e = REQUESTS.get(m.request);
-    let out: Uint8Array | void | Promise<void>;
+    let out: Uint8Array | void | Promise<Uint8Array | void>;
     try {
       if (e === undefined) throw new Error('request not supported by this back-end');
       out = this.run(e, m);
@@ -305,17 +311,18 @@ export class Session<C extends SessionConnection = Connection> implements Reques
       return;
     }
     if (!(out instanceof Promise)) return this.answer(e, m, out);
-    // A memory table mapped across turns: nothing more is read from this front-end until it is in
-    // place and answered (the answer goes out before the next message is read).
+    // A memory table mapped across turns, a ring another thread stops: nothing more is read from
+    // this front-end until the request is done and answered (the answer goes out before the next
+    // message is read); every other port goes on meanwhile.
     this.conn.hold();
     out.then(
-      () => this.answer(e, m),
+      (payload) => this.answer(e, m, payload),
       (err: unknown) => this.failed(e, m, err),
     ).finally(() => this.conn.release());
   }
 
   /** The entry's checks in the order a message is read (its feature, its payload, its fds, the rings' state), then the request. */
-  private run(e: Entry, m: Message): Uint8Array | void | Promise<void> {
+  private run(e: Entry, m: Message): Uint8Array | void | Promise<Uint8Array | void> {
     if (e.protocol !== undefined && !this.hasProtocol(ProtocolFeature[e.protocol])) {
       throw new Refusal(`VHOST_USER_PROTOCOL_F_${e.protocol} was not negotiated`);
     }
@@ -611,9 +618,9 @@ export class Session<C extends SessionConnection = Connection> implements Reques
   }
 
   /** The ring stops until the front-end sets it up and kicks again; its base is the reply. */
-  getVringBase(r: Virtqueue): number {
+  getVringBase(r: Virtqueue): number | Promise<number> {
     this.stopRing(r);
-    return r.getBase();
+    return this.device.stopAnswer?.(r) ?? r.getBase();
   }
 
   setVringCall(r: Virtqueue, fd: number): void {

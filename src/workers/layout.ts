@@ -12,7 +12,6 @@
 //   rings       frames[from][to]: SPSC rings of handed-over frames (queue, head block);
 //               returns[from][to]: SPSC rings of frames freed by `from` whose blocks `to` owns
 //   doorbells   one eventfd per thread, written after a batch handed it frames
-//   replies     one word pair per thread for the control thread's synchronous requests (ring stop)
 import { Counters } from '../engine/counters';
 import { ElasticFifo } from '../engine/elastic-fifo';
 import { MacTable } from '../engine/classifier';
@@ -50,7 +49,6 @@ export interface ThreadsLayout {
   returns: (SharedArrayBuffer | null)[][];
   returnCapacity: number;
   doorbells: number[];
-  replies: SharedArrayBuffer;
 }
 
 function pow2AtLeast(n: number): number {
@@ -112,7 +110,6 @@ export function makeLayout(o: {
     returns,
     returnCapacity,
     doorbells: o.doorbells,
-    replies: new SharedArrayBuffer(n * 16),
   };
 }
 

@@ -2,13 +2,14 @@
 // starts N-1 worker threads (src/workers/ring-thread.ts), is thread 0 itself (its Switch is the
 // one the ports of the control thread and the ops layer use), gives each queue pair of a new
 // connection a thread (layout.defaultOwner), and forwards the session's ring events of queue pairs
-// another thread serves to it (RingForward). A ring stop (GET_VRING_BASE, reset) waits for the
-// serving thread's answer through shared memory, at most STOP_WAIT_MS.
+// another thread serves to it (RingForward). A ring stop (GET_VRING_BASE, reset) is answered by the
+// serving thread by message, matched by sequence number; GET_VRING_BASE's reply goes out when the
+// answer comes (at most STOP_WAIT_MS later) and the control thread never waits for it.
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Shard } from './shard';
 import { defaultOwner, laneViews, makeLayout, MAX_PAIRS, portRow, type ThreadsLayout } from './layout';
-import { REPLY_WORDS, type FromWorker, type RingState, type ToWorker } from './ring-thread';
+import { type FromWorker, type RingState, type ToWorker } from './ring-thread';
 import { VhostUserPort, type PortThreads, type RingForward } from '../ports/vhost-user/port';
 import type { Switch, SwitchOptions } from '../engine/switch';
 import type { EnginePort } from '../engine/port';
@@ -19,7 +20,7 @@ import { native, Poller } from '../native';
 import type { Log } from '../log';
 
 /** how long a ring stop waits for the thread serving it */
-export const STOP_WAIT_MS = 2000;
+export const STOP_WAIT_MS = 1000;
 /** how long close() lets a worker thread end by itself before it is terminated */
 export const EXIT_WAIT_MS = 5000;
 
@@ -39,6 +40,28 @@ export interface PoolOptions {
 
 const dupOrNone = (fd: number): number => (fd >= 0 ? native.dup(fd) : -1);
 
+const closeFd = (fd: number): void => {
+  if (fd < 0) return;
+  try {
+    native.close(fd);
+  } catch {
+    /* closed */
+  }
+};
+
+/** the fds duplicated into a message (for a thread that will not take them) */
+function closeFdsOf(m: ToWorker): void {
+  if (m.t === 'memory') for (const r of m.regions) closeFd(r.fd);
+  else if (m.t === 'kickfd') closeFd(m.fd);
+  else if (m.t === 'ring') {
+    closeFd(m.state.callFd);
+    closeFd(m.state.errFd);
+  } else if (m.t === 'fds') {
+    closeFd(m.callFd);
+    closeFd(m.errFd);
+  }
+}
+
 export class WorkerPool implements RingForward {
   readonly layout: ThreadsLayout;
   readonly shard: Shard;
@@ -46,20 +69,26 @@ export class WorkerPool implements RingForward {
   readonly threads: PortThreads;
   private readonly workers: Worker[] = [];
   private readonly owner: Uint8Array;
-  private readonly replies: Int32Array;
+  /** ring stops waiting for their thread's answer, by sequence number */
+  private readonly stops = new Map<number, { thread: number; done: (base: number) => void }>();
+  private stopSeq = 0;
+  /** the answer of each ring's last stop (connection × rings + ring) until stopReply() takes it */
+  private readonly lastStop = new Map<number, Promise<number>>();
   private readonly ports = new Map<number, VhostUserPort>();
   private readonly doorbell: Poller;
   private readonly log: Log;
   private closed = false;
   private closing: Promise<void> | null = null;
   private readonly exited: boolean[] = [];
+  /** per (connection, queue pair): a ring or kick fd of it was handed to its thread */
+  private readonly handed: Uint8Array;
 
   constructor(o: PoolOptions) {
     this.log = o.log;
     const doorbells = Array.from({ length: o.threads }, () => native.eventfd(0));
     this.layout = makeLayout({ threads: o.threads, maxPorts: o.maxPorts, lanes: o.lanes, poolBytes: o.poolBytes, blockSize: o.blockSize, macTableSize: o.macTableSize, macAgeMs: o.macAgeMs, doorbells });
     this.owner = new Uint8Array(this.layout.owner);
-    this.replies = new Int32Array(this.layout.replies);
+    this.handed = new Uint8Array(this.owner.length);
     this.shard = new Shard(this.layout, 0, { ...o.switchOptions, log: o.log });
     this.sw = this.shard.sw;
     const layout = this.layout;
@@ -77,8 +106,9 @@ export class WorkerPool implements RingForward {
       w.on('error', (e) => this.log(`error: data-plane thread ${t} failed: ${e.stack ?? e}`, { level: 'error' }));
       const k = this.workers.length;
       this.exited.push(false);
-      w.once('exit', () => {
+      w.once('exit', (code) => {
         this.exited[k] = true;
+        if (!this.closed) this.threadDied(t, code);
       });
       w.unref();
       this.workers.push(w);
@@ -90,9 +120,7 @@ export class WorkerPool implements RingForward {
         /* read already */
       }
       try {
-        while (this.shard.pump() > 0) {
-          /* each pump takes a budget per sender */
-        }
+        this.shard.pumpTurn(doorbells[0]);
       } catch (e) {
         this.log(`error while taking frames from the data-plane threads: ${(e as Error).stack}`, { level: 'error' });
       }
@@ -110,13 +138,60 @@ export class WorkerPool implements RingForward {
 
   private post(to: number, m: ToWorker): void {
     if (this.closed) return;
-    if (to < 0) for (const w of this.workers) w.postMessage(m);
-    else if (to >= 1) this.workers[to - 1].postMessage(m);
+    if (to < 0) {
+      for (let t = 1; t < this.count; t++) if (!this.exited[t - 1]) this.workers[t - 1].postMessage(m);
+    } else if (to >= 1) {
+      if (this.exited[to - 1]) closeFdsOf(m); // nobody will take them
+      else this.workers[to - 1].postMessage(m);
+    }
+  }
+
+  /** The thread for queue pair `pair` of connection index: the default spread over the threads
+   * still running (a dead one's share goes to the others). */
+  private ownerFor(index: number, pair: number): number {
+    let t = defaultOwner(index, pair, this.count);
+    for (let k = 0; k < this.count && t !== 0 && this.exited[t - 1]; k++) t = (t + 1) % this.count;
+    return t !== 0 && this.exited[t - 1] ? 0 : t;
+  }
+
+  /**
+   * Supervision: data-plane thread t ended while the pool runs (an uncaught error, a crash, a
+   * terminate). Its queue pairs go to the threads still running and every port it served is reset
+   * (its session closed, logged): the front-end reconnects (QEMU's reconnect=1) and starts its rings
+   * again on their new threads. Other ports go on untouched. The fds duplicated for the dead thread
+   * that it had not closed yet stay open: which ones it closed is not known here, and closing a
+   * number it already gave back could close another port's fd.
+   */
+  private threadDied(t: number, code: number): void {
+    this.log(`error: data-plane thread ${t} ended (exit code ${code}): its queue pairs move to the other threads, the ports it served are reset`, { level: 'error', thread: t });
+    for (const [seq, w] of this.stops) {
+      if (w.thread !== t) continue;
+      this.stops.delete(seq);
+      w.done(-1);
+    }
+    const hit = new Set<number>();
+    for (let i = 0; i < this.owner.length; i++) {
+      if (this.owner[i] !== t) continue;
+      const index = Math.floor(i / MAX_PAIRS);
+      this.owner[i] = this.ownerFor(index, i % MAX_PAIRS);
+      // a port is reset when a ring of it was handed to that thread (its other pairs are unused)
+      if (this.handed[i] !== 0) hit.add(index);
+    }
+    for (const index of hit) {
+      const s = this.ports.get(index)?.session ?? null;
+      s?.internalError(`data-plane work (data-plane thread ${t}, which served its queue pairs, ended)`, new Error(`data-plane thread ${t} ended with exit code ${code}`));
+    }
+  }
+
+  /** The worker thread that is data-plane thread t (1 … count − 1), for supervision and tests. */
+  worker(t: number): Worker {
+    return this.workers[t - 1];
   }
 
   private attached(index: number, port: EnginePort, opts: { staticMac?: string; shareLimit: number }): void {
     const vhost = port instanceof VhostUserPort;
-    for (let p = 0; p < MAX_PAIRS; p++) this.owner[index * MAX_PAIRS + p] = vhost ? defaultOwner(index, p, this.count) : 0;
+    for (let p = 0; p < MAX_PAIRS; p++) this.owner[index * MAX_PAIRS + p] = vhost ? this.ownerFor(index, p) : 0;
+    this.handed.fill(0, index * MAX_PAIRS, (index + 1) * MAX_PAIRS);
     this.post(-1, { t: 'attach', index, vhost, name: port.name, staticMac: opts.staticMac, shareLimit: opts.shareLimit });
   }
 
@@ -167,27 +242,53 @@ export class WorkerPool implements RingForward {
       errFd: dupOrNone(q.errFd),
     };
     this.post(this.ownerOf(index, q), { t: 'ring', index, state });
+    this.handed[index * MAX_PAIRS + (q.index >> 1)] = 1;
   }
 
+  /**
+   * The ring stopped (GET_VRING_BASE, reset, …): the thread serving it is told to stop it and
+   * answers with its base by message. Nothing waits here: the control thread goes on serving every
+   * other port. stopReply() gives the answer to whoever needs it (GET_VRING_BASE's reply), matched
+   * to this very stop by its sequence number, so a late answer is never taken for another stop.
+   */
   stopped(index: number, q: Virtqueue): void {
     const t = this.ownerOf(index, q);
     if (t === 0 || this.closed) return;
-    const at = t * REPLY_WORDS;
-    Atomics.store(this.replies, at, 0);
-    this.post(t, { t: 'stop', index, ring: q.index });
-    const r = Atomics.wait(this.replies, at, 0, STOP_WAIT_MS);
-    const flag = Atomics.load(this.replies, at);
-    if (r === 'timed-out' && flag === 0) {
+    const seq = ++this.stopSeq;
+    let settle: (base: number) => void = () => {};
+    const answer = new Promise<number>((resolve) => {
+      settle = resolve;
+    });
+    const timer = setTimeout(() => {
+      if (!this.stops.delete(seq)) return;
       this.log(`error: ${q.name}: data-plane thread ${t} did not stop the ring within ${STOP_WAIT_MS} ms; its base is reported as last known`, { level: 'error' });
-      return;
-    }
-    if (flag === 1) {
-      try {
-        q.setBase(this.replies[at + 1] >>> 0);
-      } catch (e) {
-        this.log(`error: ${q.name}: base from data-plane thread ${t}: ${(e as Error).message}`, { level: 'error' });
-      }
-    }
+      settle(q.getBase());
+    }, STOP_WAIT_MS);
+    timer.unref();
+    this.stops.set(seq, {
+      thread: t,
+      done: (base) => {
+        clearTimeout(timer);
+        if (base >= 0) {
+          try {
+            q.setBase(base);
+          } catch (e) {
+            this.log(`error: ${q.name}: base from data-plane thread ${t}: ${(e as Error).message}`, { level: 'error' });
+          }
+        }
+        settle(q.getBase());
+      },
+    });
+    this.lastStop.set(index * 2 * MAX_PAIRS + q.index, answer);
+    this.post(t, { t: 'stop', index, ring: q.index, seq });
+  }
+
+  /** The base the serving thread answered for ring q's last stop (null: served here, nothing to wait for). */
+  stopReply(index: number, q: Virtqueue): Promise<number> | null {
+    const key = index * 2 * MAX_PAIRS + q.index;
+    const p = this.lastStop.get(key) ?? null;
+    this.lastStop.delete(key);
+    return p;
   }
 
   kick(index: number, q: Virtqueue): void {
@@ -196,6 +297,7 @@ export class WorkerPool implements RingForward {
 
   kickFd(index: number, q: Virtqueue, fd: number): void {
     this.post(this.ownerOf(index, q), { t: 'kickfd', index, ring: q.index, fd: dupOrNone(fd) });
+    this.handed[index * MAX_PAIRS + (q.index >> 1)] = 1;
   }
 
   notifyFds(index: number, q: Virtqueue): void {
@@ -203,6 +305,13 @@ export class WorkerPool implements RingForward {
   }
 
   private fromWorker(t: number, m: FromWorker): void {
+    if (m.t === 'stopped') {
+      const w = this.stops.get(m.seq);
+      if (w === undefined || w.thread !== t) return; // answered already (timed out): a late answer is dropped
+      this.stops.delete(m.seq);
+      w.done(m.base);
+      return;
+    }
     if (m.t === 'log') {
       this.log(m.msg, { ...(m.fields ?? {}), thread: t });
       return;

@@ -8,8 +8,8 @@
 //   features / mtu / memory    the negotiated header and offloads, the MTU, the memory table
 //   kickfd                     a ring's kick eventfd (the first kick goes back up: the ring starts)
 //   ring                       a ring started, or its enable state changed: set up here from its state
-//   stop                       GET_VRING_BASE and the like: stopped here, the base written back
-//                              through shared memory while the control thread waits for it
+//   stop                       GET_VRING_BASE and the like: stopped here, the base sent back
+//                              ('stopped', with the stop's sequence number)
 //   kick                       a ring without a kick fd (polling mode) is to be looked at
 import { parentPort, workerData } from 'node:worker_threads';
 import { Shard } from './shard';
@@ -62,19 +62,21 @@ export type ToWorker =
   | { t: 'memory'; index: number; regions: { desc: MemRegion; fd: number }[] }
   | { t: 'kickfd'; index: number; ring: number; fd: number }
   | { t: 'ring'; index: number; state: RingState }
-  | { t: 'stop'; index: number; ring: number }
+  | { t: 'stop'; index: number; ring: number; seq: number }
+  /** tests: block this thread for ms, as a thread stuck in a long batch would be */
+  | { t: 'stall'; ms: number }
   | { t: 'kick'; index: number; ring: number }
   | { t: 'fds'; index: number; ring: number; callFd: number; errFd: number }
   | { t: 'close' };
 
 export type FromWorker =
   | { t: 'kicked'; index: number; ring: number }
+  /** the answer to stop `seq`: the ring's base (-1: not running here) */
+  | { t: 'stopped'; index: number; ring: number; seq: number; base: number }
   | { t: 'broken'; index: number; ring: number; reason: string }
   | { t: 'error'; index: number; where: string; message: string }
   | { t: 'log'; msg: string; fields?: Record<string, unknown> };
 
-/** the stop reply of thread t: [flag (0 waiting, 1 base, 2 no such ring), base] */
-export const REPLY_WORDS = 4;
 
 const safeClose = (fd: number): void => {
   if (fd < 0) return;
@@ -84,6 +86,28 @@ const safeClose = (fd: number): void => {
     /* gone */
   }
 };
+
+/**
+ * Maps a memory table from fds duplicated for this thread (each region takes its fd). All or
+ * nothing: when one region cannot be mapped, those mapped are unmapped and the fds of those not
+ * reached yet are closed too, then the error is thrown (none of the table's fds stays open).
+ */
+export function mapRegions(list: { desc: MemRegion; fd: number }[], onFault: () => void): Region[] {
+  const regions: Region[] = [];
+  let k = 0;
+  try {
+    for (; k < list.length; k++) {
+      const region = new Region(list[k].desc, list[k].fd, false); // closes its fd when it throws
+      region.onFault = onFault;
+      regions.push(region);
+    }
+    return regions;
+  } catch (e) {
+    for (const r of regions) r.unmap();
+    for (let j = k + 1; j < list.length; j++) safeClose(list[j].fd);
+    throw e;
+  }
+}
 
 /** A connection this thread serves no ring of: the engine hands its frames to their thread. */
 class Elsewhere implements EnginePort {
@@ -111,15 +135,10 @@ class Conn implements RingHost {
   }
 
   setMemory(list: { desc: MemRegion; fd: number }[]): void {
-    const regions: Region[] = [];
+    let regions: Region[];
     try {
-      for (const r of list) {
-        const region = new Region(r.desc, r.fd, false);
-        region.onFault = () => this.internalError('guest memory access (its file shrank under the mapping)', new Error('memory fault'));
-        regions.push(region);
-      }
+      regions = mapRegions(list, () => this.internalError('guest memory access (its file shrank under the mapping)', new Error('memory fault')));
     } catch (e) {
-      for (const r of regions) r.unmap();
       this.internalError('mapping guest memory', e);
       return;
     }
@@ -247,7 +266,6 @@ function main(): void {
   const shard = new Shard(layout, me, { ...switchOptions, log });
   const sw = shard.sw;
   const owner = new Uint8Array(layout.owner);
-  const replies = new Int32Array(layout.replies);
   const threads: PortThreads = {
     serves: (index, pair) => owner[index * MAX_PAIRS + pair] === me,
     shared: (index) => laneViews(layout, index),
@@ -262,9 +280,7 @@ function main(): void {
       /* read already */
     }
     try {
-      while (shard.pump() > 0) {
-        /* until the rings to us are empty (each pump takes a budget per sender) */
-      }
+      shard.pumpTurn(layout.doorbells[me]);
     } catch (e) {
       log(`worker ${me}: error while taking frames from the other threads: ${(e as Error).stack}`, { level: 'error' });
     }
@@ -340,12 +356,12 @@ function main(): void {
           break;
         case 'stop': {
           const base = c ? c.stopRing(m.ring) : -1;
-          const at = me * REPLY_WORDS;
-          replies[at + 1] = base;
-          Atomics.store(replies, at, base < 0 ? 2 : 1);
-          Atomics.notify(replies, at);
+          post({ t: 'stopped', index: m.index, ring: m.ring, seq: m.seq, base });
           break;
         }
+        case 'stall':
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, m.ms);
+          break;
         case 'fds':
           if (c) c.setNotifyFds(m.ring, m.callFd, m.errFd);
           else {
@@ -371,11 +387,7 @@ function main(): void {
     } catch (e) {
       if (c) c.internalError(m.t, e);
       else log(`worker ${me}: error in ${m.t}: ${(e as Error).stack}`, { level: 'error' });
-      if (m.t === 'stop') {
-        const at = me * REPLY_WORDS;
-        Atomics.store(replies, at, 2);
-        Atomics.notify(replies, at);
-      }
+      if (m.t === 'stop') post({ t: 'stopped', index: m.index, ring: m.ring, seq: m.seq, base: -1 });
     }
   });
 }

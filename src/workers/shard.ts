@@ -23,6 +23,9 @@ import { native } from '../native';
 import { SpscRing } from './spsc';
 import { FRAME_MSG_WORDS, FRAME_RING_CAPACITY, MAX_PAIRS, type ThreadsLayout } from './layout';
 
+/** pump() calls one doorbell turn makes at most (each takes up to its budget per sending thread) */
+export const PUMP_ROUNDS = 4;
+
 export class Shard implements Handoff {
   readonly sw: Switch;
   readonly owner: Uint8Array;
@@ -208,6 +211,17 @@ export class Shard implements Handoff {
    * `budget` per thread per call, so one busy sender cannot hold this thread), then retries the
    * RX queues whose ring was full. Returns frames taken (more may wait: call again).
    */
+  /**
+   * The doorbell's work for one turn of the event loop: pump() at most PUMP_ROUNDS times. When
+   * frames are still coming after that (a sender as fast as we take), the doorbell is written
+   * again and the rest waits for the next turn, so sockets, timers and kicks of this thread run in
+   * between (an unbounded loop here let one busy sender hold the thread).
+   */
+  pumpTurn(doorbell: number): void {
+    for (let r = 0; r < PUMP_ROUNDS; r++) if (this.pump() === 0) return;
+    native.eventfdWrite(doorbell, 1);
+  }
+
   pump(budget = 1024): number {
     if (this.pumping) return 0;
     this.pumping = true;

@@ -138,6 +138,8 @@ export interface RingForward {
   stopped(index: number, q: Virtqueue): void;
   kick(index: number, q: Virtqueue): void;
   kickFd(index: number, q: Virtqueue, fd: number): void;
+  /** the base the serving thread answered for q's last stop (null: nothing to wait for) */
+  stopReply(index: number, q: Virtqueue): Promise<number> | null;
   /** q's call or err eventfd changed: the serving thread signals q.callFd / q.errFd from now on */
   notifyFds(index: number, q: Virtqueue): void;
 }
@@ -364,6 +366,10 @@ export class VhostUserPort implements EnginePort, SessionDevice, PacketSink {
   /** this thread serves queue pair `pair` (always, without worker threads) */
   private serves(pair: number): boolean {
     return this.threads === null || this.threads.serves(this.index, pair);
+  }
+
+  stopAnswer(q: Virtqueue): Promise<number> | null {
+    return this.forwarded(q)?.stopReply(this.index, q) ?? null;
   }
 
   notifyFdsChanged(q: Virtqueue): void {
