@@ -181,6 +181,13 @@ function tickFor(holdTimeMs: number): number {
   return Math.min(1000, Math.max(10, holdTimeMs / 4));
 }
 
+/** A setting changed at run time (SIGHUP reload, ctl): worker threads apply the same to theirs. */
+export type SettingChange =
+  | { kind: 'share'; index: number; blocks: number | undefined }
+  | { kind: 'defaultShare'; blocks: number | undefined }
+  | { kind: 'hold'; ms: number }
+  | { kind: 'unknown'; policy: UnknownPolicy };
+
 export interface MacEntry {
   mac: string;
   index: number;
@@ -220,6 +227,8 @@ export class Switch implements Flooder {
   private readonly peerCounters: Counters[];
   /** worker threads: the control thread tells the others of connections coming and going */
   onAttach: ((index: number, port: EnginePort, opts: { staticMac?: string; shareLimit: number }) => void) | null = null;
+  /** worker threads: a setting changed here (the control thread's switch), for the other threads */
+  onSetting: ((change: SettingChange) => void) | null = null;
   onDetach: ((index: number) => void) | null = null;
   /** worker threads: runs after every batch's copies (frames handed to other threads go out) */
   onBatchEnd: (() => void) | null = null;
@@ -341,17 +350,20 @@ export class Switch implements Flooder {
   setShareLimit(index: number, blocks: number | undefined): void {
     this.portAt(index);
     this.conns.shareLimit[index] = blocks ?? this.defaultShareLimit;
+    this.onSetting?.({ kind: 'share', index, blocks });
   }
 
   /** The share limit of connections attached without one from now on (undefined: half the pool). */
   setDefaultShareLimit(blocks: number | undefined): void {
     this.defaultShareLimit = blocks ?? Math.max(1, this.fifo.blockCount >>> 1);
+    this.onSetting?.({ kind: 'defaultShare', blocks });
   }
 
   /** Hold time of frames to an unknown MAC from now on; the tick follows it unless tickMs was given. */
   setHoldTime(ms: number): void {
     if (!(Number.isInteger(ms) && ms >= 0)) throw new RangeError(`hold time ${ms} ms`);
     this.monitor.holdTimeMs = ms;
+    this.onSetting?.({ kind: 'hold', ms });
     if (this.tickMsGiven !== undefined || this.timer === null) return;
     clearInterval(this.timer);
     this.timer = setInterval(() => this.tick(), tickFor(ms)).unref();
@@ -360,6 +372,7 @@ export class Switch implements Flooder {
   setUnknownPolicy(policy: UnknownPolicy): void {
     if (policy !== 'flood' && policy !== 'drop') throw new RangeError(`unknown policy ${String(policy)}`);
     this.monitor.unknownPolicy = policy;
+    this.onSetting?.({ kind: 'unknown', policy });
   }
 
   /** What the switch runs with now (defaults filled in). */

@@ -129,6 +129,8 @@ export class WorkerPool implements RingForward {
     const sw = this.sw;
     sw.onAttach = (index, port, opts) => this.attached(index, port, opts);
     sw.onDetach = (index) => this.post(-1, { t: 'detach', index });
+    // a SIGHUP reload or ctl changes the control thread's switch: every thread applies the same
+    sw.onSetting = (change) => this.post(-1, { t: 'setting', change });
   }
 
   /** data-plane threads, the control thread included */

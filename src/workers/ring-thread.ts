@@ -16,7 +16,7 @@ import { Shard } from './shard';
 import { laneViews, MAX_PAIRS, portRow, type ThreadsLayout } from './layout';
 import { VhostUserPort, PortThreads, RingHost } from '../ports/vhost-user/port';
 import type { EnginePort } from '../engine/port';
-import type { SwitchOptions } from '../engine/switch';
+import type { SettingChange, SwitchOptions } from '../engine/switch';
 import { GuestMemory, MemRegion, Region } from '../memory/guest-memory';
 import { SplitRing } from '../virtio/split-ring';
 import { PackedRing } from '../virtio/packed-ring';
@@ -66,6 +66,7 @@ export type ToWorker =
   /** tests: block this thread for ms, as a thread stuck in a long batch would be */
   | { t: 'stall'; ms: number }
   | { t: 'kick'; index: number; ring: number }
+  | { t: 'setting'; change: SettingChange }
   | { t: 'fds'; index: number; ring: number; callFd: number; errFd: number }
   | { t: 'close' };
 
@@ -362,6 +363,19 @@ function main(): void {
         case 'stall':
           Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, m.ms);
           break;
+        case 'setting': {
+          const s = m.change;
+          if (s.kind === 'share') {
+            try {
+              sw.setShareLimit(s.index, s.blocks);
+            } catch {
+              /* that connection is gone here already */
+            }
+          } else if (s.kind === 'defaultShare') sw.setDefaultShareLimit(s.blocks);
+          else if (s.kind === 'hold') sw.setHoldTime(s.ms);
+          else sw.setUnknownPolicy(s.policy);
+          break;
+        }
         case 'fds':
           if (c) c.setNotifyFds(m.ring, m.callFd, m.errFd);
           else {

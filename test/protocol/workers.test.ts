@@ -194,3 +194,39 @@ test('--workers 2: GET_VRING_BASE of a stuck worker thread blocks nothing, and a
   assert.deepEqual(log.errors().filter((l) => !/did not stop the ring within/.test(l)), []);
   await assertNoFdLeak(before);
 });
+
+// A SIGHUP reload (or ctl) changes settings on the control thread's switch; every thread must apply
+// them. Here the unknown-destination policy becomes "drop" with a short hold time: frames from B
+// (its queue pair served by the worker thread) to an unknown MAC are held there and must be dropped
+// when the new hold time passes, not flooded to A after the old one.
+test('--workers 2: settings changed at run time (hold time, unknown policy) apply on the worker threads too', { timeout: 60_000 }, async () => {
+  const before = fdCount();
+  const log = new LogCapture();
+  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8, holdTimeMs: 400 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  try {
+    const a = await startOn(pool, 'vmA', log, null);
+    const b = await startOn(pool, 'vmB', log, null);
+    assert.equal(new Uint8Array(pool.layout.owner)[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
+    await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
+    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
+    await receiveN(b, 1, 5000);
+    await receiveN(a, 1, 5000);
+    pool.sw.setUnknownPolicy('drop');
+    pool.sw.setHoldTime(50);
+    await sleep(100); // the worker thread has taken the messages
+    const unknown = Uint8Array.of(0x52, 0x54, 0, 0, 0, 0x99);
+    for (let i = 1; i <= 5; i++) await sendPacket(b, packet(netHdr(12), ethFrame(60, i, MAC_B, unknown)));
+    await sleep(1000); // well past the old hold time (400 ms) and the new one
+    const flooded = a.rx.receive(a.fe.hdrLen, a.fe.mergeable);
+    assert.equal(flooded.length, 0, 'nothing flooded to A: the policy is "drop" on the worker thread too');
+    await sleep(100); // the worker thread publishes its counters every 50 ms
+    assert.equal(pool.sw.stats().total.drops.holdExpired, 5, 'the five held frames dropped at the new hold time');
+    await closeGuest(a);
+    await closeGuest(b);
+  } finally {
+    await pool.close();
+  }
+  await sleep(100);
+  assert.deepEqual(log.errors(), []);
+  await assertNoFdLeak(before);
+});
