@@ -168,3 +168,22 @@ export function portSchemaProblem(spec: unknown): string | null {
   const d = describe(e);
   return `${keyName(d.path)}: ${d.msg}`;
 }
+
+/**
+ * A checker of values against `schema`, compiled once with the config file's validator (its
+ * keywords, CLI_CHECK included), whose problems read as the config file's do: "key: what" each.
+ * The library (src/api/) checks what createSwitch() and the port factories are given with it, so a
+ * program and a config file are told the same thing about the same mistake.
+ */
+export function schemaChecker(schema: object): (value: unknown) => string[] {
+  const validate = ajv.compile(schema);
+  return (value) => {
+    if (validate(value)) return [];
+    const out = new Set<string>();
+    for (const e of validate.errors ?? []) {
+      const d = describe(e);
+      out.add(`${keyName(d.path)}: ${d.msg}`);
+    }
+    return [...out];
+  };
+}
