@@ -7,7 +7,6 @@ import { ConfigError, portSchemaProblem, PORT_SCHEMA, schemaChecker } from '../c
 import { SETTINGS, schemaOf } from '../cli/options';
 import { parseVxlanSpec, type VxlanSpec } from '../ports/vxlan-port';
 import type { Log } from '../log';
-import type { PortSpec } from '../cli/settings';
 
 /**
  * The switch's own settings, each the config file's key of the same name (the command line's
@@ -149,7 +148,22 @@ export function checkLiveSetting(key: LiveSetting, value: unknown): void {
  * (`-chardev socket,path=…,reconnect=1`); client mode connects to QEMU listening there
  * (`server=on`), again after it goes away.
  */
-export type VhostUserPortSpec = PortSpec;
+export interface VhostUserPortSpec {
+  /** a name without spaces: logs, counters, events, SIGHUP reloads and removePort() know the port by it (the command line's default: vu<N>:<socket file name>) */
+  name: string;
+  /** socket path */
+  path: string;
+  /** 'server' (default): listen on path, QEMU connects; 'client': connect to QEMU listening there, retrying */
+  mode?: 'server' | 'client';
+  /** static MAC (aa:bb:cc:dd:ee:ff): known from the start, the only source MAC allowed (port security) */
+  mac?: string;
+  /** most local-data-store blocks frames waiting for this port may hold (default: the switch's shareLimit) */
+  share?: number;
+  /** queue pairs offered to this port's front-end (default: the switch's queues) */
+  queues?: number;
+  /** offer checksum/TSO offloads to this port's front-end (default: the switch's offload) */
+  offload?: boolean;
+}
 
 /**
  * A vhost-user port on a socket that is already connected, such as one a parent process passed

@@ -41,6 +41,11 @@ export interface ConfigValues {
   [key: string]: unknown;
 }
 
+/**
+ * What is wrong with options, a port spec or a config file: one line per problem in `problems`
+ * ("poolMb: must be >= 1"; a config file's lines start with "file:line: "), all of them in the
+ * message.
+ */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(problems.join('\n'));
