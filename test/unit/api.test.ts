@@ -149,3 +149,16 @@ test('EventSampler: rings broken since the last look, per port; a removed port s
   s.forgetPort('vm0');
   assert.deepEqual(s.sample(state(4, [], [], {}, [['vm0', 1]])), [['ringBroken', { port: 'vm0', rings: 1, total: 1 }]]);
 });
+
+test('README: the library section shows examples/two-port-switch.ts as it is (the file the tests run)', () => {
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('\n## Using it as a library\n'));
+  const block = /```ts\n([\s\S]*?)```/.exec(section);
+  assert.ok(block, 'a ts block in the section');
+  const example = fs.readFileSync(path.join(root, 'examples', 'two-port-switch.ts'), 'utf8');
+  // the file from its first import to the end of the function the README shows
+  const from = example.indexOf('import ');
+  const to = example.indexOf('\n}\n', from) + 3;
+  assert.equal(block[1], example.slice(from, to));
+});
