@@ -31,7 +31,21 @@ if (!hasHeaders(env.npm_config_nodedir)) {
 }
 
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js', { paths: [root] });
-const args = [cmakeJs, 'compile', '--directory', root, '--out', path.join(root, 'build', 'native'), ...process.argv.slice(2)];
+// node-addon-api (header-only) where Node finds it from here: this package's node_modules in a
+// checkout, the installing project's node_modules when elastic-vhost is installed as a dependency
+// (npm hoists it there, where CMakeLists.txt's own guess, <root>/node_modules, does not look)
+let addonApi;
+try {
+  addonApi = path.dirname(require.resolve('node-addon-api/package.json', { paths: [root] }));
+} catch (e) {
+  console.error(`native/build.js: node-addon-api not found from ${root}: ${e.message}`);
+  process.exit(1);
+}
+const args = [
+  cmakeJs, 'compile', '--directory', root, '--out', path.join(root, 'build', 'native'),
+  `--CDNODE_ADDON_API_DIR=${addonApi}`,
+  ...process.argv.slice(2),
+];
 const r = spawnSync(process.execPath, args, { stdio: 'inherit', env, cwd: root });
 if (r.error) {
   console.error(`native/build.js: cannot run cmake-js: ${r.error.message}`);

@@ -41,6 +41,11 @@ export interface ConfigValues {
   [key: string]: unknown;
 }
 
+/**
+ * What is wrong with options, a port spec or a config file: one line per problem in `problems`
+ * ("poolMb: must be >= 1"; a config file's lines start with "file:line: "), all of them in the
+ * message.
+ */
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
     super(problems.join('\n'));
@@ -167,4 +172,23 @@ export function portSchemaProblem(spec: unknown): string | null {
   const e = (validatePort.errors ?? [])[0];
   const d = describe(e);
   return `${keyName(d.path)}: ${d.msg}`;
+}
+
+/**
+ * A checker of values against `schema`, compiled once with the config file's validator (its
+ * keywords, CLI_CHECK included), whose problems read as the config file's do: "key: what" each.
+ * The library (src/api/) checks what createSwitch() and the port factories are given with it, so a
+ * program and a config file are told the same thing about the same mistake.
+ */
+export function schemaChecker(schema: object): (value: unknown) => string[] {
+  const validate = ajv.compile(schema);
+  return (value) => {
+    if (validate(value)) return [];
+    const out = new Set<string>();
+    for (const e of validate.errors ?? []) {
+      const d = describe(e);
+      out.add(`${keyName(d.path)}: ${d.msg}`);
+    }
+    return [...out];
+  };
 }

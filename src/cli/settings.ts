@@ -4,25 +4,11 @@
 import * as path from 'node:path';
 import type { Defaults } from '../defaults';
 import type { ConfigValues } from './config';
+import type { VhostUserPortSpec } from '../api/options';
 import { defaultOf, SETTINGS } from './options';
 
-/** One vhost-user port (a --socket/--client spec, an entry of the config's `ports`, ctl add-port). */
-export interface PortSpec {
-  /** name in logs, counters, SIGHUP reloads and removePort() (the command line's default: vu<N>:<socket file name>) */
-  name: string;
-  /** socket path */
-  path: string;
-  /** 'server' (default): listen on path, QEMU connects; 'client': connect to QEMU listening there, retrying */
-  mode?: 'server' | 'client';
-  /** static MAC (aa:bb:cc:dd:ee:ff): known from the start, the only source MAC allowed (port security) */
-  mac?: string;
-  /** most local-data-store blocks frames waiting for this port may hold (default: the switch's shareLimit) */
-  share?: number;
-  /** queue pairs offered to this port's front-end (default: the switch's queues) */
-  queues?: number;
-  /** offer checksum/TSO offloads to this port's front-end (default: the switch's offload) */
-  offload?: boolean;
-}
+/** One vhost-user port (a --socket/--client spec, an entry of the config's `ports`, ctl add-port): the library's spec. */
+export type PortSpec = VhostUserPortSpec;
 
 /** A port as the command line gives it: the name may be left to the default. */
 export type CliPortSpec = Omit<PortSpec, 'name'> & { name?: string };

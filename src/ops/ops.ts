@@ -87,8 +87,8 @@ export function socketDirProblem(socketPath: string, dirs: readonly string[]): s
 /**
  * Wraps a running switch with its ops tools. initial: the port specs it was started with (their
  * mode and path are shown by `ctl ports` and the info metric; so are those of ports added later,
- * by ctl or by a reload). The switch's close() then completes the captures and closes the servers
- * first.
+ * by ctl or by a reload). The tools close through the switch's onClose() hook: its close() completes
+ * the captures and closes the servers before any port closes.
  */
 export function withOps<R extends RunningSwitch>(running: R, initial: readonly PortSpec[], s: OpsSettings, log: Log): R & { ops: Ops } {
   const added = new Map<string, PortSpec>();
@@ -102,9 +102,8 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
         const spec = specOf(p.name);
         return spec ? { name: p.name, mode: spec.mode === 'client' ? 'client' : 'server', path: path.resolve(spec.path), port: p } : { name: p.name, mode: 'fd', path: '', port: p };
       });
-      if (running.tap) out.push({ name: running.tap.name, mode: 'tap', path: running.tap.ifname, port: running.tap });
-      const v = running.vxlan;
-      if (v) out.push({ name: v.name, mode: 'vxlan', path: `${v.local.address}:${v.local.port}`, port: v });
+      for (const t of running.taps) out.push({ name: t.name, mode: 'tap', path: t.ifname, port: t });
+      for (const v of running.vxlans) out.push({ name: v.name, mode: 'vxlan', path: `${v.local.address}:${v.local.port}`, port: v });
       return out;
     },
     addPort: (req) => {
@@ -159,7 +158,7 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
     if (c) ctl = await ControlServer.listen(c, host, log, s.ctlMode).catch((e: Error) => Promise.reject(new Error(`--ctl ${c}: ${e.message}`)));
     const w = s.web;
     if (w && !closed) {
-      const view = new WebView({ address: w, token: webToken, sample: () => webSample(running.sw, running.ports, { tap: running.tap, vxlan: running.vxlan }), log });
+      const view = new WebView({ address: w, token: webToken, sample: () => webSample(running.sw, running.ports, { taps: running.taps, vxlans: running.vxlans }), log });
       web = view;
       await view.listening.catch((e: Error) => Promise.reject(new Error(`--web: ${e.message}`)));
     }
@@ -184,11 +183,10 @@ export function withOps<R extends RunningSwitch>(running: R, initial: readonly P
   };
   // every way out (SIGTERM, the --fd session's end, an error) leaves complete capture files
   process.once('exit', ops.close);
-  const closeSwitch = running.close.bind(running);
-  running.close = () => {
+  // closing the switch ends the tools first: captures complete while their ports still exist
+  running.onClose(() => {
     ops.close();
     process.off('exit', ops.close);
-    closeSwitch();
-  };
+  });
   return Object.assign(running, { ops });
 }

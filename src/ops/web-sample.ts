@@ -81,8 +81,9 @@ export interface WebSample {
 export const MAX_MACS = 256;
 
 export interface Uplinks {
-  tap?: ListedPort | null;
-  vxlan?: ListedVxlan | null;
+  taps?: readonly ListedPort[];
+  /** the first one's VTEPs make the sample's VXLAN section (the command has at most one) */
+  vxlans?: readonly ListedVxlan[];
 }
 
 export function webSample(sw: Switch, vhostUser: readonly ListedPort[], uplinks: Uplinks = {}, now = Date.now()): WebSample {
@@ -109,18 +110,24 @@ export function webSample(sw: Switch, vhostUser: readonly ListedPort[], uplinks:
     });
   };
   for (const p of vhostUser) add(p, 'vhost-user');
-  if (uplinks.tap) add(uplinks.tap, 'tap');
-  const v = uplinks.vxlan ?? null;
-  if (v) add(v, 'vxlan');
-  const vxlanConn = v && byConn.has(v.index) ? v.index : -1;
-  const vtepOf = new Map<string, string>();
-  if (vxlanConn >= 0) for (const m of v!.macEntries()) vtepOf.set(m.mac, `${m.vtep}:${m.vtepPort}`);
+  for (const p of uplinks.taps ?? []) add(p, 'tap');
+  const vxlans = uplinks.vxlans ?? [];
+  for (const p of vxlans) add(p, 'vxlan');
+  const v = vxlans[0] ?? null;
+  // a remote MAC's VTEP, by the connection of the uplink it is behind
+  const vtepOf = new Map<number, Map<string, string>>();
+  for (const x of vxlans) {
+    if (!byConn.has(x.index)) continue;
+    const m = new Map<string, string>();
+    for (const e of x.macEntries()) m.set(e.mac, `${e.vtep}:${e.vtepPort}`);
+    vtepOf.set(x.index, m);
+  }
   const macs: WebSample['macs'] = [];
   const entries = sw.macEntries();
   entries.sort((a, b) => (a.mac < b.mac ? -1 : a.mac > b.mac ? 1 : 0));
   for (const m of entries) {
     if (macs.length === MAX_MACS) break;
-    const vtep = m.index === vxlanConn ? vtepOf.get(m.mac) : undefined;
+    const vtep = vtepOf.get(m.index)?.get(m.mac);
     macs.push(vtep === undefined ? [m.mac, m.index, m.isStatic ? 1 : 0] : [m.mac, m.index, m.isStatic ? 1 : 0, vtep]);
   }
   const t = s.total;

@@ -456,7 +456,7 @@ describe('web view sample of a switch with the VXLAN uplink', () => {
       d.set(inner, 8);
       await new Promise<void>((res, rej) => remote.send(d, local, '127.0.0.1', (e) => (e ? rej(e) : res())));
       await until('the guest receiving it', () => pa.received.length === 1);
-      const s = webSample(sw, [{ name: 'a', index: ia }], { vxlan: vx }, 1);
+      const s = webSample(sw, [{ name: 'a', index: ia }], { vxlans: [vx] }, 1);
       assert.deepEqual(s.ports.map((p) => [p.name, p.kind, p.up, p.conn]), [['a', 'vhost-user', true, ia], ['vxlan:77', 'vxlan', true, vx.index]]);
       assert.equal(s.ports[1].rx, 1, 'the engine took one frame from the uplink');
       assert.deepEqual(s.vxlan, {
