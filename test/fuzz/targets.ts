@@ -19,11 +19,14 @@ import { SplitRing, BROKEN } from '../../src/virtio/split-ring';
 import { PackedRing } from '../../src/virtio/packed-ring';
 import { Segments } from '../../src/virtio/chain';
 import { copies } from '../../src/datapath/copy-list';
-import { encode, payloadSize, Req, VERSION } from '../../src/vhost-user/message';
+import { encode, FLAG_NEED_REPLY, payloadSize, ProtocolFeature, Req, setU64, VERSION, VRING_NOFD_MASK, vringStatePayload } from '../../src/vhost-user/message';
+import { bit, VirtioFeature } from '../../src/vhost-user/features';
 import { VhostUserPort } from '../../src/ports/vhost-user/port';
 import type { EngineApi } from '../../src/ports/engine-api';
 import type { EnginePort } from '../../src/engine/port';
-import { DEFAULT_FEATURES } from '../../src/vhost-user/session';
+import { DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, Session } from '../../src/vhost-user/session';
+import { Refusal } from '../../src/vhost-user/refusal';
+import type { LogFields } from '../../src/log';
 
 export class Rng {
   private s: number;
@@ -294,39 +297,153 @@ function fdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
+/** the fds a well-formed request of this kind carries */
+function fdsFor(req: number, payload: Uint8Array): number {
+  const v = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  switch (req) {
+    case Req.SET_VRING_KICK:
+    case Req.SET_VRING_CALL:
+    case Req.SET_VRING_ERR:
+      return payload.length >= 2 && (v.getUint16(0, true) & VRING_NOFD_MASK) !== 0 ? 0 : 1;
+    case Req.SET_MEM_TABLE:
+      return payload.length >= 4 ? Math.min(v.getUint32(0, true), 8) : 0;
+    case Req.SET_LOG_BASE:
+    case Req.SET_LOG_FD:
+    case Req.ADD_MEM_REG:
+    case Req.SET_INFLIGHT_FD:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/**
+ * How a request handler's error is judged. The dispatcher (Session) turns a Refusal into a refusal
+ * (a zero-length reply, a non-zero ack, or a close when the front-end cannot be told) and any other
+ * error into a close; by design "any other error" is a plain Error thrown by a check (a bad payload,
+ * a wrong fd count, a memory table the kernel will not map). A TypeError, a ReferenceError or a
+ * RangeError V8 threw (a handler that read past a payload or a missing object) is a bug, though it
+ * closes the connection just like a refusal and logs alike. So the fuzz target listens in on the
+ * dispatcher's one failure path and on internal errors, and judges the error itself.
+ */
+export function judgeHandlerError(err: unknown): string | null {
+  if (err instanceof Refusal) return null;
+  if (err instanceof Error && err.constructor === Error) return null;
+  // the one deliberate RangeError on this path: a u64 field beyond 2^53 (message.ts)
+  if (err instanceof RangeError && /is beyond 2\^53/.test(err.message)) return null;
+  const e = err as Error;
+  return `${e?.constructor?.name ?? typeof err} from a handler: ${e?.stack ?? String(err)}`;
+}
+
+type Hooked = { failed: (...a: unknown[]) => void; internalError: (where: string, e: unknown) => void };
+/** errors the sessions reported through Session.failed / Session.internalError, by session name */
+const handlerErrors = new Map<string, string[]>();
+let hooked = false;
+function hookSessionErrors(): void {
+  if (hooked) return;
+  const proto = Session.prototype as unknown as Hooked;
+  // the dispatcher's failure path: if it is renamed, this target must be told, not pass silently
+  if (typeof proto.failed !== 'function' || proto.failed.length !== 3) throw new Error('fuzz: Session.prototype.failed(entry, message, err) is gone: update the message fuzz target');
+  if (typeof proto.internalError !== 'function') throw new Error('fuzz: Session.prototype.internalError is gone: update the message fuzz target');
+  const failed = proto.failed;
+  const internalError = proto.internalError;
+  proto.failed = function (this: { name: string }, ...a: unknown[]): void {
+    const why = judgeHandlerError(a[2]);
+    if (why !== null) handlerErrors.set(this.name, [...(handlerErrors.get(this.name) ?? []), why]);
+    failed.apply(this, a);
+  };
+  proto.internalError = function (this: { name: string }, where: string, e: unknown): void {
+    handlerErrors.set(this.name, [...(handlerErrors.get(this.name) ?? []), `internal error during ${where}: ${(e as Error)?.stack ?? String(e)}`]);
+    internalError.call(this, where, e);
+  };
+  hooked = true;
+}
+
+/** what one message fuzz run saw */
+export interface MessageStats {
+  sent: number;
+  sequences: number;
+  /** sequences the back-end ended by closing the connection (a refusal it could not answer, broken framing) */
+  closedByBackEnd: number;
+  /** refusals answered on an open connection (zero-length reply, non-zero ack, ignored) */
+  refusedOpen: number;
+  /** sessions that got a memory table mapped and a ring set up */
+  ringsSetUp: number;
+}
+
 /**
  * Random message sequences against a session over a real socketpair. Between sequences everything
- * is closed; at the end no fd may be left over. Resolves with the number of messages sent.
+ * is closed; at the end no fd may be left over. Every close and refusal is read from the port's own
+ * log: a connection the back-end closes must have logged why ("…; closing connection"), no handler
+ * may throw anything but a check's error (judgeHandlerError), no internal error may be logged.
+ * Resolves with what it saw.
  */
-export async function fuzzMessages(seed: number, sequences: number, perSequence = 24): Promise<number> {
+export async function fuzzMessagesStats(seed: number, sequences: number, perSequence = 24): Promise<MessageStats> {
+  hookSessionErrors();
   const rng = new Rng(seed);
   const before = fdCount();
   const hub = new NullHub();
-  let sent = 0;
+  const stats: MessageStats = { sent: 0, sequences: 0, closedByBackEnd: 0, refusedOpen: 0, ringsSetUp: 0 };
   for (let q = 0; q < sequences; q++) {
-    const port = new VhostUserPort(hub, { name: `fuzz${q}`, log: () => {} });
+    const name = `fuzz${q}`;
+    const lines: { msg: string; level: string }[] = [];
+    const log = (msg: string, fields?: LogFields): void => {
+      lines.push({ msg, level: String(fields?.level ?? 'info') });
+    };
+    handlerErrors.delete(name);
+    const port = new VhostUserPort(hub, { name, log });
     const [feFd, beFd] = native.socketpair();
     port.bind(beFd);
     let open = true;
-    port.onSessionEnd = () => {
+    let endReason: string | null | undefined;
+    port.onSessionEnd = (reason) => {
       open = false;
+      endReason = reason;
     };
-    // half the sequences start like a front-end does, so that later messages meet a set-up session
+    const fail = (why: string): never => {
+      throw new Error(`messages: seed ${seed} sequence ${q}: ${why}\n--- the port's log ---\n${lines.slice(-30).map((l) => `${l.level}: ${l.msg}`).join('\n')}`);
+    };
+    let sent = 0;
+    const send = (req: number, payload: Uint8Array, fds: number[], flags = VERSION): number => {
+      const m = encode(req, flags, payload);
+      const n = native.sendmsg(feFd, m, 0, m.length, fds);
+      for (const fd of fds) native.close(fd);
+      return n < 0 ? n : n === m.length ? n : -2;
+    };
+    // half the sequences start like a front-end does (features it was offered, a memory table, most
+    // of the time a ring set up), so that later messages meet a set-up session
     if (rng.chance(0.5)) {
+      const protocol = rng.chance(0.9) ? DEFAULT_PROTOCOL_FEATURES & (BigInt(rng.u32()) | BigInt(1 << ProtocolFeature.REPLY_ACK)) : BigInt(rng.below(1 << 12));
       const prefix: [number, Uint8Array, number[]][] = [
         [Req.SET_OWNER, new Uint8Array(0), []],
-        [Req.SET_FEATURES, u64(DEFAULT_FEATURES & BigInt(rng.u32()) * 0x100000001n), []],
-        [Req.SET_PROTOCOL_FEATURES, u64(BigInt(rng.below(1 << 12))), []],
+        [Req.SET_FEATURES, u64((DEFAULT_FEATURES & (BigInt(rng.u32()) * 0x100000001n)) | bit(VirtioFeature.USER_F_PROTOCOL_FEATURES)), []],
+        [Req.SET_PROTOCOL_FEATURES, u64(protocol), []],
+        [Req.SET_MEM_TABLE, memTable(REGION_GPA, 1 << 20, REGION_UVA), [native.memfdCreate('fuzz-ram', 1 << 20)]],
       ];
-      const memfd = native.memfdCreate('fuzz-ram', 1 << 20);
-      prefix.push([Req.SET_MEM_TABLE, memTable(REGION_GPA, 1 << 20, REGION_UVA), [memfd]]);
+      if (rng.chance(0.7)) {
+        const idx = rng.below(2);
+        const num = 1 << (4 + rng.below(5));
+        const addr = new Uint8Array(40);
+        const v = new DataView(addr.buffer);
+        v.setUint32(0, idx, true);
+        setU64(v, 8, REGION_UVA); // descriptors
+        setU64(v, 16, REGION_UVA + 0x10000); // used
+        setU64(v, 24, REGION_UVA + 0x8000); // avail
+        prefix.push(
+          [Req.SET_VRING_NUM, vringStatePayload(idx, num), []],
+          [Req.SET_VRING_ADDR, addr, []],
+          [Req.SET_VRING_BASE, vringStatePayload(idx, 0), []],
+          [Req.SET_VRING_CALL, u64(BigInt(idx)), [native.eventfd(0)]],
+          [Req.SET_VRING_KICK, u64(BigInt(idx)), [native.eventfd(0)]],
+          [Req.SET_VRING_ENABLE, vringStatePayload(idx, 1), []],
+        );
+      }
       for (const [req, payload, fds] of prefix) {
-        const m = encode(req, VERSION, payload);
-        native.sendmsg(feFd, m, 0, m.length, fds);
+        if (send(req, payload, fds) < 0) break;
         sent++;
       }
-      native.close(memfd);
-      await new Promise((r) => setImmediate(r));
+      for (let w = 0; w < 5; w++) await new Promise((r) => setImmediate(r));
+      if (port.session?.rings.some((r) => r.ready)) stats.ringsSetUp++;
     }
     for (let k = 0; k < perSequence && open; k++) {
       const req = rng.chance(0.9) ? rng.pick(REQUESTS) : rng.below(64);
@@ -337,13 +454,13 @@ export async function fuzzMessages(seed: number, sequences: number, perSequence 
       // plausible small values where they matter (ring indices, counts)
       if (size >= 4 && rng.chance(0.7)) new DataView(payload.buffer).setUint32(0, rng.below(4), true);
       const fds: number[] = [];
-      const nfds = rng.chance(0.6) ? 0 : rng.below(3);
+      // mostly the fds the request takes (so that the request itself is checked), sometimes any
+      const nfds = rng.chance(0.8) ? fdsFor(req, payload) : rng.below(3);
       for (let i = 0; i < nfds; i++) fds.push(rng.chance(0.5) ? native.eventfd(0) : native.memfdCreate('fuzz-msg', 4096 * (1 + rng.below(4))));
-      const msg = encode(req, VERSION | (rng.chance(0.3) ? 8 : 0), payload);
-      const n = native.sendmsg(feFd, msg, 0, msg.length, fds);
-      for (const fd of fds) native.close(fd);
-      if (n < 0) break; // socket full: the back-end is not reading (it waits for us to read)
+      const n = send(req, payload, fds, VERSION | (rng.chance(0.3) ? FLAG_NEED_REPLY : 0));
+      if (n === -1) break; // socket full: the back-end is not reading (it waits for us to read)
       sent++;
+      if (n === -2) break; // a part of it went: the rest of the sequence would be noise
       // drain replies now and then, like a front-end would
       if (rng.chance(0.5)) {
         const b = new Uint8Array(4096);
@@ -355,12 +472,38 @@ export async function fuzzMessages(seed: number, sequences: number, perSequence 
       }
       await new Promise((r) => setImmediate(r));
     }
+    const closedByBackEnd = !open;
     native.close(feFd);
     for (let w = 0; w < 200 && port.connected; w++) await new Promise((r) => setTimeout(r, 1));
-    if (port.connected) throw new Error(`seed ${seed} sequence ${q}: the port did not see its front-end go`);
+    if (port.connected) fail('the port did not see its front-end go');
+    // the judgement, from the dispatcher's errors and the port's log
+    const bugs = handlerErrors.get(name) ?? [];
+    if (bugs.length > 0) fail(`a handler failed with something other than a check's error:\n${bugs.join('\n')}`);
+    const internal = lines.find((l) => /internal error/.test(l.msg));
+    if (internal) fail(`internal error logged: ${internal.msg}`);
+    // a close by the back-end (before or after we left: it reads what we sent first) says why,
+    // once, at level error; a close because we left has no reason
+    const closing = lines.filter((l) => /; closing connection$/.test(l.msg));
+    if (endReason === undefined) fail('the session never ended');
+    if (endReason === null) {
+      if (closing.length > 0) fail(`ended as a plain end, but logged: ${closing[0].msg}`);
+    } else {
+      if (closing.length !== 1) fail(`the back-end closed the connection (${endReason}) with ${closing.length} "closing connection" lines logged`);
+      if (closing[0].level !== 'error') fail(`the close was logged at level ${closing[0].level}`);
+      if (!closing[0].msg.includes(endReason as string)) fail(`the close logged "${closing[0].msg}", not its reason "${endReason}"`);
+    }
+    if (closedByBackEnd) stats.closedByBackEnd++;
+    stats.refusedOpen += lines.filter((l) => /; refused \(|; ignored \(no reply asked for\)/.test(l.msg)).length;
+    stats.sent += sent;
+    stats.sequences++;
   }
   await new Promise((r) => setTimeout(r, 5));
   const after = fdCount();
   if (after > before) throw new Error(`seed ${seed}: ${after - before} fd(s) leaked over ${sequences} sequences`);
-  return sent;
+  return stats;
+}
+
+/** fuzzMessagesStats, resolving with the number of messages sent */
+export async function fuzzMessages(seed: number, sequences: number, perSequence = 24): Promise<number> {
+  return (await fuzzMessagesStats(seed, sequences, perSequence)).sent;
 }
