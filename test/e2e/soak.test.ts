@@ -4,16 +4,19 @@
  * hostile front-end sends garbage on a fourth socket. At the end, in the switch process: no fd,
  * mapping or block of the local data store leaked, resident memory flat, the FIFO's counts
  * consistent (taken = returned + in use), and the stream never stalled (every iperf3 interval moved
- * data).
+ * data). A side session that fails is counted, and only the known failure is accepted: the switch
+ * refused it (and logged so) because the previous one was still connected (soak-failures.ts).
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { GuestVM } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
 import { native } from '../../src/native';
 import { FrontEnd, sleep } from '../protocol/frontend';
 import { ready, startGuest, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
+import { SoakFailures, refusalsIn } from './soak-failures';
 
 const SECONDS = Number(process.env.ELASTIC_VHOST_SOAK_S ?? 40);
 
@@ -53,33 +56,42 @@ describe('soak: a stream between two guests while a third churns and a fourth is
       const base = procFacts(pid);
       let churns = 0;
       let garbage = 0;
+      const failures = new SoakFailures();
       const until = Date.now() + (SECONDS - 6) * 1000;
       let seed = 12345;
       const rnd = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296);
       while (Date.now() < until) {
         // the churning front-end: full set-up (features, memory table with a memfd, rings), then gone
+        let fe: FrontEnd | null = null;
         try {
-          const fe = new FrontEnd(native.unixConnect(sw!.socketPaths[2]), 'churn');
+          fe = new FrontEnd(native.unixConnect(sw!.socketPaths[2]), 'churn');
           await fe.start();
           await sleep(20 + rnd() * 80);
-          fe.close();
           churns++;
-        } catch {
-          /* its port may still be seeing the last one go: try again */
+        } catch (e) {
+          // known: its port was still seeing the last one go and refused this one (judged below)
+          failures.note('churn', e);
+        } finally {
+          fe?.close();
         }
         // the hostile one: garbage bytes, sometimes with an fd, then gone
+        let fd = -1;
+        let efd = -1;
         try {
-          const fd = native.unixConnect(sw!.socketPaths[3]);
+          fd = native.unixConnect(sw!.socketPaths[3]);
           const junk = new Uint8Array(12 + Math.floor(rnd() * 200));
           for (let i = 0; i < junk.length; i++) junk[i] = Math.floor(rnd() * 256);
-          const efd = native.eventfd(0);
-          native.sendmsg(fd, junk, 0, junk.length, rnd() < 0.5 ? [efd] : []);
-          native.close(efd);
+          efd = native.eventfd(0);
+          const n = native.sendmsg(fd, junk, 0, junk.length, rnd() < 0.5 ? [efd] : []);
+          if (n !== junk.length) throw new Error(`hostile: sendmsg wrote ${n} of ${junk.length} bytes into an idle socket`);
           await sleep(10);
-          native.close(fd);
           garbage++;
-        } catch {
-          /* the port may still be closing the previous one */
+        } catch (e) {
+          // known: the port was still closing the previous one and refused this one (judged below)
+          failures.note('hostile', e);
+        } finally {
+          if (efd >= 0) native.close(efd);
+          if (fd >= 0) native.close(fd);
         }
         await sleep(50);
       }
@@ -89,7 +101,10 @@ describe('soak: a stream between two guests while a third churns and a fourth is
       assert.equal(j.error, undefined, `iperf3: ${j.error}`);
       const intervals: number[] = j.intervals.map((iv: { sum: { bytes: number } }) => iv.sum.bytes);
       const mbit = j.end.sum_received.bits_per_second / 1e6;
-      console.log(`# soak ${SECONDS} s: ${churns} churned sessions, ${garbage} garbage sessions, iperf3 ${mbit.toFixed(0)} Mbit/s, slowest 1 s interval ${Math.min(...intervals)} bytes`);
+      console.log(`# soak ${SECONDS} s: ${churns} churned sessions, ${garbage} garbage sessions (${failures.summary()}), iperf3 ${mbit.toFixed(0)} Mbit/s, slowest 1 s interval ${Math.min(...intervals)} bytes`);
+      // every failed side session failed for the known reason, and the switch says it refused them
+      const refusals = { churn: refusalsIn(sw!.log, path.basename(sw!.socketPaths[2])), hostile: refusalsIn(sw!.log, path.basename(sw!.socketPaths[3])) };
+      assert.equal(failures.judge(refusals), null, `switch refusals logged: ${JSON.stringify(refusals)}`);
       assert.ok(intervals.length >= SECONDS - 1, `${intervals.length} intervals`);
       assert.ok(intervals.every((x) => x > 0), `the stream stalled: ${intervals.join(' ')}`);
       assert.ok(churns >= 20 && garbage >= 20, `${churns} churns, ${garbage} garbage sessions`);

@@ -1,6 +1,6 @@
 // npm run fuzz -- --minutes N [--seed S]: the fuzz targets in turn until the time is up; prints
 // cases run per target. A failure prints its seed (re-run with --seed to reproduce) and exits 1.
-import { fuzzChains, fuzzMessages, fuzzPackedChains } from './targets';
+import { fuzzChainsStats, fuzzMessages, fuzzPackedChainsStats } from './targets';
 import { fuzzOffload, offloadStats } from './offload';
 import { flowHashStats, fuzzFlowHash } from './flowhash';
 
@@ -20,9 +20,9 @@ async function main(): Promise<void> {
   console.log(`fuzz: ${minutes} min from seed ${seed}`);
   while (Date.now() < until) {
     try {
-      chains += fuzzChains(seed, 200);
-      chains += fuzzPackedChains(seed, 200);
-      messages += await fuzzMessages(seed, 10);
+      chains += fuzzChainsStats(seed, 200).cases;
+      chains += fuzzPackedChainsStats(seed, 200).cases;
+            messages += await fuzzMessages(seed, 10);
       offload += fuzzOffload(seed, 200);
       hashes += fuzzFlowHash(seed, 500);
     } catch (e) {

@@ -40,6 +40,10 @@ for (const eventIdx of [true, false]) {
       b.tx.kick();
       for (let i = 1; i <= 20; i++) await sendPacket(a, packet(netHdr(12), ethFrame(100, i, mac(1), i % 5 === 0 ? BCAST : mac(2))));
       await sleep(30);
+      // the engine's periodic work (the lost-kick sweep tries every connection with frames waiting)
+      // runs now, not whenever its timer would: it too must leave the stopped rings alone
+      sw.tick();
+      await sleep(5);
       assert.deepEqual(usedBytes(b.rx), rxBefore, 'the stopped RX ring: used flags, idx, ring and avail_event untouched');
       assert.deepEqual(usedBytes(b.tx), txBefore, 'the stopped TX ring: used flags, idx, ring and avail_event untouched');
       assert.equal(b.rx.calls(), 0, 'no interrupt for a stopped ring');
@@ -72,6 +76,8 @@ test('a started but disabled TX ring is processed and its frames discarded (coun
     const used = a.tx.takeUsed();
     assert.equal(used.length, 5, 'every chain given back');
     await sleep(20);
+    sw.tick(); // the sweep would deliver anything wrongly held for B
+    await sleep(5);
     assert.equal(b.rx.receive(12, true).length, 0, 'nothing of a disabled TX ring reaches anyone');
     assert.equal(a.port.counters.txDisabledDropped, 5);
     assert.equal(a.port.counters.txFrames, 0);

@@ -18,6 +18,8 @@ import {
 } from '../../src/engine/classifier';
 import { copyBytes } from '../../src/datapath/copy';
 import { frame } from './engine-helpers';
+import fc from 'fast-check';
+import { checkProperty } from './property';
 
 const hiOf = keyHi;
 const loOf = keyLo;
@@ -68,35 +70,52 @@ test('learn: refresh, move, static wins, aging', () => {
   assert.equal(at(t, 1e12, () => t.lookup(hiOf(s), loOf(s))), 5, 'static never ages');
 });
 
-test('MAC table against a Map model: random learn/remove/removePort/expire', () => {
-  const t = new MacTable(256, 1e9);
-  const model = new Map<number, number>();
-  let seed = 12345;
-  const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
-  for (let step = 0; step < 20000; step++) {
-    const key = parseMac('52:54:00:00:00:00') + rnd(300);
-    const op = rnd(10);
-    if (op < 6) {
-      const port = rnd(8);
-      const r = at(t, 0, () => t.learn(hiOf(key), loOf(key), port));
-      if (r === LEARN_REFUSED) assert.ok(model.size >= 192 && !model.has(key));
-      else model.set(key, port);
-    } else if (op < 9) {
-      assert.equal(t.remove(hiOf(key), loOf(key)), model.delete(key));
-    } else if (rnd(20) === 0) {
-      const port = rnd(8);
-      let n = 0;
-      for (const [k, p] of model) if (p === port) (model.delete(k), n++);
-      assert.equal(t.removePort(port), n);
-    }
-    if (step % 97 === 0) {
-      assert.equal(t.size, model.size);
-      for (let i = 0; i < 300; i++) {
-        const k = parseMac('52:54:00:00:00:00') + i;
-        assert.equal(at(t, 0, () => t.lookup(hiOf(k), loOf(k))), model.get(k) ?? -1);
+type MacOp = { k: 'learn'; mac: number; port: number } | { k: 'remove'; mac: number } | { k: 'removePort'; port: number };
+const macOp: fc.Arbitrary<MacOp> = fc.oneof(
+  { weight: 120, arbitrary: fc.record({ k: fc.constant('learn' as const), mac: fc.nat(299), port: fc.nat(7) }) },
+  { weight: 45, arbitrary: fc.record({ k: fc.constant('remove' as const), mac: fc.nat(299) }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('removePort' as const), port: fc.nat(7) }) },
+);
+
+test('MAC table against a Map model (fast-check): random learn/remove/removePort; refused only when 3/4 full', (t) => {
+  const base = parseMac('52:54:00:00:00:00');
+  let refused = 0;
+  checkProperty(
+    t,
+    fc.property(fc.array(macOp, { minLength: 1, maxLength: 2000, size: 'max' }), (ops) => {
+      const tb = new MacTable(256, 1e9);
+      const model = new Map<number, number>();
+      const compare = (step: number): void => {
+        assert.equal(tb.size, model.size, `step ${step}: size`);
+        for (let i = 0; i < 300; i++) {
+          const k = base + i;
+          assert.equal(at(tb, 0, () => tb.lookup(hiOf(k), loOf(k))), model.get(k) ?? -1, `step ${step}: lookup of ${formatMac(k)}`);
+        }
+      };
+      for (const [step, op] of ops.entries()) {
+        if (op.k === 'learn') {
+          const key = base + op.mac;
+          const r = at(tb, 0, () => tb.learn(hiOf(key), loOf(key), op.port));
+          if (r === LEARN_REFUSED) {
+            assert.ok(model.size >= 192 && !model.has(key), `step ${step}: learning refused with ${model.size} entries`);
+            refused++;
+          } else model.set(key, op.port);
+        } else if (op.k === 'remove') {
+          const key = base + op.mac;
+          assert.equal(tb.remove(hiOf(key), loOf(key)), model.delete(key), `step ${step}: remove`);
+        } else {
+          let n = 0;
+          for (const [k, p] of model) if (p === op.port) (model.delete(k), n++);
+          assert.equal(tb.removePort(op.port), n, `step ${step}: removePort(${op.port})`);
+        }
+        if (step % 97 === 0) compare(step);
       }
-    }
-  }
+      compare(ops.length);
+    }),
+    { numRuns: 60 },
+  );
+  t.diagnostic(`${refused} learns refused (table 3/4 full)`);
+  if (!process.env.FC_PATH) assert.ok(refused > 0, 'the table filled up');
 });
 
 test('copyBytes: every alignment and length, no overlap, within bounds', () => {

@@ -4,6 +4,8 @@ import { ElasticFifo } from '../../src/engine/elastic-fifo';
 import { Frame } from '../../src/datapath/frame';
 import { copies } from '../../src/datapath/copy-list';
 import { ByteFrames, frameBytes } from '../../src/datapath/byte-frame';
+import fc from 'fast-check';
+import { checkProperty } from './property';
 
 const frames = new ByteFrames();
 /** take() for an engine frame in plain bytes (12-byte header, then Ethernet) */
@@ -75,21 +77,78 @@ test('pool exhaustion takes nothing; unlink from the middle keeps order', () => 
   assert.equal(f.checkInvariants(), null);
 });
 
-test('random operations keep taken = returned + queued', () => {
-  const f = new ElasticFifo(200 * 512, 512, 4);
-  let seed = 99;
-  const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+// ---- randomized, with fast-check: a failing sequence of operations shrinks to a minimal one and
+// replays from the printed seed and path (property.ts)
+
+type FifoOp =
+  | { k: 'take'; q: number; off: number; len: number }
+  | { k: 'shift'; q: number }
+  | { k: 'unlink'; q: number; at: number }
+  | { k: 'clear'; q: number };
+
+const Q = 4;
+const fifoOp: fc.Arbitrary<FifoOp> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ k: fc.constant('take' as const), q: fc.nat(Q - 1), off: fc.nat(9), len: fc.integer({ min: 26, max: 3025 }) }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('shift' as const), q: fc.nat(Q - 1) }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('unlink' as const), q: fc.nat(Q - 1), at: fc.nat(50) }) },
+  { weight: 1, arbitrary: fc.constant({ k: 'clear' as const, q: 0 }) },
+);
+
+test('randomized (fast-check): takes, shifts, unlinks from the middle and clears against a model — FIFO order per queue, the bytes kept, taken = returned + queued, a take refused only when the pool lacks the blocks', (t) => {
   const src = bytes(4000, 5);
-  for (let step = 0; step < 5000; step++) {
-    const q = rnd(4);
-    if (rnd(3) !== 0) {
-      const h = take(f, src, rnd(10), 26 + rnd(3000));
-      if (h >= 0) f.push(q, h);
-    } else {
-      const h = f.shift(q);
-      if (h >= 0) f.release(h);
-    }
-    const problem = f.checkInvariants();
-    if (problem !== null) assert.fail(`step ${step}: ${problem}`);
-  }
+  checkProperty(
+    t,
+    fc.property(fc.array(fifoOp, { minLength: 1, maxLength: 400, size: 'max' }), fc.integer({ min: 8, max: 200 }), (ops, poolBlocks) => {
+      const f = new ElasticFifo(poolBlocks * 512, 512, Q);
+      const model: { h: number; off: number; len: number }[][] = Array.from({ length: Q }, () => []);
+      const d = new Frame(f.maxFrameBlocks);
+      const check = (step: number, e: { h: number; off: number; len: number }): void => {
+        f.describe(e.h, d);
+        assert.deepEqual(frameBytes(d), src.subarray(e.off, e.off + e.len), `step ${step}: frame ${e.h}'s bytes`);
+      };
+      for (const [step, op] of ops.entries()) {
+        if (op.k === 'take') {
+          const need = f.blocksFor(op.len);
+          const free = f.freeBlocks;
+          const h = take(f, src, op.off, op.len);
+          if (h < 0) assert.ok(need > free, `step ${step}: a take of ${need} blocks refused with ${free} free`);
+          else {
+            assert.ok(need <= free, `step ${step}: took ${need} blocks with ${free} free`);
+            copies.run();
+            f.push(op.q, h);
+            model[op.q].push({ h, off: op.off, len: op.len });
+          }
+        } else if (op.k === 'shift') {
+          const h = f.shift(op.q);
+          const e = model[op.q].shift();
+          assert.equal(h, e?.h ?? -1, `step ${step}: shift(${op.q})`);
+          if (e) {
+            check(step, e);
+            f.release(h);
+          }
+        } else if (op.k === 'unlink') {
+          const m = model[op.q];
+          if (m.length === 0) continue;
+          const i = op.at % m.length;
+          const [e] = m.splice(i, 1);
+          f.unlink(op.q, i === 0 ? -1 : m[i - 1].h, e.h);
+          check(step, e);
+          f.release(e.h);
+        } else {
+          const n = model.reduce((a, m) => a + m.length, 0);
+          let cleared = 0;
+          for (let q = 0; q < Q; q++) cleared += f.clear(q);
+          assert.equal(cleared, n, `step ${step}: clear`);
+          for (const m of model) m.length = 0;
+        }
+        const problem = f.checkInvariants();
+        if (problem !== null) assert.fail(`step ${step}: ${problem}`);
+        for (let q = 0; q < Q; q++) assert.equal(f.qFrames[q], model[q].length, `step ${step}: queue ${q} length`);
+        assert.equal(f.blocksTaken - f.blocksReturned, f.blocksInUse, `step ${step}: taken = returned + in use`);
+      }
+      // every queued frame still holds its bytes, in order
+      for (let q = 0; q < Q; q++) for (const e of model[q]) check(ops.length, e);
+    }),
+    { numRuns: 400 },
+  );
 });

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Switch, type SwitchOptions } from '../../src/engine/switch';
 import { BCAST, FakeClock, TestPort, frame, input, mac, patternOk, seqOf } from './engine-helpers';
+import fc from 'fast-check';
+import { checkProperty } from './property';
 
 const A = mac(1);
 const B = mac(2);
@@ -406,83 +408,105 @@ test('MAC aging: a silent MAC is forgotten, frames to it are held again', () => 
   sw.close();
 });
 
-test('random model: many ports, bursts, stalls, learning — no duplicate, no reorder, no leak', () => {
-  const { sw, clock } = make({ poolBytes: 300 * 2048, defaultShareLimit: 120, holdTimeMs: 5000, unknownPolicy: 'drop' });
-  const P = 6;
-  const ports: TestPort[] = [];
-  const idx: number[] = [];
-  for (let i = 0; i < P; i++) {
-    ports.push(new TestPort(`p${i}`, { buffers: 5, bufSize: 2048, mergeable: true }));
-    idx.push(sw.attach(ports[i]));
-  }
-  let seed = 4242;
-  const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
-  const nextSeq = new Map<string, number>(); // per (src,dst)
-  let sent = 0;
-  let bcast = 0;
-  for (let step = 0; step < 20000; step++) {
-    const op = rnd(100);
-    if (op < 80) {
-      const s = rnd(P);
-      let d = rnd(P + 1); // P = broadcast
-      if (d === s) d = (d + 1) % P;
-      const dst = d === P ? BCAST : mac(d + 1);
-      const k = `${s}>${d}`;
-      const seq = nextSeq.get(k) ?? 0;
-      nextSeq.set(k, seq + 1);
-      const f = frame(dst, mac(s + 1), (d << 24) | seq, 30 + rnd(3000));
-      input(sw, idx[s], f);
-      sent++;
-      if (d === P) bcast++;
-      if (rnd(4) === 0) sw.flush();
-    } else if (op < 95) {
-      const p = rnd(P);
-      ports[p].post(rnd(20));
-      sw.resourcesAvailable(idx[p]);
-    } else if (op < 98) {
-      const p = rnd(P);
-      ports[p].started = !ports[p].started;
-      if (ports[p].started) sw.resourcesAvailable(idx[p]);
-    } else {
-      clock.advance(rnd(200));
+// randomized, with fast-check: a failing sequence of operations shrinks to a minimal one and
+// replays from the printed seed and path (property.ts)
+const P = 6;
+type SwOp =
+  | { k: 'send'; s: number; d: number; len: number; flush: boolean }
+  | { k: 'post'; p: number; n: number }
+  | { k: 'toggle'; p: number }
+  | { k: 'tick'; ms: number };
+const swOp: fc.Arbitrary<SwOp> = fc.oneof(
+  // d = P: broadcast
+  { weight: 80, arbitrary: fc.record({ k: fc.constant('send' as const), s: fc.nat(P - 1), d: fc.nat(P), len: fc.integer({ min: 30, max: 3029 }), flush: fc.boolean() }) },
+  { weight: 15, arbitrary: fc.record({ k: fc.constant('post' as const), p: fc.nat(P - 1), n: fc.nat(19) }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('toggle' as const), p: fc.nat(P - 1) }) },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant('tick' as const), ms: fc.nat(199) }) },
+);
+
+test('random model (fast-check): many ports, bursts, stalls, learning — no duplicate, no reorder, no leak, every copy delivered or counted', (t) => {
+  const reach = { stored: 0, resolved: 0, dropped: 0 };
+  checkProperty(
+    t,
+    fc.property(fc.array(swOp, { minLength: 1, maxLength: 1500, size: 'max' }), (ops) => {
+      const { sw, clock } = make({ poolBytes: 300 * 2048, defaultShareLimit: 120, holdTimeMs: 5000, unknownPolicy: 'drop' });
+      const ports: TestPort[] = [];
+      const idx: number[] = [];
+      for (let i = 0; i < P; i++) {
+        ports.push(new TestPort(`p${i}`, { buffers: 5, bufSize: 2048, mergeable: true }));
+        idx.push(sw.attach(ports[i]));
+      }
+      const nextSeq = new Map<string, number>(); // per (src,dst)
+      let sent = 0;
+      let bcast = 0;
+      for (const op of ops) {
+        if (op.k === 'send') {
+          let d = op.d;
+          if (d === op.s) d = (d + 1) % P;
+          const dst = d === P ? BCAST : mac(d + 1);
+          const k = `${op.s}>${d}`;
+          const seq = nextSeq.get(k) ?? 0;
+          nextSeq.set(k, seq + 1);
+          input(sw, idx[op.s], frame(dst, mac(op.s + 1), (d << 24) | seq, op.len));
+          sent++;
+          if (d === P) bcast++;
+          if (op.flush) sw.flush();
+        } else if (op.k === 'post') {
+          ports[op.p].post(op.n);
+          sw.resourcesAvailable(idx[op.p]);
+        } else if (op.k === 'toggle') {
+          ports[op.p].started = !ports[op.p].started;
+          if (ports[op.p].started) sw.resourcesAvailable(idx[op.p]);
+        } else {
+          clock.advance(op.ms);
+          sw.tick();
+        }
+        sw.checkInvariants();
+      }
+      sw.flush();
+      for (const p of ports) {
+        p.started = true;
+        p.post(1e6);
+      }
+      clock.advance(1e6); // expire what is still unresolved
       sw.tick();
-    }
-    sw.checkInvariants();
+      sw.checkInvariants();
+      // per (source, destination): strictly increasing sequence numbers, no duplicates
+      let received = 0;
+      for (let d = 0; d < P; d++) {
+        const last = new Map<string, number>();
+        for (const f of ports[d].received) {
+          received++;
+          const src = Array.from(f.subarray(18, 24), (x) => x.toString(16).padStart(2, '0')).join(':');
+          const v = seqOf(f);
+          const key = `${src}/${v >>> 24}`;
+          const seq = v & 0xffffff;
+          const prev = last.get(key) ?? -1;
+          assert.ok(seq > prev, `port ${d}: from ${key} seq ${seq} after ${prev}`);
+          last.set(key, seq);
+          assert.ok(patternOk(f));
+        }
+      }
+      const s = sw.stats();
+      assert.equal(s.pool.blocksInUse, 0, 'nothing left queued');
+      assert.equal(s.pool.blocksTaken, s.pool.blocksReturned);
+      // every frame copy is accounted for: delivered or dropped (broadcast = P-1 copies)
+      assert.equal(s.total.fastFrames + s.total.drainedFrames + s.total.dropped, sent - bcast + bcast * (P - 1), 'every copy delivered or counted as dropped');
+      assert.equal(received, s.total.fastFrames + s.total.drainedFrames);
+      reach.stored += s.total.storedFrames;
+      reach.resolved += s.total.resolvedFrames;
+      reach.dropped += s.total.dropped;
+      sw.close();
+    }),
+    { numRuns: 60 },
+  );
+  // the generator's reach: the store path, resolution and drops were all exercised
+  t.diagnostic(`${reach.stored} frames stored, ${reach.resolved} resolved, ${reach.dropped} dropped`);
+  if (!process.env.FC_PATH) {
+    assert.ok(reach.stored > 1000, 'the store path was exercised');
+    assert.ok(reach.resolved > 0, 'resolution was exercised');
+    assert.ok(reach.dropped > 0, 'drops were exercised');
   }
-  sw.flush();
-  for (const p of ports) {
-    p.started = true;
-    p.post(1e6);
-  }
-  clock.advance(1e6); // expire what is still unresolved
-  sw.tick();
-  sw.checkInvariants();
-  // per (source, destination): strictly increasing sequence numbers, no duplicates
-  let received = 0;
-  for (let d = 0; d < P; d++) {
-    const last = new Map<string, number>();
-    for (const f of ports[d].received) {
-      received++;
-      const src = Array.from(f.subarray(18, 24), (x) => x.toString(16).padStart(2, '0')).join(':');
-      const v = seqOf(f);
-      const key = `${src}/${v >>> 24}`;
-      const seq = v & 0xffffff;
-      const prev = last.get(key) ?? -1;
-      assert.ok(seq > prev, `port ${d}: from ${key} seq ${seq} after ${prev}`);
-      last.set(key, seq);
-      assert.ok(patternOk(f));
-    }
-  }
-  const s = sw.stats();
-  assert.equal(s.pool.blocksInUse, 0, 'nothing left queued');
-  assert.equal(s.pool.blocksTaken, s.pool.blocksReturned);
-  // every frame copy is accounted for: delivered or dropped (broadcast = P-1 copies)
-  const copies = s.total.fastFrames + s.total.drainedFrames + s.total.dropped;
-  assert.equal(copies, sent - bcast + bcast * (P - 1) - 0);
-  assert.equal(received, s.total.fastFrames + s.total.drainedFrames);
-  assert.ok(s.total.storedFrames > 1000, 'the store path was exercised');
-  assert.ok(s.total.resolvedFrames > 0, 'resolution was exercised');
-  assert.ok(s.total.dropped > 0, 'drops were exercised');
 });
 
 test('live migration: a MAC that moves to another connection takes its held frames along, in order', () => {

@@ -1,5 +1,6 @@
 // One data-plane thread of the randomized multi-worker test (workers-invariants.test.ts): a Shard
-// with synthetic ports. Connection c's frames are sent by the thread that serves its queue pair 0
+// with synthetic ports, driven by a script of steps (fast-check makes the scripts, and shrinks them
+// when the test fails). Connection c's frames are sent by the thread that serves its queue pair 0
 // (its TX side); each (connection, RX queue) is delivered to by the thread that serves it, whose
 // sink takes frames only while it has credits (RX buffers) and records what it got.
 import { parentPort, workerData } from 'node:worker_threads';
@@ -13,26 +14,27 @@ import { native } from '../../src/native';
 import { copies } from '../../src/datapath/copy-list';
 import { Counters } from '../../src/engine/counters';
 
-interface Setup {
+/** one step of a thread's script */
+export type Step =
+  /** sender number src (modulo this thread's senders) sends frames: to connection dst (modulo the
+   * others), or broadcast; flow picks the RX queue */
+  | { k: 'send'; src: number; frames: { dst: number; bcast: boolean; flow: number }[] }
+  /** RX buffers posted: credits[(connection * LANES + lane) % length] for each RX queue this
+   * thread serves (0: none), then resourcesAvailable */
+  | { k: 'give'; credits: number[] }
+  | { k: 'pump' };
+
+export interface Setup {
   layout: ThreadsLayout;
   me: number;
   conns: number;
-  seed: number;
-  steps: number;
+  script: Step[];
 }
 
-const { layout, me, conns, seed, steps } = workerData as Setup;
+const { layout, me, conns, script } = workerData as Setup;
 const LANES = 2;
 const HDR = 12;
 const FRAME_LEN = HDR + 64;
-
-let rng = seed >>> 0 || 1;
-function rand(n: number): number {
-  rng ^= rng << 13;
-  rng ^= rng >>> 17;
-  rng ^= rng << 5;
-  return (rng >>> 0) % n;
-}
 
 const shard = new Shard(layout, me, { poolBytes: 0, holdTimeMs: 600_000, tickMs: 20, defaultShareLimit: 1 << 30 });
 const sw = shard.sw;
@@ -103,12 +105,12 @@ function mac(out: Uint8Array, at: number, c: number): void {
   out[at + 5] = c + 1;
 }
 
-function send(src: number): void {
+function send(src: number, f: { dst: number; bcast: boolean; flow: number }): void {
   const seq = seqOf[src]++;
   buf.fill(0);
   const e = HDR;
-  const bcast = rand(20) === 0;
-  let dst = rand(conns - 1);
+  const bcast = f.bcast;
+  let dst = f.dst % (conns - 1);
   if (dst >= src) dst++;
   if (bcast) buf.fill(0xff, e, e + 6);
   else mac(buf, e, dst);
@@ -120,7 +122,7 @@ function send(src: number): void {
   buf[e + 16] = (seq >>> 16) & 0xff;
   buf[e + 17] = (seq >>> 8) & 0xff;
   buf[e + 18] = seq & 0xff;
-  buf[e + 14 + 9] = rand(8); // the flow, which picks the RX queue
+  buf[e + 14 + 9] = f.flow & 7; // the flow, which picks the RX queue
   if (bcast) broadcasts++;
   else sentTo[dst]++;
   sw.input(src, bytes.of(buf));
@@ -137,12 +139,14 @@ const doorbell = native.poll(layout.doorbells[me], () => {
 });
 doorbell.start(native.POLL_READABLE);
 
-function give(all: boolean): void {
+/** every RX queue this thread serves gets credits (all: plenty) */
+function give(credits: number[] | null): void {
   for (const s of sinks) {
     for (let l = 0; l < LANES; l++) {
       if (!mine(s.index, l)) continue;
-      if (!all && rand(3) !== 0) continue;
-      s.credits[l] += all ? 1 << 20 : rand(6);
+      const c = credits === null ? 1 << 20 : credits.length === 0 ? 0 : credits[(s.index * LANES + l) % credits.length];
+      if (c <= 0) continue;
+      s.credits[l] += c;
       sw.resourcesAvailable(s.index, l);
     }
   }
@@ -150,26 +154,31 @@ function give(all: boolean): void {
 
 let step = 0;
 function run(): void {
-  for (let k = 0; k < 50 && step < steps; k++, step++) {
-    const r = rand(10);
-    if (r < 6 && senders.length > 0) {
-      const src = senders[rand(senders.length)];
-      const n = 1 + rand(12);
-      for (let i = 0; i < n; i++) send(src);
-    } else if (r < 9) {
-      give(false);
+  for (let k = 0; k < 50 && step < script.length; k++, step++) {
+    const st = script[step];
+    if (st.k === 'send') {
+      if (senders.length === 0) continue;
+      const src = senders[st.src % senders.length];
+      for (const f of st.frames) send(src, f);
+    } else if (st.k === 'give') {
+      give(st.credits);
     } else {
       shard.pump();
     }
   }
-  if (step < steps) setImmediate(run);
+  if (step < script.length) setImmediate(run);
   else parentPort!.postMessage({ t: 'sent' });
 }
 
 parentPort!.on('message', (m: { t: string }) => {
-  if (m.t === 'start') setImmediate(run);
+  if (m.t === 'start') {
+    // each connection says hello first (a broadcast, as a guest's ARP would): every MAC gets
+    // learned, so no unicast waits out the hold time for a destination nobody ever announced
+    for (const src of senders) send(src, { dst: 0, bcast: true, flow: 0 });
+    setImmediate(run);
+  }
   else if (m.t === 'drain') {
-    give(true);
+    give(null);
     shard.pump();
     sw.tick();
     const fifo = sw.fifo;
