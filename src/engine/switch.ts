@@ -453,7 +453,8 @@ export class Switch implements Flooder {
    * Order: entries are forwarded in burst order, so order per destination queue is kept as input()
    * keeps it. Learning all sources of a burst before forwarding it changes nothing for frames to
    * other ports (a burst has one source); a frame to a MAC learned later in the same burst is
-   * classified again when it is forwarded.
+   * stored and resolved at once, as input() resolved it when it learned the MAC. The differential
+   * property test (test/unit/engine-burst.test.ts) holds both paths to the same deliveries and counters.
    */
   inputBurst(src: number, b: Burst): void {
     if (this.stale) {
@@ -465,12 +466,13 @@ export class Switch implements Flooder {
     const table = this.table;
     const n = b.n;
     const staticKey = conns.staticKey[src];
-    // ---- classify
+    // ---- classify (forwarding what was classified before whenever the table changes)
     let lastSrcHi = -1;
     let lastSrcLo = -1;
     let lastDstHi = -1;
     let lastDstLo = -1;
     let lastDest = DESTINATION_UNKNOWN;
+    let start = 0;
     for (let i = 0; i < n; i++) {
       const len = b.len[i];
       if (len === 0) {
@@ -497,9 +499,14 @@ export class Switch implements Flooder {
         lastSrcHi = sHi;
         lastSrcLo = sLo;
         if (table.learn(sHi, sLo, src) === LEARN_NEW) {
-          // the table changed: the last-destination cache may be stale
-          lastDstHi = -1;
+          // The table changed (a new MAC, or one that moved here): the frames before this one go
+          // first, as input() forwarded them before it learned; then what was held for that MAC
+          // follows it or resolves, as input() did at this frame. The last-destination cache
+          // starts over.
           const from = table.movedFrom;
+          this.forwardRange(src, b, start, i);
+          start = i;
+          lastDstHi = -1;
           if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(sHi, sLo, from, src);
           if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
         }
@@ -518,11 +525,18 @@ export class Switch implements Flooder {
       b.dest[i] = dest;
       b.lane[i] = dest >= 0 && conns.laned[dest] !== 0 ? conns.laneFor(dest, b.point(i)) : 0;
     }
-    // ---- forward (and store)
+    this.forwardRange(src, b, start, n);
+  }
+
+  /** The forward stage over entries [from, to) of a classified burst: runs of one RX queue to the
+   * port at once, the rest one by one, in order. */
+  private forwardRange(src: number, b: Burst, from: number, to: number): void {
+    const counters = this.counters;
+    const conns = this.conns;
     const h = this.handoff;
     const lanes = this.lanes;
-    let i = 0;
-    while (i < n) {
+    let i = from;
+    while (i < to) {
       const dest = b.dest[i];
       if (dest === DEST_NONE) {
         i++;
@@ -536,7 +550,7 @@ export class Switch implements Flooder {
         const q = dest * lanes + lane;
         if (port.deliverBurst !== undefined && (h === null || !h.remote(dest, lane)) && this.fifo.qFrames[q] === 0) {
           let j = i + 1;
-          while (j < n && b.dest[j] === dest && b.lane[j] === lane) j++;
+          while (j < to && b.dest[j] === dest && b.lane[j] === lane) j++;
           const k = port.deliverBurst(b, i, j, lane);
           if (k > 0) {
             let bytes = 0;
@@ -558,8 +572,16 @@ export class Switch implements Flooder {
   /** input()'s second half for one frame already classified (dest), as input() would. */
   private forwardOne(src: number, frame: Frame, dest: number): void {
     if (dest === DESTINATION_UNKNOWN) {
-      // learned since the classify stage (by this very burst)?
-      dest = classify(this.table, frame.eth, frame.ethOff);
+      const buf = frame.eth;
+      const off = frame.ethOff + DST_MAC_OFFSET;
+      const hi = macHi(buf, off);
+      const lo = macLo(buf, off);
+      this.storeEngine.store(this.unresolvedQueue, frame, src, hi, lo);
+      // learned since the classify stage, by a later frame of this very burst: resolved now, as
+      // input() resolved it when it learned that MAC (after it had stored this frame)
+      const now = this.table.lookup(hi, lo);
+      if (now >= 0) this.resolveTo(hi, lo, now);
+      return;
     }
     if (dest >= 0 && this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
     if (dest >= 0) {

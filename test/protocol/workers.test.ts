@@ -174,19 +174,25 @@ test('--workers 2: GET_VRING_BASE of a stuck worker thread blocks nothing, and a
     const late = await new Promise<number>((resolve) => setTimeout(() => resolve(performance.now() - t0 - 50), 50));
     assert.ok(late < 450, `the control thread ran its 50 ms timer ${late.toFixed(0)} ms late while the worker thread was stuck`);
     assert.equal(await base, N, "B's TX base, answered once the worker thread stopped the ring");
-    // 2. stuck beyond STOP_WAIT_MS: the stop of B's RX ring is answered with its last known base
-    // (logged); B's TX ring is started again (polling mode: no kick needed) with base 7 and stopped
-    // while the thread is still stuck. When the thread wakes it answers both stops, the RX one
-    // late: that answer must not become the TX ring's (it did: one reply slot per thread)
+    // 2. stuck beyond STOP_WAIT_MS, with two running rings: the stop of D's RX ring is answered
+    // with its last known base (logged); D's TX ring is stopped while the thread is still stuck.
+    // When the thread wakes it answers both, the RX one late: that answer (0) must not become the
+    // TX ring's (5; it did: one reply slot per thread). D is connection 3: the worker thread's too.
+    const c = await startOn(pool, 'vmC', log, null);
+    const d = await startOn(pool, 'vmD', log, null);
+    assert.equal(new Uint8Array(pool.layout.owner)[d.port.index * MAX_PAIRS], 1, 'D served by the worker thread');
+    const MAC_D = Uint8Array.of(0x52, 0x54, 0, 0, 0, 0x0d);
+    for (let i = 1; i <= 5; i++) await sendPacket(d, packet(netHdr(12), ethFrame(60, i, MAC_D)));
+    await receiveN(a, 5, 5000); // D's frames went through: its TX ring's base is 5
     pool.worker(1).postMessage({ t: 'stall', ms: STOP_WAIT_MS + 600 });
     await sleep(50);
-    await b.fe.getVringBase(0);
-    await b.fe.setVringBase(1, 7);
-    await b.fe.setVringKick(1, null);
-    assert.equal(await b.fe.getVringBase(1), 7, "B's TX ring base, not the late answer for its RX ring");
+    await d.fe.getVringBase(0);
+    assert.equal(await d.fe.getVringBase(1), 5, "D's TX ring base, not the late answer for its RX ring");
     await log.waitLine(/did not stop the ring within/, 3000);
     await closeGuest(a);
     await closeGuest(b);
+    await closeGuest(c);
+    await closeGuest(d);
   } finally {
     await pool.close();
   }
