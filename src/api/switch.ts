@@ -18,7 +18,7 @@ import { bit, VirtioFeature } from '../vhost-user/features';
 import { ProtocolFeature } from '../vhost-user/message';
 import { chainLimitHits } from '../virtio/split-ring';
 import { ENGINE_HDR_LEN } from '../datapath/layout';
-import { VhostUserPort, type PortCounters } from '../ports/vhost-user/port';
+import { VhostUserPort, type PortCounters, type PortThreads } from '../ports/vhost-user/port';
 import { TapPort, type TapCounters } from '../ports/tap-port';
 import { VxlanPort, type VxlanCounters, type VxlanVtepStats } from '../ports/vxlan-port';
 import type { FallbackCounters } from '../ports/offload-fallback';
@@ -345,21 +345,26 @@ export class VirtualSwitch extends EventEmitter implements ElasticSwitch {
     };
   }
 
+  /** A vhost-user port as the spec configures it (threads: the data-plane threads, or null: this thread only). */
+  private newVhostUserPort(spec: VhostUserPortSpec | VhostUserFdPortSpec, threads: PortThreads | null): VhostUserPort {
+    return new VhostUserPort(this.sw, {
+      name: spec.name,
+      log: this.log,
+      staticMac: spec.mac?.toLowerCase(),
+      shareLimit: spec.share,
+      pollLoop: this.pollLoop,
+      threads,
+      session: this.sessionOptions(spec),
+    });
+  }
+
   private addSocketPort(spec: VhostUserPortSpec): VhostRecord {
     const paths = new Set<string>();
     for (const r of this.records.values()) if (r.kind === 'vhost-user' && r.path !== null) paths.add(r.path);
     const problem = portSpecProblem(spec, this.records.keys(), paths);
     if (problem !== null) throw new Error(problem);
     this.refuseCount();
-    const port = new VhostUserPort(this.sw, {
-      name: spec.name,
-      log: this.log,
-      staticMac: spec.mac?.toLowerCase(),
-      shareLimit: spec.share,
-      pollLoop: this.pollLoop,
-      threads: this.pool?.threads ?? null,
-      session: this.sessionOptions(spec),
-    });
+    const port = this.newVhostUserPort(spec, this.pool?.threads ?? null);
     let r: VhostRecord | null = null;
     const acceptor = (fd: number): boolean => {
       if (port.connected) return false;
@@ -396,14 +401,7 @@ export class VirtualSwitch extends EventEmitter implements ElasticSwitch {
   private addFdPort(spec: VhostUserFdPortSpec): VhostRecord {
     this.refuseName(spec.name);
     // as the command line has always run its --fd port: on this thread, whatever --workers says
-    const port = new VhostUserPort(this.sw, {
-      name: spec.name,
-      log: this.log,
-      staticMac: spec.mac?.toLowerCase(),
-      shareLimit: spec.share,
-      pollLoop: this.pollLoop,
-      session: this.sessionOptions(spec),
-    });
+    const port = this.newVhostUserPort(spec, null);
     const rec: VhostRecord = { kind: 'vhost-user', name: spec.name, port, endpoint: null, path: null, up: false, removed: false, handle: this.handleOf(() => rec) };
     port.onSessionEnd = (reason) => this.wentDown(rec, reason);
     native.setNonBlocking(spec.fd);

@@ -13,7 +13,6 @@
 // fallback, capture. The Frame is reused entry after entry, as every Frame is.
 import { ENGINE_HDR_LEN } from './layout';
 import { Frame, PEEK_MIN } from './frame';
-import { copies } from './copy-list';
 import type { Segments } from '../virtio/chain';
 
 /** most frames in one burst (a TX batch: TX_BUDGET chains) */
@@ -32,8 +31,6 @@ export class Burst {
   readonly hdr = new Uint8Array(BURST * ENGINE_HDR_LEN);
   /** hdr as words (an entry is three) */
   readonly hdr32 = new Int32Array(this.hdr.buffer);
-  /** copy-list area of hdr (the RX fast write copies a header from it) */
-  readonly hdrArea: number;
   /** engine length: header + Ethernet bytes; 0 when the take stage dropped the entry */
   readonly len = new Int32Array(BURST);
   /** SHAPE_PLAIN or 0 */
@@ -63,7 +60,6 @@ export class Burst {
     this.segs = segs;
     const empty = new Uint8Array(0);
     for (let i = 0; i < BURST; i++) this.eth[i] = empty;
-    this.hdrArea = copies.register(this.hdr);
     const f = this.frame;
     f.segBuf = segs.buf;
     f.segArea = segs.area;

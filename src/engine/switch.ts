@@ -416,26 +416,16 @@ export class Switch implements Flooder {
         return;
       }
     } else if (!isGroupHi(sHi)) {
-      if (this.table.learn(sHi, sLo, src) === LEARN_NEW) {
-        const from = this.table.movedFrom;
-        if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(sHi, sLo, from, src);
-        if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
-      }
+      if (this.table.learn(sHi, sLo, src) === LEARN_NEW) this.learnedNew(sHi, sLo, src, this.table.movedFrom);
     }
-    const dest = classify(this.table, buf, off);
-    // worker threads: a MAC another thread just learned may have frames held here as unknown; they
-    // go first, or this frame would overtake them
-    if (dest >= 0 && this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
-    if (dest >= 0) {
-      if (dest === src) counters.add(src, DROP_SAME_CONNECTION, 1);
-      else this.forward(dest, frame, src);
-    } else if (dest === DESTINATION_FLOOD) {
-      this.floodFrom(src, frame);
-    } else {
-      const dHi = macHi(buf, off + DST_MAC_OFFSET);
-      const dLo = macLo(buf, off + DST_MAC_OFFSET);
-      this.storeEngine.store(this.unresolvedQueue, frame, src, dHi, dLo);
-    }
+    this.forwardOne(src, frame, classify(this.table, buf, off));
+  }
+
+  /** A MAC new on connection src (or moved there from `from`, else -1): what was held for it
+   * follows it from its old connection, or resolves from the unresolved queue. */
+  private learnedNew(hi: number, lo: number, src: number, from: number): void {
+    if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(hi, lo, from, src);
+    if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(hi, lo, src);
   }
 
   /**
@@ -507,8 +497,7 @@ export class Switch implements Flooder {
           this.forwardRange(src, b, start, i);
           start = i;
           lastDstHi = -1;
-          if (from >= 0 && this.fifo.gFrames[from] > 0) this.followTo(sHi, sLo, from, src);
-          if (this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveTo(sHi, sLo, src);
+          this.learnedNew(sHi, sLo, src, from);
         }
       }
       const dHi = macHi(buf, off + DST_MAC_OFFSET);
@@ -569,7 +558,10 @@ export class Switch implements Flooder {
     }
   }
 
-  /** input()'s second half for one frame already classified (dest), as input() would. */
+  /**
+   * The second half for one classified frame (input(), and inputBurst's entries that go one by
+   * one): known → forward (same connection: dropped), flood, or unknown → the unresolved queue.
+   */
   private forwardOne(src: number, frame: Frame, dest: number): void {
     if (dest === DESTINATION_UNKNOWN) {
       const buf = frame.eth;
@@ -577,23 +569,18 @@ export class Switch implements Flooder {
       const hi = macHi(buf, off);
       const lo = macLo(buf, off);
       this.storeEngine.store(this.unresolvedQueue, frame, src, hi, lo);
-      // learned since the classify stage, by a later frame of this very burst: resolved now, as
-      // input() resolved it when it learned that MAC (after it had stored this frame)
+      // learned since it was classified (by a later frame of the same burst, or by another
+      // thread): resolved now, as the per-frame order would have resolved it on that learn
       const now = this.table.lookup(hi, lo);
       if (now >= 0) this.resolveTo(hi, lo, now);
       return;
     }
+    // worker threads: a MAC another thread just learned may have frames held here as unknown; they
+    // go first, or this frame would overtake them
     if (dest >= 0 && this.table.shared && this.fifo.qFrames[this.unresolvedQueue] > 0) this.resolveShared();
-    if (dest >= 0) {
-      if (dest === src) this.counters.add(src, DROP_SAME_CONNECTION, 1);
-      else this.forward(dest, frame, src);
-    } else if (dest === DESTINATION_FLOOD) {
-      this.floodFrom(src, frame);
-    } else {
-      const buf = frame.eth;
-      const off = frame.ethOff;
-      this.storeEngine.store(this.unresolvedQueue, frame, src, macHi(buf, off + DST_MAC_OFFSET), macLo(buf, off + DST_MAC_OFFSET));
-    }
+    if (dest === DESTINATION_FLOOD) this.floodFrom(src, frame);
+    else if (dest === src) this.counters.add(src, DROP_SAME_CONNECTION, 1);
+    else this.forward(dest, frame, src);
   }
 
   /** End of a batch: expire held frames if due, run the batch's copies, then let every port

@@ -17,6 +17,7 @@ import type { Virtqueue } from '../virtio/virtqueue';
 import type { NetConfig } from '../virtio/net-config';
 import type { GuestMemory } from '../memory/guest-memory';
 import { native, Poller } from '../native';
+import { safeClose } from '../vhost-user/connection';
 import type { Log } from '../log';
 
 /** how long a ring stop waits for the thread serving it */
@@ -40,25 +41,17 @@ export interface PoolOptions {
 
 const dupOrNone = (fd: number): number => (fd >= 0 ? native.dup(fd) : -1);
 
-const closeFd = (fd: number): void => {
-  if (fd < 0) return;
-  try {
-    native.close(fd);
-  } catch {
-    /* closed */
-  }
-};
 
 /** the fds duplicated into a message (for a thread that will not take them) */
 function closeFdsOf(m: ToWorker): void {
-  if (m.t === 'memory') for (const r of m.regions) closeFd(r.fd);
-  else if (m.t === 'kickfd') closeFd(m.fd);
+  if (m.t === 'memory') for (const r of m.regions) safeClose(r.fd);
+  else if (m.t === 'kickfd') safeClose(m.fd);
   else if (m.t === 'ring') {
-    closeFd(m.state.callFd);
-    closeFd(m.state.errFd);
+    safeClose(m.state.callFd);
+    safeClose(m.state.errFd);
   } else if (m.t === 'fds') {
-    closeFd(m.callFd);
-    closeFd(m.errFd);
+    safeClose(m.callFd);
+    safeClose(m.errFd);
   }
 }
 

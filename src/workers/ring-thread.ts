@@ -23,6 +23,7 @@ import { PackedRing } from '../virtio/packed-ring';
 import type { Virtqueue } from '../virtio/virtqueue';
 import type { NetConfig } from '../virtio/net-config';
 import { native, Poller } from '../native';
+import { safeClose } from '../vhost-user/connection';
 import { copies } from '../datapath/copy-list';
 import type { Log } from '../log';
 import { PollLoop } from '../ports/poll-loop';
@@ -79,14 +80,6 @@ export type FromWorker =
   | { t: 'log'; msg: string; fields?: Record<string, unknown> };
 
 
-const safeClose = (fd: number): void => {
-  if (fd < 0) return;
-  try {
-    native.close(fd);
-  } catch {
-    /* gone */
-  }
-};
 
 /**
  * Maps a memory table from fds duplicated for this thread (each region takes its fd). All or

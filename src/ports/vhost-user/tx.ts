@@ -10,7 +10,6 @@
 // So a TX descriptor goes back to the guest only after its frame was copied or stored.
 import { PEEK_MIN } from '../../datapath/frame';
 import { Burst, BURST, DEST_NONE, SHAPE_PLAIN } from '../../datapath/burst';
-import { copies } from '../../datapath/copy-list';
 import { ENGINE_HDR_LEN, HDR_FLAGS, HDR_GSO_TYPE, HDR_HDR_LEN, HDR_NUM_BUFFERS, MAX_ETH_LEN, MAX_HEADERS, ETH_HDR_LEN } from '../../datapath/layout';
 import { GuestMemory } from '../../memory/guest-memory';
 import { Segments, MAX_CHAINS, MAX_SEGMENTS } from '../../virtio/chain';
@@ -67,8 +66,6 @@ export class VhostTx {
     if (n <= 0) return 0;
     if (n > budget) n = budget;
     if (n > BURST) n = BURST;
-    // the last burst's headers are read by copies recorded from them: those run before they change
-    copies.settle();
     // take: the burst's chains, one after another into one segment list (the descriptor reads)
     segs.reset();
     let popped = 0;
@@ -87,7 +84,7 @@ export class VhostTx {
     // that the cache misses on buffers the guest's CPU just wrote overlap instead of coming one by one
     let t = 0;
     for (let c = 0; c < popped; c++) {
-      const s0 = c === 0 ? 0 : segs.chainEnd[c - 1];
+      const s0 = segs.chainStart(c);
       const b = segs.buf[s0];
       const o = segs.off[s0];
       t += b[o];
@@ -107,7 +104,7 @@ export class VhostTx {
       } else if (total < hdrLen + ETH_HDR_LEN || total - hdrLen > MAX_ETH_LEN) {
         this.counters.txDropped++;
       } else {
-        this.describe(c, hdrLen, total, c === 0 ? 0 : segs.chainEnd[c - 1], segs.chainEnd[c]);
+        this.describe(c, hdrLen, total, segs.chainStart(c), segs.chainEnd[c]);
         // as the guest sent it, before the switch judges it (a frame dropped below is in the capture)
         if (this.capture !== null) this.capture.frame(b.point(c));
         if (this.checkOffload(c, txOffload)) {
