@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { macForIndex } from '../../qemu-glue/args';
 import { ensureGuestImages, GuestVM, killAll, repoRoot } from '../../qemu-glue/launcher';
-import { echo, failureTracker, ping, ready, waitPing, workDir } from './harness';
+import { echo, failureTracker, ready, workDir, pingBothWays } from './harness';
 
 /** The example running as a child process: its output lines, a wait for one, SIGTERM. */
 class ExampleProcess {
@@ -91,12 +91,7 @@ describe('examples/two-port-switch with two QEMU guests', { timeout: 300_000 }, 
 
   it('ping both ways with 0 % loss', () =>
     guard(async () => {
-      await waitPing(a!, '10.0.0.2');
-      const ab = await ping(a!, '10.0.0.2', 10);
-      const ba = await ping(b!, '10.0.0.1', 10);
-      console.log(`# ping A->B avg ${ab.avgMs} ms, B->A avg ${ba.avgMs} ms`);
-      assert.equal(ab.received, ab.transmitted, ab.output);
-      assert.equal(ba.received, ba.transmitted, ba.output);
+      await pingBothWays(a!, b!);
     }));
 
   it('the events it prints: both ports up, each guest\'s MAC learned on its own port', () =>

@@ -79,6 +79,19 @@ export async function waitPing(vm: GuestVM, ip: string, timeoutMs = 60_000): Pro
   }
 }
 
+/**
+ * A (10.0.0.1) and B (10.0.0.2) reach each other, then 10 pings each way: every one answered.
+ * label: printed before the round-trip averages.
+ */
+export async function pingBothWays(a: GuestVM, b: GuestVM, label = ''): Promise<void> {
+  await waitPing(a, '10.0.0.2');
+  const ab = await ping(a, '10.0.0.2', 10);
+  const ba = await ping(b, '10.0.0.1', 10);
+  console.log(`# ${label}ping A->B avg ${ab.avgMs} ms, B->A avg ${ba.avgMs} ms`);
+  assert.equal(ab.received, ab.transmitted, ab.output);
+  assert.equal(ba.received, ba.transmitted, ba.output);
+}
+
 /** Remembers whether a test failed, so teardown prints consoles and logs and keeps the work dir. */
 export function failureTracker(): { failed: boolean; guard: (fn: () => Promise<void>) => Promise<void> } {
   const t = {

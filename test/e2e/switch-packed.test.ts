@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { GuestVM, parseKeyValues } from '../../qemu-glue/launcher';
 import { SwitchProcess } from '../../qemu-glue/switch-process';
-import { ping, ready, startGuest, startSwitch, teardown, waitPing, workDir, failureTracker } from './harness';
+import { ping, ready, startGuest, startSwitch, teardown, workDir, failureTracker, pingBothWays } from './harness';
 
 describe('two guests with packed virtqueues through elastic-vhost', { timeout: 400_000 }, () => {
   const dir = workDir('packed');
@@ -38,12 +38,7 @@ describe('two guests with packed virtqueues through elastic-vhost', { timeout: 4
 
   it('ping both ways with 0 % loss', () =>
     guard(async () => {
-      await waitPing(a!, '10.0.0.2');
-      const ab = await ping(a!, '10.0.0.2', 10);
-      const ba = await ping(b!, '10.0.0.1', 10);
-      console.log(`# packed: ping A->B avg ${ab.avgMs} ms, B->A avg ${ba.avgMs} ms`);
-      assert.equal(ab.received, ab.transmitted, ab.output);
-      assert.equal(ba.received, ba.transmitted, ba.output);
+      await pingBothWays(a!, b!, 'packed: ');
     }));
 
   it('iperf3 TCP A -> B for 5 s completes', () =>

@@ -5,6 +5,7 @@
 // GET_VRING_BASE; the counters the control thread reports include the worker thread's.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { SwitchOptions } from '../../src/engine/switch';
 import { STOP_WAIT_MS, WorkerPool } from '../../src/workers/pool';
 import { PollLoop } from '../../src/ports/poll-loop';
 import { MAX_PAIRS } from '../../src/workers/layout';
@@ -72,22 +73,32 @@ test('--workers 2: frames cross between the control thread and a worker thread b
 
 test('--workers 2 --poll-us 200: the same with both threads polling their TX rings after a batch', { timeout: 60_000 }, () => crossing(200));
 
+/** two data-plane threads (the control thread and one worker thread), as the tests below use them */
+function twoThreads(log: LogCapture, switchOptions: Partial<SwitchOptions> = {}): WorkerPool {
+  return new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8, ...switchOptions }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+}
+
+/** A and B each announce themselves (a broadcast the other receives): both MACs learned */
+async function announce(a: Guest, b: Guest): Promise<void> {
+  await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
+  await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
+  await receiveN(b, 1, 5000);
+  await receiveN(a, 1, 5000);
+}
+
 // SET_VRING_CALL on a running ring of a queue pair a worker thread serves (QEMU does this when it
 // masks a guest's notifiers, under KVM): the worker thread signals the new call eventfd, not the
 // one the ring started with.
 test('--workers 2: a new call eventfd on a running RX ring served by the worker thread is the one signalled', { timeout: 60_000 }, async () => {
   const before = fdCount();
   const log = new LogCapture();
-  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  const pool = twoThreads(log);
   let fresh = -1;
   try {
     const a = await startOn(pool, 'vmA', log, null);
     const b = await startOn(pool, 'vmB', log, null);
     assert.equal(new Uint8Array(pool.layout.owner)[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
-    await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
-    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
-    await receiveN(b, 1, 5000);
-    await receiveN(a, 1, 5000);
+    await announce(a, b);
     fresh = native.eventfd(0);
     await b.fe.setVringCall(0, fresh);
     b.rx.calls(); // what the old call eventfd got so far
@@ -113,7 +124,7 @@ test('--workers 2: a new call eventfd on a running RX ring served by the worker 
 // running throughout.
 test('--workers 2: a worker thread that dies is noticed, its port reset, its queue pairs served by the control thread after reconnecting', { timeout: 60_000 }, async () => {
   const log = new LogCapture();
-  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  const pool = twoThreads(log);
   try {
     const a = await startOn(pool, 'vmA', log, null);
     const b = await startOn(pool, 'vmB', log, null);
@@ -156,7 +167,7 @@ test('--workers 2: a worker thread that dies is noticed, its port reset, its que
 test('--workers 2: GET_VRING_BASE of a stuck worker thread blocks nothing, and a late answer is not taken for the next stop', { timeout: 60_000 }, async () => {
   const before = fdCount();
   const log = new LogCapture();
-  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  const pool = twoThreads(log);
   try {
     const a = await startOn(pool, 'vmA', log, null);
     const b = await startOn(pool, 'vmB', log, null);
@@ -208,15 +219,12 @@ test('--workers 2: GET_VRING_BASE of a stuck worker thread blocks nothing, and a
 test('--workers 2: settings changed at run time (hold time, unknown policy) apply on the worker threads too', { timeout: 60_000 }, async () => {
   const before = fdCount();
   const log = new LogCapture();
-  const pool = new WorkerPool({ threads: 2, switchOptions: { queues: MAX_PAIRS, maxPorts: 8, holdTimeMs: 400 }, poolBytes: 8 << 20, blockSize: 2048, maxPorts: 8, lanes: MAX_PAIRS, macTableSize: 256, macAgeMs: 300_000, log: log.fn });
+  const pool = twoThreads(log, { holdTimeMs: 400 });
   try {
     const a = await startOn(pool, 'vmA', log, null);
     const b = await startOn(pool, 'vmB', log, null);
     assert.equal(new Uint8Array(pool.layout.owner)[b.port.index * MAX_PAIRS], 1, 'B served by the worker thread');
-    await sendPacket(a, packet(netHdr(12), ethFrame(60, 0, MAC_A)));
-    await sendPacket(b, packet(netHdr(12), ethFrame(60, 0, MAC_B)));
-    await receiveN(b, 1, 5000);
-    await receiveN(a, 1, 5000);
+    await announce(a, b);
     pool.sw.setUnknownPolicy('drop');
     pool.sw.setHoldTime(50);
     await sleep(100); // the worker thread has taken the messages
